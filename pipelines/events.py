@@ -1,0 +1,245 @@
+"""Typed events with dotted names, one registry.
+
+The engine emits these through a plain callback; the service fans them out to its sinks (SQL,
+webhooks, WebSockets, metrics). Each event carries a wall-clock `ts` for people and a monotonic
+`mono` for measuring intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+REGISTRY: dict[str, type[Event]] = {}
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _mono() -> float:
+    return time.monotonic()
+
+
+@dataclass(kw_only=True)
+class Event:
+    type: ClassVar[str] = "event"
+    session_id: str = ""
+    ts: float = field(default_factory=_now)
+    mono: float = field(default_factory=_mono)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.type in REGISTRY:
+            raise TypeError(f"duplicate event type {cls.type}")
+        REGISTRY[cls.type] = cls
+
+    def payload(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("session_id", "ts", "mono"):
+            d.pop(k, None)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "session_id": self.session_id, "ts": self.ts,
+                "data": self.payload()}
+
+
+EventCallback = Callable[[Event], None]
+
+
+# --- session -------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class SessionStarted(Event):
+    type: ClassVar[str] = "session.started"
+    call_uuid: str = ""
+    direction: str = ""
+    from_number: str = ""
+    to_number: str = ""
+    agent_id: str = ""
+    agent_version: int = 0
+
+
+@dataclass(kw_only=True)
+class SessionEnded(Event):
+    type: ClassVar[str] = "session.ended"
+    reason: str = ""
+    duration_s: float = 0.0
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class SessionError(Event):
+    type: ClassVar[str] = "session.error"
+    code: str = ""
+    message: str = ""
+    stage: str = ""  # stt | llm | tts | tool | transport | watchdog
+
+
+@dataclass(kw_only=True)
+class SessionUsage(Event):
+    type: ClassVar[str] = "session.usage"
+    provider: str = ""
+    model: str = ""
+    kind: str = ""
+    metric: str = ""
+    quantity: float = 0.0
+
+
+# --- user ----------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class UserSpeechStarted(Event):
+    type: ClassVar[str] = "user.speech_started"
+
+
+@dataclass(kw_only=True)
+class UserSpeechStopped(Event):
+    type: ClassVar[str] = "user.speech_stopped"
+    speech_ms: float = 0.0
+
+
+@dataclass(kw_only=True)
+class UserTranscription(Event):
+    type: ClassVar[str] = "user.transcription"
+    text: str = ""
+    is_final: bool = False
+    confidence: float = 1.0
+
+
+@dataclass(kw_only=True)
+class UserTurnCompleted(Event):
+    type: ClassVar[str] = "user.turn_completed"
+    turn_id: str = ""
+    text: str = ""
+    trigger: str = ""  # model | max_wait | vad | dtmf
+    eou_probability: float | None = None
+
+
+@dataclass(kw_only=True)
+class UserDtmf(Event):
+    type: ClassVar[str] = "user.dtmf"
+    digit: str = ""
+
+
+@dataclass(kw_only=True)
+class UserIdle(Event):
+    type: ClassVar[str] = "user.idle"
+    prompts_sent: int = 0
+
+
+# --- agent ---------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class AgentSpeechStarted(Event):
+    type: ClassVar[str] = "agent.speech_started"
+    segment_id: str = ""
+    text: str = ""
+
+
+@dataclass(kw_only=True)
+class AgentSpeechCompleted(Event):
+    type: ClassVar[str] = "agent.speech_completed"
+    segment_id: str = ""
+    text: str = ""
+
+
+@dataclass(kw_only=True)
+class AgentSpeechInterrupted(Event):
+    type: ClassVar[str] = "agent.speech_interrupted"
+    segment_id: str = ""
+    heard_text: str = ""
+    interrupted_text: str = ""
+    barge_in_ms: float = 0.0  # speech onset -> caller stopped hearing the agent
+
+
+@dataclass(kw_only=True)
+class AgentFalseInterruption(Event):
+    type: ClassVar[str] = "agent.false_interruption"
+    speech_ms: float = 0.0
+    text: str = ""
+
+
+@dataclass(kw_only=True)
+class AgentStateChanged(Event):
+    type: ClassVar[str] = "agent.state_changed"
+    old_state: str = ""
+    new_state: str = ""
+
+
+# --- tools ---------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class ToolCalled(Event):
+    type: ClassVar[str] = "tool.called"
+    call_id: str = ""
+    name: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class ToolCompleted(Event):
+    type: ClassVar[str] = "tool.completed"
+    call_id: str = ""
+    name: str = ""
+    result: Any = None
+    latency_ms: float = 0.0
+
+
+@dataclass(kw_only=True)
+class ToolFailed(Event):
+    type: ClassVar[str] = "tool.failed"
+    call_id: str = ""
+    name: str = ""
+    error: str = ""
+    latency_ms: float = 0.0
+
+
+# --- turns ---------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class TurnCompleted(Event):
+    type: ClassVar[str] = "turn.completed"
+    turn_id: str = ""
+    user_text: str = ""
+    agent_text: str = ""
+    heard_text: str = ""
+    interrupted: bool = False
+
+
+@dataclass(kw_only=True)
+class TurnMetrics(Event):
+    """Per-turn latency breakdown, all in ms; None where a stage did not happen."""
+
+    type: ClassVar[str] = "turn.metrics"
+    turn_id: str = ""
+    vad_stop_to_eou_ms: float | None = None
+    eou_to_stt_final_ms: float | None = None
+    llm_ttft_ms: float | None = None
+    tts_ttfb_ms: float | None = None
+    first_audio_out_ms: float | None = None  # vad stop -> first agent audio written
+    played_ack_ms: float | None = None  # vad stop -> first playedStream ack
+    server_added_ms: float | None = None  # first_audio_out minus time spent waiting on providers
+
+
+# --- call ----------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class CallTransferred(Event):
+    type: ClassVar[str] = "call.transferred"
+    target: str = ""
+    mode: str = "cold"
+
+
+@dataclass(kw_only=True)
+class VoicemailDetected(Event):
+    type: ClassVar[str] = "voicemail.detected"
+    result: str = ""  # machine | human
+    method: str = ""  # transcript | beep | timeout
+
+
+@dataclass(kw_only=True)
+class ProviderFallback(Event):
+    type: ClassVar[str] = "provider.fallback"
+    kind: str = ""
+    from_provider: str = ""
+    to_provider: str = ""
+    error: str = ""

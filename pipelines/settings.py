@@ -1,0 +1,68 @@
+"""Per-agent turn-taking settings consumed by the engine.
+
+Defaults follow ARCHITECTURE.md (Turn-taking). They are plain pydantic models so the service can
+embed them in an agent's config and validate them when the agent is saved.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VadSettings(_Strict):
+    engine: str = Field("silero", pattern="^(silero|webrtc)$")
+    threshold: float = Field(0.5, gt=0, lt=1)
+    start_ms: int = Field(200, ge=20, le=2000)
+    stop_ms: int = Field(200, ge=20, le=5000)
+    # webrtcvad aggressiveness 0..3 (only for engine=webrtc)
+    webrtc_mode: int = Field(2, ge=0, le=3)
+
+
+class TurnSettings(_Strict):
+    # "smart_turn": audio end-of-turn model; "vad": end the turn at VAD stop.
+    detector: str = Field("smart_turn", pattern="^(smart_turn|vad)$")
+    threshold: float = Field(0.5, gt=0, lt=1)
+    max_wait_ms: int = Field(3000, ge=0, le=20000)
+    # While "incomplete", re-run the model every this many ms of continued silence.
+    recheck_ms: int = Field(500, ge=50, le=5000)
+    # How long to wait for the STT's final transcript after the end-of-turn decision.
+    stt_final_timeout_ms: int = Field(1500, ge=50, le=10000)
+
+
+class InterruptionSettings(_Strict):
+    enabled: bool = True
+    min_speech_ms: int = Field(300, ge=0, le=5000)
+    min_words: int = Field(1, ge=0, le=20)
+    # A soft-paused agent resumes if no interruption is committed within this window.
+    false_interruption_timeout_ms: int = Field(1500, ge=100, le=10000)
+    backchannels: list[str] = Field(
+        default_factory=lambda: [
+            "mhm", "mm", "mmhmm", "uh-huh", "uh huh", "uhhuh", "yeah", "yep", "yes", "okay",
+            "ok", "right", "sure", "i see", "got it", "hmm", "ah", "oh",
+        ]
+    )
+
+
+class IdleSettings(_Strict):
+    timeout_s: float = Field(8.0, gt=0, le=600)
+    max_prompts: int = Field(2, ge=0, le=10)
+    prompt: str = "Are you still there?"
+    goodbye: str = "It seems you've stepped away. Goodbye!"
+
+
+class ConversationSettings(_Strict):
+    """Everything the per-call state machine needs besides providers and prompt."""
+
+    vad: VadSettings = VadSettings()
+    turn: TurnSettings = TurnSettings()
+    interruption: InterruptionSettings = InterruptionSettings()
+    idle: IdleSettings = IdleSettings()
+    response_timeout_s: float = Field(6.0, gt=0, le=120)
+    apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
+    max_call_duration_s: float = Field(1800.0, gt=0)
+    max_context_items: int = Field(50, ge=4, le=1000)
+    thinking_audio: bool = False
