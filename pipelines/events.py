@@ -193,6 +193,7 @@ class ToolFailed(Event):
     name: str = ""
     error: str = ""
     latency_ms: float = 0.0
+    status: str = "error"  # error | timeout | cancelled (as recorded in tool_calls.status)
 
 
 # --- turns ---------------------------------------------------------------------------------

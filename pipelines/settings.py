@@ -64,5 +64,12 @@ class ConversationSettings(_Strict):
     response_timeout_s: float = Field(6.0, gt=0, le=120)
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
     max_call_duration_s: float = Field(1800.0, gt=0)
+    max_duration_goodbye: str = "We have reached the time limit for this call. Goodbye!"
     max_context_items: int = Field(50, ge=4, le=1000)
     thinking_audio: bool = False
+    # LLM ↔ tool round trips per answer; the last round is offered no tools.
+    max_tool_rounds: int = Field(5, ge=1, le=20)
+    # Safety net for a tool executor without its own timeout.
+    tool_timeout_s: float = Field(30.0, gt=0, le=600)
+    # Keypad digits are collected until this gap (or '#') and then answered as one turn.
+    dtmf_inter_digit_ms: int = Field(1500, ge=0, le=10000)

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -25,6 +24,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.db.types import UTCDateTime
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -45,7 +46,8 @@ def new_id() -> str:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    # Read by SQLAlchemy at class creation; never mutated.
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}  # noqa: RUF012
 
 
 class Agent(Base):
@@ -101,6 +103,8 @@ class Session(Base):
     __table_args__ = (
         Index("ix_sessions_agent_created", "agent_id", "created_at"),
         Index("ix_sessions_status_created", "status", "created_at"),
+        # Unfiltered listings page newest-first by (created_at, id).
+        Index("ix_sessions_created", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"), default=None)

@@ -1,0 +1,67 @@
+"""`GET/PATCH /v1/sessions/{id}/state`: the call's key/value state.
+
+GET returns the state object. PATCH takes a JSON merge patch (RFC 7396; `application/json` or
+`application/merge-patch+json`): keys are set, nested objects merged, `null` deletes. Tools see
+the change on their next call (and webhook tool requests carry the state). Keys starting with `_`
+are reserved for the server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.api.deps import State
+from app.api.problems import ApiProblem, not_found, unprocessable
+from app.calls.state_store import SessionNotFound, SessionStateStore, StateError
+from app.state import AppState
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+_STORE_KEY = "app.calls.state_store"
+
+
+def state_store(state: AppState) -> SessionStateStore:
+    """The process-wide store (one per process, so its per-session locks are shared)."""
+    store: SessionStateStore | None = state.extras.get(_STORE_KEY)
+    if store is None:
+        store = state.extras[_STORE_KEY] = SessionStateStore(state.db.sessionmaker)
+    if store.live is None and hasattr(state.calls, "get"):
+        # The call host fills state.calls at start-up; pick it up once it exists.
+        store.live = state.calls
+    return store
+
+
+@router.get("/{session_id}/state", response_model=dict[str, Any])
+async def get_state(session_id: str, state: State) -> dict[str, Any]:
+    try:
+        return await state_store(state).get(session_id)
+    except SessionNotFound:
+        raise not_found("session", session_id) from None
+
+
+@router.patch(
+    "/{session_id}/state",
+    response_model=dict[str, Any],
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/merge-patch+json": {"schema": {"type": "object"}},
+        "application/json": {"schema": {"type": "object"}},
+    }}},
+)
+async def patch_state(session_id: str, request: Request, state: State) -> dict[str, Any]:
+    try:
+        patch = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise unprocessable([{"field": "body", "message": f"invalid JSON: {exc}"}]) from None
+    if not isinstance(patch, dict):
+        raise unprocessable([{"field": "body", "message": "a merge patch must be a JSON object"}])
+    try:
+        return await state_store(state).patch(session_id, patch)
+    except SessionNotFound:
+        raise not_found("session", session_id) from None
+    except StateError as exc:
+        if exc.field is not None:
+            raise unprocessable([{"field": exc.field, "message": str(exc)}]) from None
+        raise ApiProblem(413, str(exc)) from None

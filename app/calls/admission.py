@@ -1,0 +1,131 @@
+"""Admission control and graceful drain for calls in this process.
+
+A call takes a slot when its answer URL is served (or an outbound call is placed) and gives it
+back when its stream ends. A slot whose stream never connects expires after
+`reserve_timeout_s`, so a call Plivo could not connect does not leak capacity.
+
+At `limits.max_concurrent_calls` the answer URL returns busy XML instead of accepting a call
+it cannot serve in real time. On shutdown (`drain`) no new call is admitted; live calls may
+finish on their own until `limits.drain_timeout_s`, then each is ended politely through its
+`end` callback (a carrier REST hangup), and the drain waits briefly for them to go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+EndCallback = Callable[[str], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Slot:
+    reserved_at: float
+    ttl_s: float
+    end: EndCallback | None = None  # set once the stream is attached
+
+    @property
+    def live(self) -> bool:
+        return self.end is not None
+
+
+class CallAdmission:
+    def __init__(self, max_calls: int, *, reserve_timeout_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_calls = max_calls
+        self.reserve_timeout_s = reserve_timeout_s
+        self._clock = clock
+        self._slots: dict[str, _Slot] = {}
+        self._draining = False
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.rejected = 0
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def in_use(self) -> int:
+        self._expire()
+        return len(self._slots)
+
+    @property
+    def live(self) -> int:
+        return sum(1 for s in self._slots.values() if s.live)
+
+    def holds(self, session_id: str) -> bool:
+        return session_id in self._slots
+
+    def try_admit(self, session_id: str, ttl_s: float | None = None) -> bool:
+        """Reserve a slot for a new call; False when full or draining.
+
+        `ttl_s`: how long the slot waits for the stream (default `reserve_timeout_s`; an
+        outbound call that may ring for minutes asks for longer)."""
+        if session_id in self._slots:
+            return True  # a retried answer request for the same call
+        if self._draining or self.in_use >= self.max_calls:
+            self.rejected += 1
+            return False
+        self._slots[session_id] = _Slot(self._clock(), ttl_s or self.reserve_timeout_s)
+        self._empty.clear()
+        return True
+
+    def attach(self, session_id: str, end: EndCallback) -> bool:
+        """The call's stream is up. Re-admits a slot that expired if there is still room."""
+        slot = self._slots.get(session_id)
+        if slot is None:
+            if self._draining or self.in_use >= self.max_calls:
+                return False
+            slot = self._slots[session_id] = _Slot(self._clock(), self.reserve_timeout_s)
+            self._empty.clear()
+        slot.end = end
+        return True
+
+    def release(self, session_id: str) -> None:
+        self._slots.pop(session_id, None)
+        if not self._slots:
+            self._empty.set()
+
+    def _expire(self) -> None:
+        now = self._clock()
+        stale = [sid for sid, s in self._slots.items()
+                 if not s.live and now - s.reserved_at > s.ttl_s]
+        for sid in stale:
+            log.info("call slot for session %s expired: its stream never connected", sid)
+            self.release(sid)
+
+    async def drain(self, timeout_s: float, *, end_grace_s: float = 5.0) -> int:
+        """Stop admitting and wait for live calls; end stragglers. Returns how many were ended."""
+        self._draining = True
+        self._expire()
+        for sid in [sid for sid, s in self._slots.items() if not s.live]:
+            self.release(sid)  # answered but never streamed: nothing to wait for
+        if not self._slots:
+            return 0
+        log.info("draining: waiting up to %.0f s for %d live call(s)", timeout_s,
+                 len(self._slots))
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout_s)
+            log.info("draining: all calls finished")
+            return 0
+        except TimeoutError:
+            pass
+        stragglers = [(sid, s.end) for sid, s in self._slots.items() if s.end is not None]
+        log.warning("draining: ending %d call(s) still live after %.0f s", len(stragglers),
+                    timeout_s)
+        results = await asyncio.gather(*(end("shutdown") for _, end in stragglers),
+                                       return_exceptions=True)
+        for (sid, _), res in zip(stragglers, results, strict=True):
+            if isinstance(res, BaseException):
+                log.warning("draining: could not end session %s: %s", sid, res)
+        try:
+            await asyncio.wait_for(self._empty.wait(), end_grace_s)
+        except TimeoutError:
+            log.warning("draining: %d call(s) did not end in time", len(self._slots))
+        return len(stragglers)

@@ -1,0 +1,36 @@
+"""Registry of the calls this process is hosting, so the REST control endpoints can reach them.
+
+The host registers a call's `CallControl` when the call starts and unregisters it when the call
+ends. A session not found here either lives on another replica or is over; the control API tells
+the two apart from the database.
+"""
+
+from __future__ import annotations
+
+from app.tools.control import CallControl
+
+
+class LiveCalls:
+    def __init__(self) -> None:
+        self._calls: dict[str, CallControl] = {}
+
+    def register(self, session_id: str, control: CallControl) -> None:
+        self._calls[session_id] = control
+
+    def unregister(self, session_id: str, control: CallControl | None = None) -> None:
+        """Remove the entry (only if it is still `control`, when given)."""
+        current = self._calls.get(session_id)
+        if current is not None and (control is None or current is control):
+            del self._calls[session_id]
+
+    def get(self, session_id: str) -> CallControl | None:
+        return self._calls.get(session_id)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._calls
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def session_ids(self) -> list[str]:
+        return list(self._calls)

@@ -1,0 +1,111 @@
+"""HMAC-SHA256 signatures on every request Phonebooth sends out (event webhooks and tool webhooks).
+
+Header `X-Phonebooth-Signature: t=<unix seconds>,v1=<hex>` where
+`hex = HMAC_SHA256(key=signing_secret.encode(), msg=f"{t}.".encode() + raw_body)`.
+
+The signing secret is derived from `security.secret_key` (HKDF-SHA256, purpose
+"phonebooth/webhook-signing/v1"), so operators never hand out the master key itself:
+`signing_secret = "whsec_" + HKDF(secret_key, info=purpose).hex()`. Get it with
+`derive_signing_secret(secret_key)` and configure it at the receiver, which verifies like this
+(Python; any language with HMAC works):
+
+    parts = dict(p.split("=", 1) for p in header.split(","))   # {"t": ..., "v1": ...}
+    mac = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, "sha256").hexdigest()
+    ok = hmac.compare_digest(mac, parts["v1"]) and abs(time.time() - int(parts["t"])) <= 300
+
+The timestamp bounds replays (default window 300 s); `X-Phonebooth-Event-Id` is the idempotency key
+of event deliveries (the same on every retry), so receivers should ignore ids they already saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+
+from app.security.crypto import SecretBox, derive_key
+
+SIGNATURE_HEADER = "X-Phonebooth-Signature"
+EVENT_ID_HEADER = "X-Phonebooth-Event-Id"
+EVENT_TYPE_HEADER = "X-Phonebooth-Event-Type"
+DEFAULT_TOLERANCE_S = 300
+SIGNING_PURPOSE = "phonebooth/webhook-signing/v1"
+
+
+class SignatureError(Exception):
+    """The request's signature is missing, malformed, stale or wrong."""
+
+
+def derive_signing_secret(secret_key: str | bytes) -> str:
+    """The webhook signing secret for a server `security.secret_key`."""
+    return "whsec_" + derive_key(secret_key, SIGNING_PURPOSE).hex()
+
+
+def signing_secret_from_box(box: SecretBox) -> str:
+    """The same secret, from the app's SecretBox (which holds the server's secret key)."""
+    return "whsec_" + box.derive(SIGNING_PURPOSE).hex()
+
+
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, *, timestamp: int | None = None) -> str:
+    """The value of the signature header for `body`."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={_mac(secret, t, body)}"
+
+
+def signature_headers(secret: str, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
+    return {SIGNATURE_HEADER: sign(secret, body, timestamp=timestamp)}
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lname = name.lower()
+    for k, v in headers.items():
+        if k.lower() == lname:
+            return v
+    return None
+
+
+def verify_signature(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
+) -> int:
+    """Check a signed request; return its timestamp or raise SignatureError.
+
+    Accepts several `v1=` entries (sent while a secret is being rotated); any match is enough.
+    """
+    value = _header(headers, SIGNATURE_HEADER)
+    if not value:
+        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in value.split(","):
+        k, sep, v = part.strip().partition("=")
+        if not sep:
+            continue
+        if k == "t":
+            try:
+                timestamp = int(v)
+            except ValueError:
+                raise SignatureError("malformed timestamp") from None
+        elif k == "v1":
+            candidates.append(v)
+    if timestamp is None or not candidates:
+        raise SignatureError("malformed signature header")
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        raise SignatureError("timestamp outside the tolerance window")
+    expected = _mac(secret, timestamp, body)
+    if not any(hmac.compare_digest(expected, c) for c in candidates):
+        raise SignatureError("signature mismatch")
+    return timestamp

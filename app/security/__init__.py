@@ -1,0 +1,1 @@
+"""Secrets at rest, API keys and the server's own secret key."""

@@ -1,0 +1,354 @@
+"""Paced playout of agent audio to Plivo (`playAudio` / `checkpoint` / `clearAudio`).
+
+Why pace at all: Plivo buffers whatever we send and plays it in real time. Bursting a whole
+utterance fills that buffer, so a barge-in `clearAudio` has seconds to discard and the caller
+hears the bot talk over them (plivo.md §3.3). We therefore keep at most `max_ahead_ms` queued at
+Plivo, tracked on a local clock: `play_head` is when everything sent so far will have finished
+playing. A frame is sent only when it keeps `play_head - now <= max_ahead_ms`.
+
+Segments: `start_segment` / `write` (any rate; resampled, encoded and cut into 20 ms frames) /
+`end_segment` (a `checkpoint` named after the segment follows its last frame). A segment counts
+as played only when Plivo echoes that checkpoint in `playedStream`. `clear()` stops feeding,
+drops what is queued locally, sends `clearAudio`, and returns how much of the current segment
+the caller heard (from the pacing clock, or its full length if its ack already arrived).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.telephony.plivo import protocol
+from app.telephony.plivo.codec import StreamCodec
+from pipelines.audio.frames import FRAME_MS, Framer
+from pipelines.audio.resample import StreamResampler
+
+log = logging.getLogger(__name__)
+
+FRAME_S = FRAME_MS / 1000.0
+_KEEP_SEGMENTS = 256  # finished segments remembered for played_ms() lookups
+
+Send = Callable[[str], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+@dataclass(eq=False)
+class _Segment:
+    id: str
+    done: asyncio.Future[None]
+    framer: Framer
+    resampler: StreamResampler | None = None
+    frames_queued: int = 0
+    frames_sent: int = 0
+    first_play_at: float | None = None  # clock time its first frame starts playing at Plivo
+    sent_end: float = 0.0  # clock time its last sent frame finishes playing
+    ended: bool = False
+    checkpoint_sent: bool = False
+    acked: bool = False
+    cleared: bool = False
+    heard_ms: float = 0.0  # frozen at clear()
+
+    @property
+    def sent_ms(self) -> float:
+        return self.frames_sent * FRAME_MS
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+@dataclass(eq=False, slots=True)
+class _Item:
+    segment: _Segment
+    payload: bytes | None = None  # None: the segment's checkpoint
+
+
+@dataclass
+class PlayoutStats:
+    frames_sent: int = 0
+    segments: int = 0
+    checkpoints_acked: int = 0
+    clears: int = 0
+    clears_acked: int = 0
+    underruns: int = 0  # Plivo's buffer ran dry in the middle of a segment
+    ack_timeouts: int = 0
+    max_ahead_ms_seen: float = 0.0
+    acked_order: list[str] = field(default_factory=list)
+
+
+class PlivoPlayout:
+    """`pipelines.ports.PlayoutSink` over one Plivo stream."""
+
+    def __init__(
+        self,
+        send: Send,
+        codec: StreamCodec,
+        stream_id: str,
+        *,
+        max_ahead_ms: int = 200,
+        local_buffer_ms: int = 5000,
+        ack_timeout_s: float = 5.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if max_ahead_ms < FRAME_MS:
+            raise ValueError(f"max_ahead_ms must be at least one frame ({FRAME_MS} ms)")
+        self._send_raw = send
+        self.codec = codec
+        self.stream_id = stream_id
+        self.max_ahead_s = max_ahead_ms / 1000.0
+        self.local_buffer_frames = max(1, local_buffer_ms // FRAME_MS)
+        self.ack_timeout_s = ack_timeout_s
+        self._clock = clock
+        self._queue: deque[_Item] = deque()
+        self._segments: OrderedDict[str, _Segment] = OrderedDict()
+        self._current: _Segment | None = None
+        self._play_head = 0.0
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._feeder: asyncio.Task[None] | None = None
+        self._closed = False
+        self._auto_ids = itertools.count(1)
+        self.stats = PlayoutStats()
+
+    # --- PlayoutSink ------------------------------------------------------------------------
+    async def start_segment(self, segment_id: str) -> None:
+        if self._current is not None and not self._current.ended:
+            await self.end_segment()
+        loop = asyncio.get_running_loop()
+        seg = _Segment(segment_id, loop.create_future(), Framer(self.codec.frame_samples))
+        if segment_id in self._segments:
+            log.warning("playout segment id %r reused; the older one is forgotten", segment_id)
+            self._segments.pop(segment_id).finish()
+        self._segments[segment_id] = seg
+        self._current = seg
+        self.stats.segments += 1
+        self._forget_old()
+
+    async def write(self, samples: np.ndarray, sample_rate: int) -> None:
+        if self._closed:
+            return
+        if self._current is None or self._current.ended:
+            await self.start_segment(f"seg-auto-{next(self._auto_ids)}")
+        seg = self._current
+        assert seg is not None
+        if seg.cleared:
+            return  # barge-in already cut this segment; late TTS audio is dropped
+        if seg.resampler is None or seg.resampler.in_rate != sample_rate:
+            if seg.resampler is not None:  # rate changed mid-segment: drain the old filter
+                self._enqueue(seg, seg.resampler.flush())
+            seg.resampler = StreamResampler(sample_rate, self.codec.sample_rate)
+        self._enqueue(seg, seg.resampler.process(samples))
+        # Back-pressure instead of an unbounded local queue: wait for the feeder to drain.
+        while (len(self._queue) > self.local_buffer_frames and not seg.cleared
+               and not self._closed):
+            self._space.clear()
+            await self._space.wait()
+
+    async def end_segment(self) -> None:
+        seg = self._current
+        if seg is None or seg.ended:
+            return
+        self._current = None
+        seg.ended = True
+        if seg.cleared:
+            return
+        if seg.resampler is not None:
+            self._enqueue(seg, seg.resampler.flush())
+        tail = seg.framer.flush()
+        if tail is not None:
+            self._queue_frame(seg, self.codec.encode(tail))
+        if seg.frames_queued == 0:
+            seg.acked = True  # nothing to play: trivially "played"
+            seg.finish()
+            return
+        self._queue.append(_Item(seg))
+        self._wake.set()
+
+    async def wait_played(self, segment_id: str) -> None:
+        seg = self._segments.get(segment_id)
+        if seg is None:
+            return
+        while not seg.done.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(seg.done), 0.25)
+            except TimeoutError:
+                if (seg.checkpoint_sent
+                        and self._clock() > seg.sent_end + self.ack_timeout_s):
+                    self.stats.ack_timeouts += 1
+                    log.warning("no playedStream for segment %r %.1f s after it should have "
+                                "finished playing; treating it as done", seg.id,
+                                self.ack_timeout_s)
+                    seg.finish()
+
+    def played_ms(self, segment_id: str) -> float:
+        seg = self._segments.get(segment_id)
+        if seg is None:
+            return 0.0
+        if seg.acked:
+            return seg.sent_ms
+        if seg.cleared:
+            return seg.heard_ms
+        return self._heard_by_clock(seg, self._clock())
+
+    async def clear(self) -> float:
+        now = self._clock()
+        live = [s for s in self._segments.values() if not s.acked and not s.cleared]
+        pending_audio = bool(self._queue) or self._play_head > now
+        current = self._heard_segment(live, now)
+        heard = 0.0
+        self._queue.clear()
+        for seg in live:
+            seg.heard_ms = self._heard_by_clock(seg, now)
+            seg.cleared = True
+            if seg.resampler is not None:
+                seg.resampler.reset()
+            seg.framer.reset()
+            seg.finish()
+            if seg is current:
+                heard = seg.heard_ms
+        self._space.set()
+        if not pending_audio and not live:
+            return 0.0
+        self._play_head = now  # Plivo empties its buffer on clearAudio
+        self.stats.clears += 1
+        await self._send(protocol.clear_audio(self.stream_id))
+        return heard
+
+    def is_idle(self) -> bool:
+        open_seg = self._current is not None and not self._current.ended
+        return not self._queue and not open_seg and self._clock() >= self._play_head
+
+    async def send_dtmf(self, digits: str) -> None:
+        await self._send(protocol.send_dtmf(digits))
+
+    # --- acks from the stream reader ------------------------------------------------------------
+    def on_played(self, name: str) -> None:
+        seg = self._segments.get(name)
+        if seg is None:
+            log.info("playedStream for unknown checkpoint %r ignored", name)
+            return
+        if seg.acked:
+            return
+        seg.acked = True
+        self.stats.checkpoints_acked += 1
+        self.stats.acked_order.append(name)
+        seg.finish()
+
+    def on_cleared(self) -> None:
+        self.stats.clears_acked += 1
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._feeder is None:
+            self._feeder = asyncio.create_task(self._feed(), name=f"playout-{self.stream_id}")
+
+    async def close(self) -> None:
+        """Stream ended: stop feeding and release anyone waiting on a segment."""
+        self._closed = True
+        self._queue.clear()
+        self._wake.set()
+        self._space.set()
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+        for seg in self._segments.values():
+            seg.finish()
+
+    @property
+    def queued_ahead_ms(self) -> float:
+        """What our clock says is still buffered at Plivo right now."""
+        return max(0.0, self._play_head - self._clock()) * 1000.0
+
+    # --- internals ----------------------------------------------------------------------------
+    def _heard_by_clock(self, seg: _Segment, now: float) -> float:
+        if seg.first_play_at is None:
+            return 0.0
+        return min(max(0.0, (now - seg.first_play_at) * 1000.0), seg.sent_ms)
+
+    @staticmethod
+    def _heard_segment(live: list[_Segment], now: float) -> _Segment | None:
+        """The segment whose audio is (or was last) playing at `now`, else the oldest pending."""
+        started = [s for s in live if s.first_play_at is not None and s.first_play_at <= now]
+        if started:
+            return max(started, key=lambda s: s.first_play_at or 0.0)
+        return live[0] if live else None
+
+    def _enqueue(self, seg: _Segment, samples: np.ndarray) -> None:
+        if not len(samples):
+            return
+        for frame in seg.framer.push(samples):
+            self._queue_frame(seg, self.codec.encode(frame))
+
+    def _queue_frame(self, seg: _Segment, payload: bytes) -> None:
+        self._queue.append(_Item(seg, payload))
+        seg.frames_queued += 1
+        self._wake.set()
+        self.start()
+
+    async def _send(self, message: str) -> None:
+        # One lock for every outgoing message keeps order deterministic: a frame already being
+        # written goes out before a clearAudio, never after it.
+        async with self._send_lock:
+            await self._send_raw(message)
+
+    def _forget_old(self) -> None:
+        while len(self._segments) > _KEEP_SEGMENTS:
+            sid, seg = next(iter(self._segments.items()))
+            if not (seg.acked or seg.cleared or seg.done.done()):
+                break
+            del self._segments[sid]
+
+    async def _feed(self) -> None:
+        try:
+            while not self._closed:
+                if not self._queue:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                item = self._queue[0]
+                seg = item.segment
+                if item.payload is None:
+                    self._queue.popleft()
+                    await self._send(protocol.checkpoint(self.stream_id, seg.id))
+                    seg.checkpoint_sent = True
+                    continue
+                now = self._clock()
+                ahead = max(0.0, self._play_head - now)
+                wait = ahead + FRAME_S - self.max_ahead_s
+                if wait > 1e-4:
+                    await asyncio.sleep(wait)
+                    continue
+                self._queue.popleft()
+                if self._play_head < now:
+                    if seg.frames_sent > 0:
+                        self.stats.underruns += 1
+                    self._play_head = now
+                if seg.first_play_at is None:
+                    seg.first_play_at = self._play_head
+                self._play_head += FRAME_S
+                seg.frames_sent += 1
+                seg.sent_end = self._play_head
+                self.stats.frames_sent += 1
+                self.stats.max_ahead_ms_seen = max(self.stats.max_ahead_ms_seen,
+                                                   (self._play_head - now) * 1000.0)
+                self._space.set()
+                await self._send(protocol.play_audio(item.payload, self.codec.encoding,
+                                                     self.codec.sample_rate))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A dead socket ends the call elsewhere; playout just stops.
+            log.warning("playout feeder stopped: send failed", exc_info=True)
+            self._closed = True
+            for seg in self._segments.values():
+                seg.finish()

@@ -1,0 +1,333 @@
+"""Plivo's HTTP and WebSocket entry points (`/plivo/...`, no API key: Plivo signs instead).
+
+- `GET|POST /plivo/answer`: the answer URL. Verifies the V3 signature over the exact public URL
+  Plivo called, finds the agent (by `To`, or `?agent=`; outbound calls carry `?session_id=`),
+  creates the session pinned to the agent's current version and returns the `<Stream>` XML.
+  An unknown number gets a spoken apology, a full server a busy hangup: never a 500.
+- `POST /plivo/hangup`, `POST /plivo/stream-status`: signed, idempotent session updates.
+- `GET|POST /plivo/transfer/{session_id}` (+ `/brief`): the `<Dial>` XML a transfer fetches.
+- `WS /plivo/stream/{session_id}`: the audio stream (app.telephony.plivo.stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import PlainTextResponse, Response
+
+from app.api.deps import State
+from app.calls.state_store import SessionNotFound, SessionStateStore
+from app.calls.transfer import brief_url, load_pending_transfer
+from app.db.models import Session, new_id
+from app.db.repos import agents as agents_repo
+from app.db.repos import numbers as numbers_repo
+from app.db.repos import sessions as sessions_repo
+from app.state import AppState
+from app.telephony.plivo import xml as pxml
+from app.telephony.plivo.edge import PlivoEdge, get_edge
+from app.telephony.plivo.signature import verify_v3
+from app.telephony.plivo.store import find_session
+from app.telephony.plivo.stream import serve_stream
+from app.telephony.plivo.token import make_stream_token
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/plivo", tags=["plivo"])
+
+UNKNOWN_NUMBER_APOLOGY = "Sorry, this number is not in service. Goodbye."
+UNAVAILABLE_APOLOGY = "Sorry, we cannot take your call right now. Please try again later."
+TRANSFER_FAILED_APOLOGY = "Sorry, I could not transfer your call. Goodbye."
+_FAILED_CALL_STATUSES = {"busy", "failed", "timeout", "no-answer", "cancel", "canceled"}
+# Normalised stream status events: Plivo documents two naming schemes (plivo.md §4, §9.5).
+STREAM_EVENTS = {
+    "startstream": "started", "started": "started",
+    "stopstream": "stopped", "stopped": "stopped",
+    "droppedstream": "failed", "failed": "failed",
+    "degradedstream": "degraded", "degraded": "degraded",
+    "playedstream": "played", "clearedaudio": "cleared",
+}
+
+
+def xml_response(doc: str) -> Response:
+    return Response(doc, media_type=pxml.XML_CONTENT_TYPE)
+
+
+def normalize_number(raw: str) -> str | None:
+    """Plivo's `To`/`From` ("14155550100", "+1 415…", "sip:1415…@host") as E.164, if it is one."""
+    s = raw.strip()
+    if s.lower().startswith(("sip:", "sips:")):
+        s = s.split(":", 1)[1].split("@", 1)[0]
+    digits = re.sub(r"[\s\-().]", "", s).lstrip("+")
+    if not digits.isdigit() or not 2 <= len(digits) <= 15 or digits.startswith("0"):
+        return None
+    return "+" + digits
+
+
+async def _request_params(request: Request) -> tuple[dict[str, list[str]] | None, dict[str, str]]:
+    """(params covered by the signature's body part, all params flattened to first values)."""
+    flat: dict[str, str] = dict(request.query_params)
+    if request.method == "GET":
+        return None, flat
+    form = await request.form()
+    signed: dict[str, list[str]] = {}
+    for k, v in form.multi_items():
+        if isinstance(v, str):  # Plivo never uploads files; ignore any that appear
+            signed.setdefault(k, []).append(v)
+    flat.update({k: v[0] for k, v in signed.items()})
+    return signed, flat
+
+
+def _check_signature(request: Request, state: AppState, edge: PlivoEdge,
+                     signed: dict[str, list[str]] | None) -> Response | None:
+    """None when the request is Plivo's; otherwise the 403 to return (and a log line why)."""
+    if not state.settings.security.verify_plivo_signatures:
+        return None
+    query = request.url.query
+    url = edge.public_url + request.url.path + (f"?{query}" if query else "")
+    check = verify_v3(request.headers, request.method, url, signed, edge.auth_tokens)
+    if check:
+        return None
+    log.warning("Plivo %s %s refused (403): %s", request.method, request.url.path, check.reason)
+    return PlainTextResponse("invalid Plivo signature", status_code=403)
+
+
+def _plivo_metadata(p: dict[str, str]) -> dict[str, Any]:
+    keep = {k: v for k, v in p.items()
+            if k in ("ForwardedFrom", "CallerName", "ParentCallUUID", "ALegUUID",
+                     "ALegRequestUUID") or k.startswith(("X-PH-", "SIP-"))}
+    return {"plivo": keep} if keep else {}
+
+
+async def _record_refused(state: AppState, p: dict[str, str], direction: str, reason: str,
+                          agent_id: str | None = None, agent_version: int | None = None) -> None:
+    """Keep a trace of calls we turned away (busy, unknown number) in the session history."""
+    try:
+        async with state.db.transaction() as s:
+            row = await sessions_repo.create(
+                s, call_uuid=p.get("CallUUID"), direction=direction,
+                from_number=p.get("From", "")[:64], to_number=p.get("To", "")[:64],
+                agent_id=agent_id, agent_version=agent_version, status="ringing",
+                metadata_=_plivo_metadata(p))
+            await sessions_repo.end(s, row.id, status="failed", end_reason=reason)
+    except Exception:
+        log.exception("could not record refused call %s", p.get("CallUUID"))
+
+
+def _stream_xml(state: AppState, edge: PlivoEdge, session_id: str, call_uuid: str) -> Response:
+    token = make_stream_token(edge.token_key, session_id, call_uuid,
+                              state.settings.security.stream_token_ttl_s)
+    return xml_response(pxml.stream_response(
+        edge.stream_url(session_id, token),
+        content_type=state.settings.plivo.content_type,
+        status_callback_url=edge.url("/plivo/stream-status"),
+    ))
+
+
+@router.api_route("/answer", methods=["GET", "POST"])
+async def answer(request: Request, state: State) -> Response:
+    """Plivo's answer URL: returns `<Stream>` XML for the agent this number belongs to."""
+    edge = get_edge(state)
+    signed, p = await _request_params(request)
+    if (refused := _check_signature(request, state, edge, signed)) is not None:
+        return refused
+    call_uuid = p.get("CallUUID", "").strip()
+    if not call_uuid:
+        log.warning("answer request without CallUUID refused (400)")
+        return PlainTextResponse("missing CallUUID", status_code=400)
+    direction = p.get("Direction", "inbound").strip().lower()
+    direction = direction if direction in ("inbound", "outbound") else "inbound"
+    outbound_sid = request.query_params.get("session_id")
+
+    async with state.db.transaction() as s:
+        # Plivo retries the answer URL on timeouts: the same call gets the same session.
+        existing = await sessions_repo.get_by_call_uuid(s, call_uuid)
+        if existing is not None and existing.status in ("ringing", "active"):
+            log.info("answer retried for call %s (session %s)", call_uuid, existing.id)
+            return _stream_xml(state, edge, existing.id, call_uuid)
+        if outbound_sid:
+            return await _answer_outbound(s, state, edge, outbound_sid, call_uuid)
+
+        agent_id = request.query_params.get("agent") or p.get("agent")
+        found = None
+        if agent_id:
+            agent = await agents_repo.get(s, agent_id)
+            if agent is not None:
+                found = (agent, await agents_repo.current_version(s, agent))
+        else:
+            number = normalize_number(p.get("To", ""))
+            if number:
+                found = await numbers_repo.agent_for_number(s, number)
+    if found is None:
+        log.warning("call %s to %r: no agent for this number%s; apologising", call_uuid,
+                    p.get("To", ""), f" (agent={agent_id!r})" if agent_id else "")
+        await _record_refused(state, p, direction, "unknown_number")
+        return xml_response(pxml.apology_response(UNKNOWN_NUMBER_APOLOGY))
+    agent, version = found
+    session_id = new_id()
+    if state.draining or not edge.admission.try_admit(session_id):
+        log.warning("call %s refused busy: %d/%d calls in use%s", call_uuid,
+                    edge.admission.in_use, edge.admission.max_calls,
+                    " (draining)" if edge.admission.draining or state.draining else "")
+        await _record_refused(state, p, direction, "busy", agent.id, version.version)
+        return xml_response(pxml.busy_response())
+    try:
+        async with state.db.transaction() as s:
+            await sessions_repo.create(
+                s, id=session_id, agent_id=agent.id, agent_version=version.version,
+                call_uuid=call_uuid, direction=direction,
+                from_number=p.get("From", "")[:64], to_number=p.get("To", "")[:64],
+                status="ringing", metadata_=_plivo_metadata(p))
+    except Exception:
+        edge.admission.release(session_id)
+        log.exception("call %s: could not create its session", call_uuid)
+        return xml_response(pxml.apology_response(UNAVAILABLE_APOLOGY))
+    log.info("call %s from %s to %s → agent %s v%d, session %s", call_uuid, p.get("From", ""),
+             p.get("To", ""), agent.id, version.version, session_id)
+    return _stream_xml(state, edge, session_id, call_uuid)
+
+
+async def _answer_outbound(s: Any, state: AppState, edge: PlivoEdge, session_id: str,
+                           call_uuid: str) -> Response:
+    row: Session | None = await sessions_repo.get(s, session_id)
+    if row is None or row.direction != "outbound" or row.status != "ringing":
+        log.warning("outbound answer for session %s refused: %s", session_id,
+                    "no such session" if row is None else f"{row.direction}/{row.status}")
+        return xml_response(pxml.hangup_response())
+    if row.call_uuid and row.call_uuid != call_uuid:
+        log.warning("outbound session %s already answered as call %s; refusing %s",
+                    session_id, row.call_uuid, call_uuid)
+        return xml_response(pxml.hangup_response())
+    if state.draining or not edge.admission.try_admit(session_id):
+        await sessions_repo.end(s, session_id, status="failed", end_reason="busy")
+        return xml_response(pxml.busy_response())
+    row.call_uuid = call_uuid
+    await s.flush()
+    log.info("outbound call %s answered (session %s)", call_uuid, session_id)
+    return _stream_xml(state, edge, session_id, call_uuid)
+
+
+def _float(v: str | None) -> float | None:
+    try:
+        return float(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@router.api_route("/hangup", methods=["GET", "POST"])
+async def hangup(request: Request, state: State) -> Response:
+    """Plivo's hangup URL: records cause and duration; safe to receive more than once."""
+    edge = get_edge(state)
+    signed, p = await _request_params(request)
+    if (refused := _check_signature(request, state, edge, signed)) is not None:
+        return refused
+    call_uuid = p.get("CallUUID") or None
+    cause = (p.get("HangupCause") or p.get("HangupCauseName") or "")[:128] or None
+    duration = _float(p.get("Duration"))
+    call_status = (p.get("CallStatus") or "").lower()
+    async with state.db.transaction() as s:
+        row = await find_session(
+            s, session_id=request.query_params.get("session_id"), call_uuid=call_uuid,
+            request_uuid=p.get("RequestUUID") or p.get("ALegRequestUUID"))
+        if row is None:
+            log.info("hangup for unknown call %s ignored", call_uuid)
+            return PlainTextResponse("OK")
+        if call_uuid and not row.call_uuid:
+            row.call_uuid = call_uuid
+        if row.status == "ringing":
+            # The stream never started: nothing else will close this session.
+            if call_status in _FAILED_CALL_STATUSES:
+                status, reason = "failed", call_status.replace("-", "_")
+            else:
+                status, reason = "ended", "hangup_before_stream"
+            await sessions_repo.end(s, row.id, status=status, end_reason=reason,
+                                    hangup_cause=cause)
+        elif row.status == "active":
+            # The stream owner (this or another replica) ends the session when the socket
+            # closes; record Plivo's side of the story now.
+            if cause:
+                row.hangup_cause = cause
+        else:
+            await sessions_repo.end(s, row.id, hangup_cause=cause)
+        if duration is not None and row.status != "active":
+            row.duration_s = duration
+        await s.flush()
+        session_id = row.id
+        status_now = row.status
+    if status_now != "active":  # a live stream releases its own slot when it closes
+        edge.admission.release(session_id)
+    log.info("call %s hung up: %s (%s, %s s)", call_uuid, cause or "no cause", call_status,
+             p.get("Duration", "?"))
+    return PlainTextResponse("OK")
+
+
+@router.api_route("/stream-status", methods=["GET", "POST"])
+async def stream_status(request: Request, state: State) -> Response:
+    """`<Stream statusCallbackUrl>`: lifecycle events, logged and attached to the session."""
+    edge = get_edge(state)
+    signed, p = await _request_params(request)
+    if (refused := _check_signature(request, state, edge, signed)) is not None:
+        return refused
+    raw = p.get("Event", "")
+    event = STREAM_EVENTS.get(raw.lower(), "unknown")
+    call_uuid = p.get("CallUUID") or None
+    stream_id = p.get("StreamID") or p.get("StreamId") or p.get("stream_id")
+    level = logging.WARNING if event in ("failed", "degraded", "unknown") else logging.INFO
+    log.log(level, "stream status for call %s stream %s: %s (Event=%r)", call_uuid, stream_id,
+            event, raw)
+    if call_uuid and stream_id:
+        async with state.db.transaction() as s:
+            row = await sessions_repo.get_by_call_uuid(s, call_uuid)
+            if row is not None and not row.stream_id:
+                row.stream_id = stream_id[:64]
+    return PlainTextResponse("OK")
+
+
+async def _pending_transfer(state: AppState, session_id: str) -> Any:
+    try:
+        return await load_pending_transfer(SessionStateStore(state.db.sessionmaker), session_id)
+    except SessionNotFound:
+        return None
+
+
+@router.api_route("/transfer/{session_id}", methods=["GET", "POST"])
+async def transfer(session_id: str, request: Request, state: State) -> Response:
+    """The XML a transferred call fetches: `<Dial>` the pending target."""
+    edge = get_edge(state)
+    signed, _ = await _request_params(request)
+    if (refused := _check_signature(request, state, edge, signed)) is not None:
+        return refused
+    pending = await _pending_transfer(state, session_id)
+    if pending is None:
+        log.warning("transfer XML requested for session %s with no pending transfer",
+                    session_id)
+        return xml_response(pxml.apology_response(TRANSFER_FAILED_APOLOGY))
+    try:
+        doc = pxml.dial_response(
+            pending.target,
+            confirm_sound_url=(brief_url(edge.public_url, session_id)
+                               if pending.mode == "warm" and pending.brief else None))
+    except ValueError as exc:
+        log.warning("session %s: bad transfer target: %s", session_id, exc)
+        return xml_response(pxml.apology_response(TRANSFER_FAILED_APOLOGY))
+    log.info("session %s: transferring to %s (%s)", session_id, pending.target, pending.mode)
+    return xml_response(doc)
+
+
+@router.api_route("/transfer/{session_id}/brief", methods=["GET", "POST"])
+async def transfer_brief(session_id: str, request: Request, state: State) -> Response:
+    """Spoken to a warm-transfer target when they pick up, before the caller is bridged."""
+    edge = get_edge(state)
+    signed, _ = await _request_params(request)
+    if (refused := _check_signature(request, state, edge, signed)) is not None:
+        return refused
+    pending = await _pending_transfer(state, session_id)
+    text = pending.brief if pending is not None and pending.brief else "Connecting a caller."
+    return xml_response(pxml.speak_response(text))
+
+
+@router.websocket("/stream/{session_id}")
+async def stream(websocket: WebSocket, session_id: str) -> None:
+    await serve_stream(websocket, session_id, websocket.app.state.pb)

@@ -1,0 +1,326 @@
+"""`WS /plivo/stream/{session_id}`: one Plivo audio stream, start to end.
+
+1. Authenticate: the `?token=` must be ours for this session and its CallUUID, and (when
+   signatures are on) the upgrade must carry a valid V3 signature over the stream URL in its
+   `http://` form (plivo.md §6). Failures close with 1008 and a log line saying why.
+2. Wait for `start` and take the codec and streamId from it, not from the XML we served.
+3. Decode `media` into 16 kHz 20 ms frames for the runner; route `dtmf`, `playedStream`/`played`,
+   `clearedAudio`, `stop`, `playFailed`, `error` and unknown events.
+4. Run the call: `app.state.pb.calls` (a `CallRunner`), or the echo runner for edge tests.
+5. Record how it ended on the session and free the admission slot.
+
+Bad input never ends a call: malformed JSON, missing fields, oversized frames and media in the
+wrong codec are logged (rate-limited) and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from app.calls.echo import GreetingEchoRunner
+from app.calls.runner import CallInfo, CallRunner
+from app.calls.state_store import SessionStateStore
+from app.calls.transfer import transfer_via_plivo
+from app.db.models import utcnow
+from app.db.repos import agents as agents_repo
+from app.db.repos import sessions as sessions_repo
+from app.state import AppState
+from app.telephony.plivo import protocol as proto
+from app.telephony.plivo.codec import StreamCodec, UnsupportedCodec
+from app.telephony.plivo.edge import PlivoEdge, get_edge
+from app.telephony.plivo.playout import PlivoPlayout
+from app.telephony.plivo.signature import verify_v3, websocket_signed_url
+from app.telephony.plivo.token import InvalidToken, verify_stream_token
+from app.telephony.plivo.transport import PlivoTransport
+from pipelines.audio.frames import SAMPLE_RATE
+from pipelines.audio.resample import StreamResampler
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 10.0  # Plivo sends `start` right after connecting
+RUNNER_EXIT_GRACE_S = 10.0  # after the stream ends, how long the runner gets to wrap up
+FAR_END_CLOSE_GRACE_S = 5.0  # after the runner ends (e.g. REST hangup), wait for Plivo's close
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+
+class _SkipLog:
+    """Rate-limited logging of skipped messages: a flood of junk must not flood the log."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.count = 0
+
+    def __call__(self, why: str) -> None:
+        self.count += 1
+        if self.count <= 10 or self.count % 100 == 0:
+            log.warning("session %s: skipped stream message #%d: %s", self.session_id,
+                        self.count, why)
+
+
+async def _reject(ws: WebSocket, session_id: str, why: str) -> None:
+    log.warning("stream for session %s rejected: %s", session_id, why)
+    # Accept first so the refusal is a real close frame with a code, not a bare HTTP 403.
+    if ws.client_state == WebSocketState.CONNECTING:
+        await ws.accept()
+    await ws.close(code=POLICY_VIOLATION, reason=why[:120])
+
+
+def _upgrade_url(edge: PlivoEdge, ws: WebSocket) -> str:
+    query = ws.url.query
+    return websocket_signed_url(edge.public_url + ws.url.path + (f"?{query}" if query else ""))
+
+
+async def _receive_text(ws: WebSocket) -> str | bytes | None:
+    """The next data frame, or None once the socket is closed."""
+    msg = await ws.receive()
+    if msg["type"] == "websocket.disconnect":
+        return None
+    if msg.get("text") is not None:
+        return msg["text"]  # type: ignore[no-any-return]
+    if msg.get("bytes") is not None:
+        return msg["bytes"]  # type: ignore[no-any-return]
+    return ""
+
+
+async def _await_start(ws: WebSocket, skip: _SkipLog) -> proto.Start | None:
+    while True:
+        raw = await _receive_text(ws)
+        if raw is None:
+            return None
+        try:
+            msg = proto.parse_message(raw)
+        except proto.ProtocolError as exc:
+            skip(str(exc))
+            continue
+        if isinstance(msg, proto.Start):
+            return msg
+        skip(f"'{type(msg).__name__}' before 'start'")
+
+
+def _choose_codec(start: proto.Start, edge: PlivoEdge, session_id: str) -> StreamCodec:
+    try:
+        return StreamCodec(start.encoding, start.sample_rate)
+    except UnsupportedCodec as exc:
+        fallback = StreamCodec.parse(edge.settings.plivo.content_type)
+        log.warning("session %s: start announces %s; using the configured %s instead",
+                    session_id, exc, fallback.content_type)
+        return fallback
+
+
+async def serve_stream(ws: WebSocket, session_id: str, state: AppState) -> None:
+    edge = get_edge(state)
+    async with state.db.session() as s:
+        row = await sessions_repo.get(s, session_id)
+        if row is not None:
+            info_row = {
+                "agent_id": row.agent_id, "agent_version": row.agent_version,
+                "direction": row.direction, "from_number": row.from_number,
+                "to_number": row.to_number, "call_uuid": row.call_uuid or "",
+                "status": row.status, "metadata": dict(row.metadata_ or {}),
+            }
+            config: dict[str, Any] = {}
+            if row.agent_id and row.agent_version:
+                v = await agents_repo.get_version(s, row.agent_id, row.agent_version)
+                config = dict(v.config) if v is not None else {}
+    if row is None or not info_row["call_uuid"]:
+        await _reject(ws, session_id, "unknown session")
+        return
+    try:
+        verify_stream_token(edge.token_key, ws.query_params.get("token"), session_id,
+                            info_row["call_uuid"])
+    except InvalidToken as exc:
+        await _reject(ws, session_id, str(exc))
+        return
+    if state.settings.security.verify_plivo_signatures:
+        check = verify_v3(ws.headers, "GET", _upgrade_url(edge, ws), None, edge.auth_tokens)
+        if not check:
+            await _reject(ws, session_id, f"upgrade signature: {check.reason}")
+            return
+    if info_row["status"] not in ("ringing", "active"):
+        await _reject(ws, session_id, f"session is already {info_row['status']}")
+        return
+
+    await ws.accept()
+    skip = _SkipLog(session_id)
+    try:
+        start = await asyncio.wait_for(_await_start(ws, skip), START_TIMEOUT_S)
+    except TimeoutError:
+        start = None
+        log.warning("session %s: no 'start' within %.0f s", session_id, START_TIMEOUT_S)
+    if start is None:
+        with contextlib.suppress(Exception):
+            await ws.close(code=POLICY_VIOLATION, reason="no start event")
+        return
+    if start.call_id != info_row["call_uuid"]:
+        log.warning("session %s: start.callId %s differs from the answered CallUUID %s",
+                    session_id, start.call_id, info_row["call_uuid"])
+    codec = _choose_codec(start, edge, session_id)
+    await _run_call(ws, state, edge, session_id, info_row, config, start, codec, skip)
+
+
+async def _run_call(ws: WebSocket, state: AppState, edge: PlivoEdge, session_id: str,
+                    row: dict[str, Any], config: dict[str, Any], start: proto.Start,
+                    codec: StreamCodec, skip: _SkipLog) -> None:
+    call_uuid = row["call_uuid"]
+
+    async def send(text: str) -> None:
+        await ws.send_text(text)
+
+    async def close_stream() -> None:
+        with contextlib.suppress(Exception):
+            await ws.close(code=1000)
+
+    store = SessionStateStore(state.db.sessionmaker)
+
+    async def request_transfer(target: str, mode: str, brief: str) -> object:
+        return await transfer_via_plivo(rest=edge.rest, store=store, public_url=edge.public_url,
+                                        session_id=session_id, call_uuid=call_uuid,
+                                        target=target, mode=mode, brief=brief)
+
+    playout = PlivoPlayout(send, codec, start.stream_id,
+                           max_ahead_ms=state.settings.playout.max_ahead_ms)
+    transport = PlivoTransport(session_id=session_id, call_uuid=call_uuid,
+                               stream_id=start.stream_id, codec=codec, playout=playout,
+                               rest=edge.rest, request_transfer=request_transfer,
+                               close_stream=close_stream)
+    if not edge.admission.attach(session_id, transport.hangup):
+        log.warning("session %s: stream refused, server is draining or full", session_id)
+        await ws.close(code=TRY_AGAIN_LATER, reason="server unavailable")
+        return
+    status, reason = "ended", "stream_closed"
+    try:
+        async with state.db.transaction() as s:
+            # A reconnect (Plivo retries a dropped stream) keeps the first answer time.
+            extra = {"answered_at": utcnow()} if row["status"] == "ringing" else {}
+            await sessions_repo.set_status(s, session_id, "active", stream_id=start.stream_id,
+                                           **extra)
+        info = CallInfo(
+            session_id=session_id, agent_id=row["agent_id"], agent_version=row["agent_version"],
+            agent_config=config, direction=row["direction"], from_number=row["from_number"],
+            to_number=row["to_number"], call_uuid=call_uuid, stream_id=start.stream_id,
+            metadata=row["metadata"], extra_headers=start.extra_headers,
+        )
+        log.info("session %s: stream %s started (%s)", session_id, start.stream_id,
+                 codec.content_type)
+        status, reason = await _supervise(ws, state, info, transport, playout, codec, skip)
+    finally:
+        await playout.close()
+        edge.admission.release(session_id)
+        try:
+            async with state.db.transaction() as s:
+                await sessions_repo.end(s, session_id, status=status, end_reason=reason)
+        except Exception:
+            log.exception("session %s: could not record the end of the call", session_id)
+        log.info("session %s: ended (%s, %s); %d frames in, %d dropped, %d messages skipped, "
+                 "%d playout underruns", session_id, status, reason, transport.stats.frames_in,
+                 transport.stats.frames_dropped, skip.count, playout.stats.underruns)
+
+
+async def _supervise(ws: WebSocket, state: AppState, info: CallInfo, transport: PlivoTransport,
+                     playout: PlivoPlayout, codec: StreamCodec,
+                     skip: _SkipLog) -> tuple[str, str]:
+    runner: CallRunner = state.calls if state.calls is not None else GreetingEchoRunner()
+    reader = asyncio.create_task(_read(ws, transport, playout, codec, skip),
+                                 name=f"stream-reader-{info.session_id}")
+    running = asyncio.create_task(runner.run(info, transport),
+                                  name=f"call-runner-{info.session_id}")
+    status = "ended"
+    try:
+        await asyncio.wait({reader, running}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done():
+            transport.finish(_result(reader, "stream_closed"))
+            # The runner sees its frames end; give it a moment to wrap up.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running), RUNNER_EXIT_GRACE_S)
+        else:
+            # The runner finished first (it hung up or transferred): Plivo closes the socket
+            # once the call is gone; if it does not, we do.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), FAR_END_CLOSE_GRACE_S)
+            transport.finish(_result(reader, "runner_finished") if reader.done()
+                             else "runner_finished")
+        if running.done() and not running.cancelled() and running.exception() is None:
+            reason = running.result() or transport.end_reason or "ended"
+        elif running.done() and not running.cancelled():
+            exc = running.exception()
+            log.error("session %s: call runner failed: %r", info.session_id, exc,
+                      exc_info=exc)
+            status, reason = "failed", "runner_error"
+            with contextlib.suppress(Exception):
+                await transport.hangup("runner_error")
+        else:
+            log.warning("session %s: runner did not finish %.0f s after the stream ended",
+                        info.session_id, RUNNER_EXIT_GRACE_S)
+            reason = transport.end_reason or "stream_closed"
+        return status, str(reason)[:64]
+    finally:
+        for task in (reader, running):
+            if not task.done():
+                task.cancel()
+        for task in (reader, running):
+            with contextlib.suppress(BaseException):
+                await task
+        if ws.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(code=1000)
+
+
+def _result(task: asyncio.Task[str], default: str) -> str:
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()
+    return default
+
+
+async def _read(ws: WebSocket, transport: PlivoTransport, playout: PlivoPlayout,
+                codec: StreamCodec, skip: _SkipLog) -> str:
+    """Route inbound messages until the stream ends; returns why it ended."""
+    resampler = StreamResampler(codec.sample_rate, SAMPLE_RATE)
+    sid = transport.session_id
+    while True:
+        try:
+            raw = await _receive_text(ws)
+        except RuntimeError:  # socket already closed by our side
+            return "stream_closed"
+        if raw is None:
+            return "stream_closed"
+        try:
+            msg = proto.parse_message(raw)
+        except proto.ProtocolError as exc:
+            skip(str(exc))
+            transport.stats.messages_skipped += 1
+            continue
+        if isinstance(msg, proto.Media):
+            if msg.track not in ("inbound", ""):
+                continue  # audioTrack="both": we only listen to the caller
+            if msg.encoding is not None and msg.encoding != codec.encoding:
+                skip(f"media in {msg.encoding} on a {codec.encoding} stream")
+                transport.stats.messages_skipped += 1
+                continue
+            if msg.payload:
+                transport.push_audio(resampler.process(codec.decode(msg.payload)))
+        elif isinstance(msg, proto.Dtmf):
+            log.info("session %s: caller pressed %s", sid, msg.digit)
+            transport.push_dtmf(msg.digit)
+        elif isinstance(msg, proto.PlayedStream):
+            playout.on_played(msg.name)
+        elif isinstance(msg, proto.ClearedAudio):
+            playout.on_cleared()
+        elif isinstance(msg, proto.Stop):
+            log.info("session %s: Plivo sent stop%s", sid,
+                     f" ({msg.reason})" if msg.reason else "")
+            return "stream_stopped"
+        elif isinstance(msg, proto.PlayFailed):
+            log.warning("session %s: Plivo could not play our audio: %s", sid,
+                        msg.reason or "no reason given")
+        elif isinstance(msg, proto.StreamError):
+            log.warning("session %s: Plivo stream error: %s", sid, msg.reason or "unspecified")
+        elif isinstance(msg, proto.Start):
+            skip("duplicate 'start'")
+        elif isinstance(msg, proto.Unknown):
+            skip(f"unknown event {msg.event!r}")

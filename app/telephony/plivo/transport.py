@@ -1,0 +1,145 @@
+"""A live Plivo stream seen as a carrier-neutral `app.calls.transport.CallTransport`.
+
+The stream handler pushes decoded caller audio and keypresses in; the runner pulls 16 kHz 20 ms
+frames out. The frame queue is bounded: if the runner falls behind by more than a few seconds
+the oldest audio is dropped (and counted) rather than letting memory grow with the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import numpy as np
+
+from app.calls.transport import DtmfEvent, TransportStats
+from app.telephony.plivo.codec import StreamCodec
+from app.telephony.plivo.playout import PlivoPlayout
+from app.telephony.plivo.rest import PlivoNotConfigured, PlivoRestClient
+from pipelines.audio.frames import FRAME_SAMPLES, Framer
+
+log = logging.getLogger(__name__)
+
+FRAME_QUEUE_MAX = 250  # 5 s of caller audio
+DTMF_QUEUE_MAX = 64
+
+_END = object()
+
+
+class PlivoTransport:
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        call_uuid: str,
+        stream_id: str,
+        codec: StreamCodec,
+        playout: PlivoPlayout,
+        rest: PlivoRestClient | None,
+        request_transfer: Callable[[str, str, str], Awaitable[object]],
+        close_stream: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.session_id = session_id
+        self.call_uuid = call_uuid
+        self.stream_id = stream_id
+        self.stream_codec = codec
+        self.codec = codec.content_type
+        self.playout = playout
+        self._rest = rest
+        self._request_transfer = request_transfer
+        self._close_stream = close_stream
+        self._frames: asyncio.Queue[object] = asyncio.Queue(FRAME_QUEUE_MAX + 1)
+        self._dtmf: asyncio.Queue[object] = asyncio.Queue(DTMF_QUEUE_MAX + 1)
+        self._framer = Framer(FRAME_SAMPLES)
+        self._closed = False
+        self._end_reason: str | None = None
+        self._hangup_reason: str | None = None
+        self.transferred_to: str | None = None
+        self.stats = TransportStats()
+
+    # --- CallTransport ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def end_reason(self) -> str | None:
+        if not self._closed:
+            return None
+        return self._hangup_reason or self._end_reason
+
+    async def frames(self) -> AsyncIterator[np.ndarray]:
+        while True:
+            item = await self._frames.get()
+            if item is _END:
+                self._frames.put_nowait(_END)  # a second reader also ends
+                return
+            yield item  # type: ignore[misc]
+
+    async def dtmf(self) -> AsyncIterator[DtmfEvent]:
+        while True:
+            item = await self._dtmf.get()
+            if item is _END:
+                self._dtmf.put_nowait(_END)
+                return
+            yield item  # type: ignore[misc]
+
+    async def hangup(self, reason: str) -> None:
+        """Hang up through the REST API; without credentials, end the stream instead."""
+        if self._hangup_reason is None:
+            self._hangup_reason = reason
+        if self._closed:
+            return
+        if self._rest is not None and self._rest.configured:
+            await self._rest.hangup(self.call_uuid)
+            return
+        log.warning("session %s: Plivo REST not configured; closing the stream to end the call "
+                    "(Plivo ends it with 'End Of XML Instructions')", self.session_id)
+        await self._close_stream()
+
+    async def transfer(self, target: str, mode: str = "cold", brief: str = "") -> None:
+        """Store the target, have Plivo fetch our `<Dial>` XML, then end the stream (the new
+        XML runs only once the stream is gone)."""
+        if self._rest is None or not self._rest.configured:
+            raise PlivoNotConfigured("transfer needs the Plivo REST API "
+                                     "(set plivo.auth_id and plivo.auth_token)")
+        await self._request_transfer(target, mode, brief)
+        self.transferred_to = target
+        if self._hangup_reason is None:
+            self._hangup_reason = "transferred"
+        # The transfer XML is "subsequent XML": Plivo runs it once our stream ends.
+        await self._close_stream()
+
+    # --- fed by the stream handler ----------------------------------------------------------
+    def push_audio(self, samples_16k: np.ndarray) -> None:
+        if self._closed:
+            return
+        for frame in self._framer.push(samples_16k):
+            if self._frames.qsize() >= FRAME_QUEUE_MAX:
+                self._frames.get_nowait()
+                self.stats.frames_dropped += 1
+                if self.stats.frames_dropped in (1, 50) or self.stats.frames_dropped % 500 == 0:
+                    log.warning("session %s: runner is behind; dropped %d caller frame(s)",
+                                self.session_id, self.stats.frames_dropped)
+            self._frames.put_nowait(frame)
+            self.stats.frames_in += 1
+
+    def push_dtmf(self, digit: str) -> None:
+        if self._closed:
+            return
+        if self._dtmf.qsize() >= DTMF_QUEUE_MAX:
+            self._dtmf.get_nowait()
+        self._dtmf.put_nowait(DtmfEvent(digit, time.monotonic()))
+
+    def finish(self, reason: str) -> None:
+        """The stream is over: end both iterators."""
+        if self._closed:
+            return
+        self._closed = True
+        self._end_reason = reason
+        for q in (self._frames, self._dtmf):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(_END)

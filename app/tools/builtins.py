@@ -1,0 +1,272 @@
+"""Builtin tools an agent can enable: end_call, transfer_call, send_dtmf, collect_digits.
+
+Each acts on the call through `CallControl`. Call-ending actions (hang up, transfer) return their
+result first and do the irreversible part in `BuiltinOutcome.after`, which the executor runs only
+once the tool call is recorded as completed — tearing the call down cancels the conversation that
+awaits the tool, and the record should say the tool worked, not that it was cancelled.
+
+Options (`tools[].options` in the agent config) are validated by the models below; call
+`builtin_option_errors()` when an agent is saved to reject typos early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.agent_config import ToolConfig
+from app.calls.transfer import normalize_target
+from app.tools.control import CallControl, CollectTimeout
+from app.tools.digits import VALID_KEYS
+from app.tools.errors import ToolExecutionError
+from providers.base import ToolSpec
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EndCallOptions(_Options):
+    goodbye: str | None = "Goodbye!"
+    reason: str = Field("agent_ended", min_length=1, max_length=64)
+
+
+class TransferCallOptions(_Options):
+    # name -> phone number or sip: URI; the LLM picks a name.
+    targets: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["cold", "warm"] = "cold"
+    message: str | None = "Please hold while I transfer your call."
+    # Let the LLM dial any number it names. Off by default: a caller could talk the agent
+    # into dialling premium-rate numbers at your expense.
+    allow_any_target: bool = False
+
+    @field_validator("targets")
+    @classmethod
+    def _valid_targets(cls, v: dict[str, str]) -> dict[str, str]:
+        return {name: normalize_target(t) for name, t in v.items()}
+
+
+class SendDtmfOptions(_Options):
+    pass
+
+
+class CollectDigitsOptions(_Options):
+    num_digits: int | None = Field(None, ge=1, le=64)
+    timeout_s: float = Field(15.0, gt=0, le=300)
+    finish_on_key: str | None = "#"
+    pattern: str | None = None  # full-match regex the digits must satisfy
+    prompt: str | None = None
+
+    @field_validator("finish_on_key")
+    @classmethod
+    def _one_key(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 1 or v not in VALID_KEYS):
+            raise ValueError("must be one of 0-9 * # A-D")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return v
+
+
+OPTION_MODELS: dict[str, type[_Options]] = {
+    "end_call": EndCallOptions,
+    "transfer_call": TransferCallOptions,
+    "send_dtmf": SendDtmfOptions,
+    "collect_digits": CollectDigitsOptions,
+}
+
+DESCRIPTIONS = {
+    "end_call": "End the phone call. Use when the conversation is finished or the caller "
+                "asks to hang up.",
+    "transfer_call": "Transfer the caller to a person or another line.",
+    "send_dtmf": "Press keys on the phone keypad (e.g. to navigate an automated menu).",
+    "collect_digits": "Ask the caller to enter digits on their keypad (or say them) and "
+                      "return what they entered.",
+}
+
+_EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def _default_parameters(tool: ToolConfig) -> dict[str, Any]:
+    name = tool.builtin
+    if name == "end_call":
+        return {"type": "object", "properties": {
+            "reason": {"type": "string", "description": "Why the call is ending."}}}
+    if name == "transfer_call":
+        opts = TransferCallOptions.model_validate(tool.options)
+        target: dict[str, Any] = {"type": "string"}
+        if opts.targets and not opts.allow_any_target:
+            target["enum"] = sorted(opts.targets)
+            target["description"] = "Who to transfer the caller to."
+        else:
+            target["description"] = "Phone number (E.164) or SIP URI to transfer to."
+        props: dict[str, Any] = {"target": target}
+        if opts.mode == "warm":
+            props["summary"] = {"type": "string", "description":
+                                "One or two sentences telling the person who takes the call "
+                                "who is calling and why."}
+        return {"type": "object", "properties": props, "required": ["target"]}
+    if name == "send_dtmf":
+        return {"type": "object", "properties": {
+            "digits": {"type": "string", "pattern": "^[0-9A-Da-d*#]{1,64}$",
+                       "description": "Keys to press, e.g. \"1\" or \"123#\"."}},
+                "required": ["digits"]}
+    if name == "collect_digits":
+        return {"type": "object", "properties": {
+            "prompt": {"type": "string",
+                       "description": "What to say to ask for the digits."},
+            "num_digits": {"type": "integer", "minimum": 1, "maximum": 64,
+                           "description": "How many digits to collect, if known."}}}
+    return dict(_EMPTY_SCHEMA)
+
+
+def tool_parameters(tool: ToolConfig) -> dict[str, Any]:
+    """The JSON Schema the LLM gets (and arguments are validated against): the configured
+    one, or for a builtin left at the empty default, the builtin's own."""
+    if tool.builtin and tool.parameters == _EMPTY_SCHEMA:
+        return _default_parameters(tool)
+    return tool.parameters
+
+
+def tool_spec(tool: ToolConfig) -> ToolSpec:
+    description = tool.description or DESCRIPTIONS.get(tool.builtin or "", "")
+    return ToolSpec(name=tool.name, description=description, parameters=tool_parameters(tool))
+
+
+def tool_specs(tools: list[ToolConfig]) -> list[ToolSpec]:
+    return [tool_spec(t) for t in tools]
+
+
+def builtin_option_errors(tool: ToolConfig) -> list[dict[str, str]]:
+    """Problems with a builtin tool's options, as [{"field": "options.x", "message": ...}]."""
+    if tool.builtin is None:
+        return []
+    try:
+        OPTION_MODELS[tool.builtin].model_validate(tool.options)
+    except ValidationError as exc:
+        return [{"field": ".".join(["options", *(str(p) for p in e["loc"])]),
+                 "message": e["msg"]} for e in exc.errors()]
+    return []
+
+
+@dataclass
+class BuiltinOutcome:
+    result: Any
+    # Runs after the tool call is recorded as completed (hang up, transfer).
+    after: Callable[[], Awaitable[None]] | None = None
+
+
+def _options(tool: ToolConfig) -> Any:
+    assert tool.builtin is not None
+    try:
+        return OPTION_MODELS[tool.builtin].model_validate(tool.options)
+    except ValidationError as exc:
+        raise ToolExecutionError(
+            "not_available", f"tool '{tool.name}' is misconfigured: {exc.errors()[0]['msg']}"
+        ) from None
+
+
+async def run_builtin(
+    tool: ToolConfig, arguments: dict[str, Any], control: CallControl | None
+) -> BuiltinOutcome:
+    if control is None or control.ended:
+        raise ToolExecutionError("not_available", "the call is not available for this action")
+    name = tool.builtin
+    if name == "end_call":
+        return _end_call(_options(tool), control)
+    if name == "transfer_call":
+        return _transfer_call(_options(tool), arguments, control)
+    if name == "send_dtmf":
+        digits = str(arguments.get("digits") or "").upper()
+        if not digits or any(d not in VALID_KEYS for d in digits):
+            raise ToolExecutionError("invalid_arguments", "digits must be 0-9, *, # or A-D")
+        await control.send_dtmf(digits)
+        return BuiltinOutcome({"sent": digits})
+    if name == "collect_digits":
+        return BuiltinOutcome(await _collect_digits(_options(tool), arguments, control))
+    raise ToolExecutionError("unknown_tool", f"unknown builtin '{name}'")
+
+
+async def _unstoppable(aw: Awaitable[None]) -> None:
+    """Run a call-ending action to completion even if our task is cancelled meanwhile.
+
+    Hanging up usually tears down the conversation that awaits this very tool; without the
+    shield that teardown would cancel the REST request halfway and leave the call up."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        raise
+
+
+def _end_call(opts: EndCallOptions, control: CallControl) -> BuiltinOutcome:
+    async def after() -> None:
+        if opts.goodbye:
+            await control.say(opts.goodbye, interruptible=False)
+        await _unstoppable(control.hangup(opts.reason))
+
+    return BuiltinOutcome({"status": "ending call"}, after)
+
+
+def _transfer_call(
+    opts: TransferCallOptions, arguments: dict[str, Any], control: CallControl
+) -> BuiltinOutcome:
+    wanted = str(arguments.get("target") or "").strip()
+    if not wanted:
+        raise ToolExecutionError("invalid_arguments", "target is required")
+    number = opts.targets.get(wanted)
+    if number is None and wanted in opts.targets.values():
+        number = wanted
+    if number is None:
+        if not opts.allow_any_target:
+            names = ", ".join(sorted(opts.targets)) or "none configured"
+            raise ToolExecutionError(
+                "invalid_arguments", f"unknown transfer target '{wanted}'; choose one of: {names}"
+            )
+        try:
+            number = normalize_target(wanted)
+        except ValueError as exc:
+            raise ToolExecutionError("invalid_arguments", str(exc)) from None
+    brief = str(arguments.get("summary") or "") if opts.mode == "warm" else ""
+
+    async def after() -> None:
+        if opts.message:
+            await control.say(opts.message, interruptible=False)
+        await _unstoppable(control.transfer(number, opts.mode, brief))
+
+    return BuiltinOutcome({"status": "transferring", "target": wanted, "mode": opts.mode}, after)
+
+
+async def _collect_digits(
+    opts: CollectDigitsOptions, arguments: dict[str, Any], control: CallControl
+) -> dict[str, Any]:
+    num = arguments.get("num_digits") or opts.num_digits
+    prompt = arguments.get("prompt") or opts.prompt
+    if prompt:
+        await control.say(str(prompt))
+    try:
+        digits = await control.collect_digits(
+            int(num) if num else None, opts.timeout_s, opts.finish_on_key
+        )
+    except CollectTimeout as exc:
+        raise ToolExecutionError(
+            "timeout", "the caller did not enter the digits in time", digits=exc.digits
+        ) from None
+    if opts.pattern and not re.fullmatch(opts.pattern, digits):
+        raise ToolExecutionError(
+            "invalid_input", "the digits entered do not have the expected format", digits=digits
+        )
+    return {"digits": digits}

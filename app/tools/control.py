@@ -1,0 +1,64 @@
+"""`CallControl`: what tools and the live-control API may do to a call this process hosts.
+
+The call host implements it (speaking goes through the conversation so barge-in and the transcript
+stay right; hangup/transfer go through the Plivo REST client; DTMF through the playout path).
+Builtin tools, the tool executor and `POST /v1/sessions/{id}/say|hangup|transfer|inject` only
+use this protocol, so they work the same for any transport.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+TransferMode = Literal["cold", "warm"]
+
+
+class CollectTimeout(Exception):
+    """collect_digits ran out of time; `.digits` holds what was entered before that."""
+
+    def __init__(self, digits: str = "") -> None:
+        super().__init__(f"timed out after {len(digits)} digit(s)")
+        self.digits = digits
+
+
+@runtime_checkable
+class CallControl(Protocol):
+    session_id: str
+    call_uuid: str
+    # The call's key/value state (the live copy of `sessions.state`).
+    state: dict[str, Any]
+
+    @property
+    def ended(self) -> bool:
+        """True once the call is over; control requests then get 409."""
+        ...
+
+    async def say(self, text: str, *, interruptible: bool = True) -> None:
+        """Speak `text` to the caller; returns once it was played (or interrupted)."""
+        ...
+
+    async def hangup(self, reason: str) -> None:
+        """End the call (the session records `reason` as its end reason)."""
+        ...
+
+    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
+        """Hand the caller to `target` (E.164 number or sip: URI) and leave the call.
+
+        `brief` is spoken to the target when they answer, before they are connected (warm)."""
+        ...
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Play DTMF digits into the call (e.g. to navigate a remote IVR)."""
+        ...
+
+    async def collect_digits(
+        self, num_digits: int | None, timeout_s: float, finish_on_key: str | None = "#"
+    ) -> str:
+        """Collect digits the caller presses or speaks; raise CollectTimeout on timeout.
+
+        Stops at `num_digits` digits or at `finish_on_key` (not included in the result)."""
+        ...
+
+    async def inject(self, text: str) -> None:
+        """Add context the LLM sees on its next turn (a system note, not spoken)."""
+        ...

@@ -1,0 +1,1302 @@
+"""The per-call conversation: who speaks when.
+
+    starting ─► listening ─► thinking ─► speaking ─► listening … ─► ending
+                    ▲            │  ▲        │ ▲
+                    └────────────┘  └ paused ┘ └ (soft barge-in hold; resumes or commits)
+
+Inputs: 20 ms 16 kHz int16 frames (`push_audio`), DTMF digits (`on_dtmf`), API calls (`say`,
+`interrupt`, `inject`, `hangup`, `stop`). Outputs: audio segments into a `PlayoutSink` and typed
+events through `on_event`. Providers are reached only through the structural types in
+`pipelines.ports`, turn detection through a VAD stream and an end-of-turn decider that the host
+injects (so tests script them).
+
+How a turn flows:
+- Every frame goes to the ring buffer (last 8 s, for the end-of-turn model), the VAD and the STT.
+  `push_audio` only enqueues: providers never block the transport.
+- VAD stop → the end-of-turn decider runs (cancelled if speech resumes). On its decision the STT is
+  flushed and its final transcript awaited; an empty turn goes back to listening, anything else is
+  committed (`user.turn_completed`) and answered.
+- The answer is one *speech*: LLM deltas → sentences → TTS per sentence → playout segments
+  (`SpeechOutput`). Tool calls run through the injected executor and the LLM loop continues.
+- Caller speech while the agent talks (or thinks) holds the agent's audio; `InterruptionPolicy`
+  decides between a committed interruption (clear playout, cancel LLM/TTS/tools, truncate the
+  assistant message to what was heard) and a false one (resume where it stopped).
+- Timers: idle re-prompts then goodbye, a hard maximum call duration, and a response watchdog
+  that apologises when a committed turn gets no audio in time. The call is never silent without
+  an event saying why.
+
+Speeches (greeting, answers, `say`, prompts) play one at a time from a bounded queue.
+Every task is tracked and cancelled by `stop`; every buffer is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from pipelines import events as ev
+from pipelines.audio.frames import SAMPLE_RATE, as_int16
+from pipelines.audio.ringbuffer import RingBuffer
+from pipelines.context import ChatContext, ChatItem, ToolCallRecord
+from pipelines.interruption import BargeFacts, InterruptionPolicy
+from pipelines.ports import LLMLike, PlayoutSink, STTLike, STTStreamLike, TranscriptLike, TTSLike
+from pipelines.sentences import SentenceSegmenter, split_sentences
+from pipelines.settings import ConversationSettings
+from pipelines.speech_output import SpeechError, SpeechOutput, _aclose
+from pipelines.thinking_audio import ThinkingAudio
+from pipelines.turn.base import EndOfTurnDecision
+from pipelines.vad.base import VadEvent, VadStream
+
+log = logging.getLogger(__name__)
+
+State = Literal["starting", "listening", "thinking", "speaking", "paused", "ending"]
+SpeechKind = Literal["say", "greeting", "reply", "idle", "apology", "goodbye"]
+ToolExecutor = Callable[[Any], Awaitable[Any]]
+
+TURN_AUDIO_MS = 8000  # what the end-of-turn model looks at
+PREROLL_MS = 300  # audio kept before the first speech onset of a turn
+INPUT_BACKLOG_FRAMES = 50  # 1 s: beyond this the engine is overloaded and drops the oldest
+STT_BACKLOG_FRAMES = 150  # 3 s of audio waiting for a slow STT connection
+MAX_QUEUED_SPEECHES = 16
+MAX_DTMF_DIGITS = 32
+MAX_TURN_FINALS = 200  # final transcripts per user turn (a monologue is still bounded)
+STT_MAX_FAILURES = 3
+GOODBYE_GRACE_S = 20.0  # longest wait for the current answer to finish before a polite hangup
+_FLUSH = object()  # STT queue marker: finalise what was pushed so far
+
+# Stop reasons that mean "the caller (or the API) cut the agent off": they emit
+# agent.speech_interrupted. Others (watchdog, shutdown, error) are reported differently.
+_INTERRUPTIONS = frozenset({"barge_in", "interrupt", "dtmf", "cancelled", "hangup"})
+
+
+class EndOfTurnDecider(Protocol):
+    """pipelines.turn.endpointing.EndpointingPolicy, or a scripted stand-in in tests."""
+
+    async def decide(
+        self, get_audio: Callable[[], np.ndarray], silence_ms_at_start: float = 0
+    ) -> EndOfTurnDecision: ...
+
+
+async def _no_tools(call: Any) -> Any:
+    return {"error": f"no tools are available (requested '{getattr(call, 'name', '?')}')"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Speeches
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Turn:
+    """One committed user turn and the timings of the answer to it (loop clock, seconds)."""
+
+    id: str
+    user_text: str
+    trigger: str
+    speech_end_at: float  # the true end of the caller's speech (or the DTMF commit)
+    eou_at: float
+    final_at: float
+    llm_request_at: float | None = None
+    llm_first_at: float | None = None
+    first_sentence_at: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _Part:
+    """One assistant message of a speech (an LLM round); `item` is its context entry."""
+
+    index: int
+    item: ChatItem | None = None
+
+
+class SpeechHandle:
+    """A queued or playing agent speech. `await handle` waits until it has been played (or was
+    interrupted, cancelled or failed); `handle.cancel()` stops it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        kind: SpeechKind,
+        *,
+        text: str | None = None,
+        audio: np.ndarray | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        interruptible: bool = True,
+        add_to_context: bool = True,
+        turn: _Turn | None = None,
+    ) -> None:
+        self.id = f"sp{next(self._ids)}"
+        self.kind = kind
+        self.interruptible = interruptible
+        self.add_to_context = add_to_context
+        self.turn = turn
+        self._conversation = conversation
+        self._text = text or ""
+        self._audio = audio
+        self._sample_rate = sample_rate
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.output: SpeechOutput | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.parts: list[_Part] = []
+        self.stop_reason: str | None = None
+        self.stopped: asyncio.Future[None] | None = None  # set once a stop's bookkeeping is done
+        self.error: str | None = None  # failing stage
+        self.barge_in_ms: float | None = None
+        self.heard_text = ""
+        self.in_tools = False
+        self.watch_from = 0.0
+
+    @property
+    def text(self) -> str:
+        """Everything this speech said or was going to say (sentences as spoken)."""
+        if self.output is not None and self.output.segments:
+            return self.output.text()
+        return self._text.strip()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_reason in _INTERRUPTIONS
+
+    def done(self) -> bool:
+        return self._done.done()
+
+    def cancel(self) -> None:
+        self._conversation._cancel_speech(self)
+
+    def __await__(self) -> Any:
+        # Shielded: a caller that stops waiting must not cancel the speech itself.
+        return asyncio.shield(self._done).__await__()
+
+    def _new_part(self) -> _Part:
+        part = _Part(len(self.parts))
+        self.parts.append(part)
+        return part
+
+    def _resolve(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def __repr__(self) -> str:
+        return f"<SpeechHandle {self.id} {self.kind} stop={self.stop_reason}>"
+
+
+@dataclass(eq=False, slots=True)
+class _Barge:
+    """One soft barge-in episode: the agent is held while we find out what the caller wants."""
+
+    onset_ms: float  # stream time of the speech onset
+    onset_at: float  # loop time of the onset
+    finals_mark: int  # finals recognised before the onset
+    interim_at_onset: str
+    deadline: float  # loop time at which the hold window runs out
+    resolved: asyncio.Future[bool]  # True: the caller's speech is a turn; False: ignore it
+    speech_done_ms: float = 0.0  # speech of utterances that ended during the hold
+    awaiting_final_seq: int | None = None  # final transcript requested after this final count
+    settling: bool = False
+    timer: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The conversation
+# ---------------------------------------------------------------------------------------------
+
+
+class Conversation:
+    def __init__(
+        self,
+        settings: ConversationSettings,
+        *,
+        prompt: str,
+        greeting: str | None,
+        vad: VadStream,
+        endpointing: EndOfTurnDecider | None,
+        stt: STTLike,
+        llm: LLMLike,
+        tts: TTSLike,
+        sink: PlayoutSink,
+        on_event: ev.EventCallback,
+        tool_executor: ToolExecutor | None = None,
+        tools: list[Any] | None = None,
+        voice: str | None = None,
+        language: str = "en-US",
+        session_id: str = "",
+    ) -> None:
+        self.settings = settings
+        self.session_id = session_id
+        self.context = ChatContext(prompt, settings.max_context_items)
+        self._greeting = (greeting or "").strip()
+        self._vad = vad
+        self._endpointing = endpointing
+        self._stt = stt
+        self._llm = llm
+        self._tts = tts
+        self._sink = sink
+        self._on_event = on_event
+        self._tool_executor: ToolExecutor = tool_executor or _no_tools
+        self._tools = list(tools) if tools else None
+        self._voice = voice
+        self._language = language
+        self._policy = InterruptionPolicy(settings.interruption)
+        self.state: State = "starting"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started_at = 0.0
+        # Audio in.
+        self._in: deque[np.ndarray] = deque(maxlen=INPUT_BACKLOG_FRAMES)
+        self._in_ready = asyncio.Event()
+        self._stt_q: deque[Any] = deque(maxlen=STT_BACKLOG_FRAMES)
+        self._stt_ready = asyncio.Event()
+        self._stt_stream: STTStreamLike | None = None
+        self._ring = RingBuffer(SAMPLE_RATE * (TURN_AUDIO_MS + PREROLL_MS) // 1000)
+        self._stream_ms = 0.0
+        self.dropped_frames = 0
+        self._vad_failed = False
+        # The caller's turn in progress.
+        self._user_speaking = False
+        self._utterance_start_ms = 0.0
+        self._turn_start_ms: float | None = None
+        self._finals: list[str] = []
+        self._interim = ""
+        self._final_seq = 0
+        self._final_seq_at_stop = 0
+        self._final_arrived = asyncio.Event()
+        self._discard_finals = False
+        self._ignore_utterance = False
+        self._eou_task: asyncio.Task[None] | None = None
+        self._barge: _Barge | None = None
+        self._dtmf_digits: list[str] = []
+        self._dtmf_task: asyncio.Task[None] | None = None
+        # Agent speech.
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._queue: deque[SpeechHandle] = deque()
+        self._queue_ready = asyncio.Event()
+        self._current: SpeechHandle | None = None
+        self._segment_ids = itertools.count(1)
+        self._thinking = ThinkingAudio(sink) if settings.thinking_audio else None
+        # Lifecycle.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._core: set[asyncio.Task[Any]] = set()
+        self._idle_task: asyncio.Task[None] | None = None
+        self._idle_prompts = 0
+        self._ending = False
+        self._ended: asyncio.Future[str] | None = None
+
+    # =========================================================================================
+    # Public API
+    # =========================================================================================
+    async def start(self) -> None:
+        """Open the STT stream, start the internal tasks and (if configured) greet."""
+        if self._loop is not None:
+            raise RuntimeError("conversation already started")
+        self._loop = asyncio.get_running_loop()
+        self._ended = self._loop.create_future()
+        self._started_at = self._loop.time()
+        try:
+            self._stt_stream = await self._stt.open(SAMPLE_RATE, self._language)
+        except Exception as exc:
+            self._emit_error("stt", exc)
+            self._ended.set_result("error")
+            raise
+        self._core.add(self._spawn(self._audio_loop(), "audio"))
+        self._core.add(self._spawn(self._stt_feed_loop(), "stt-feed"))
+        self._core.add(self._spawn(self._transcript_loop(), "stt-events"))
+        self._core.add(self._spawn(self._speech_loop(), "speech"))
+        self._spawn(self._max_duration_timer(), "max-duration")
+        if self._greeting:
+            self._enqueue(SpeechHandle(
+                self, "greeting", text=self._greeting,
+                interruptible=self.settings.interruption.enabled,
+            ))
+        else:
+            self._set_state("listening")
+            self._arm_idle()
+
+    async def push_audio(self, frame: np.ndarray) -> None:
+        """One 20 ms frame of caller audio (16 kHz mono int16). Never waits on providers."""
+        if self._loop is None or self._ending:
+            return
+        if len(self._in) == INPUT_BACKLOG_FRAMES:
+            self.dropped_frames += 1  # the deque drops the oldest frame
+        self._in.append(frame if frame.dtype == np.int16 else as_int16(frame))
+        self._in_ready.set()
+
+    def on_dtmf(self, digit: str) -> None:
+        """A keypad digit from the caller: an event, and (after a short gap) a user turn."""
+        digit = str(digit).strip()
+        if self._loop is None or self._ending or not digit:
+            return
+        self._emit(ev.UserDtmf, digit=digit)
+        if len(self._dtmf_digits) < MAX_DTMF_DIGITS:
+            self._dtmf_digits.append(digit)
+        self._cancel_idle()
+        cur = self._current
+        if cur is not None and cur.interruptible and cur.stop_reason is None:
+            self._drop_queued(interruptible_only=True)
+            self._spawn(self._stop_speech(cur, "dtmf", clear=True), "dtmf-interrupt")
+        self._cancel(self._dtmf_task)
+        delay = 0.0 if digit == "#" else self.settings.dtmf_inter_digit_ms / 1000.0
+        self._dtmf_task = self._spawn(self._dtmf_commit(delay), "dtmf")
+
+    def say(
+        self,
+        content: str | np.ndarray,
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        transcript: str | None = None,
+        interruptible: bool = True,
+        add_to_context: bool = True,
+    ) -> SpeechHandle:
+        """Speak `content` (text via TTS, or int16 audio at `sample_rate` with an optional
+        `transcript`) after whatever is playing now. Returns an awaitable, cancellable handle."""
+        if self._loop is None or self._ended is None or self._ended.done():
+            raise RuntimeError("conversation is not running")
+        if self._ending:
+            raise RuntimeError("conversation is ending")
+        if isinstance(content, str):
+            if not content.strip():
+                raise ValueError("nothing to say")
+            handle = SpeechHandle(self, "say", text=content, interruptible=interruptible,
+                                  add_to_context=add_to_context)
+        else:
+            audio = as_int16(content)
+            if not len(audio) or sample_rate <= 0:
+                raise ValueError("audio must be non-empty with a positive sample rate")
+            handle = SpeechHandle(self, "say", text=transcript, audio=audio,
+                                  sample_rate=sample_rate, interruptible=interruptible,
+                                  add_to_context=add_to_context)
+        self._enqueue(handle)
+        return handle
+
+    def interrupt(self, force: bool = False) -> SpeechHandle | None:
+        """Stop the agent now (only interruptible speech unless `force`) and drop what is queued.
+        Returns the interrupted speech (await it to know it has stopped), or None."""
+        if self._loop is None:
+            return None
+        self._drop_queued(interruptible_only=not force)
+        cur = self._current
+        if cur is None or cur.done() or cur.stop_reason is not None:
+            return None
+        if not cur.interruptible and not force:
+            return None
+        self._spawn(self._stop_speech(cur, "interrupt", clear=True), "interrupt")
+        return cur
+
+    def inject(self, text: str, role: Literal["system", "user", "assistant"] = "system") -> None:
+        """Add context for the next turn (e.g. data looked up by the host); no response."""
+        self.context.inject(text, role)
+
+    def hangup(self, reason: str = "agent_hangup", *, goodbye: str | None = None,
+               interrupt: bool = False) -> None:
+        """End the call politely: let the current speech finish (or cut it if `interrupt`),
+        say `goodbye` if given, then end with `reason` (see `wait_ended`)."""
+        if self._loop is None or self._ending:
+            return
+        self._begin_ending()
+        self._spawn(self._end_gracefully(reason, goodbye, interrupt), "hangup")
+
+    async def stop(self, reason: str = "stopped") -> None:
+        """End now (the caller hung up, the host is shutting down). Idempotent."""
+        if self._loop is None:
+            return
+        await self._shutdown(reason)
+
+    async def wait_ended(self) -> str:
+        """Wait until the conversation has ended; returns the reason."""
+        if self._ended is None:
+            raise RuntimeError("conversation not started")
+        return await asyncio.shield(self._ended)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None and self._ended.done()
+
+    # =========================================================================================
+    # Audio in: VAD, STT, transcripts
+    # =========================================================================================
+    async def _audio_loop(self) -> None:
+        while True:
+            while not self._in:
+                self._in_ready.clear()
+                await self._in_ready.wait()
+            frame = self._in.popleft()
+            self._ring.append(frame)
+            self._queue_stt(frame)
+            event: VadEvent | None = None
+            try:
+                event = await self._vad.process(frame)
+            except Exception as exc:
+                if not self._vad_failed:  # report once; a broken VAD must not kill the call
+                    self._vad_failed = True
+                    self._emit_error("vad", exc)
+            self._stream_ms += len(frame) * 1000.0 / SAMPLE_RATE
+            if event is not None:
+                self._on_vad(event)
+            if self._barge is not None:
+                self._evaluate_barge()
+
+    def _queue_stt(self, item: Any) -> None:
+        if len(self._stt_q) == STT_BACKLOG_FRAMES:
+            self.dropped_frames += 1
+        self._stt_q.append(item)
+        self._stt_ready.set()
+
+    async def _stt_feed_loop(self) -> None:
+        # Frames and flush requests go through one queue so a flush covers every frame before it.
+        failures = 0
+        while True:
+            while not self._stt_q:
+                self._stt_ready.clear()
+                await self._stt_ready.wait()
+            item = self._stt_q.popleft()
+            stream = self._stt_stream
+            if stream is None:
+                continue
+            try:
+                if item is _FLUSH:
+                    await stream.flush()
+                else:
+                    await stream.push(item)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The transcript loop reports and reopens broken streams; log the first error.
+                failures += 1
+                if failures == 1:
+                    log.warning("STT push failed: %r", exc)
+
+    async def _transcript_loop(self) -> None:
+        failures = 0
+        while True:
+            stream = self._stt_stream
+            assert stream is not None
+            error: BaseException | None = None
+            try:
+                async for t in stream.events():
+                    failures = 0
+                    self._on_transcript(t)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = exc
+            if self._ending:
+                return
+            failures += 1
+            self._emit(ev.SessionError, code=_code(error) if error else "stt_stream_ended",
+                       message=_message(error) if error else "the STT stream ended", stage="stt")
+            if failures > STT_MAX_FAILURES:
+                self.hangup("error")
+                return
+            await asyncio.sleep(0.2 * 2**failures)
+            try:
+                new = await self._stt.open(SAMPLE_RATE, self._language)
+            except Exception as exc:
+                self._emit_error("stt", exc)
+                continue
+            self._stt_stream = new
+            try:
+                await stream.aclose()
+            except Exception as exc:
+                log.debug("closing the failed STT stream: %r", exc)
+
+    def _on_transcript(self, t: TranscriptLike) -> None:
+        text = (t.text or "").strip()
+        self._emit(ev.UserTranscription, text=text, is_final=bool(t.is_final),
+                   confidence=float(getattr(t, "confidence", 1.0)))
+        if t.is_final:
+            self._interim = ""
+            if text and not self._discard_finals and not self._ending:
+                if len(self._finals) >= MAX_TURN_FINALS:
+                    self._finals[-2:] = [" ".join(self._finals[-2:])]
+                self._finals.append(text)
+            self._final_seq += 1
+            self._final_arrived.set()
+            self._final_arrived = asyncio.Event()
+        elif not self._discard_finals:
+            self._interim = text
+        if self._barge is not None:
+            self._evaluate_barge()
+
+    def _request_stt_flush(self) -> None:
+        self._queue_stt(_FLUSH)
+
+    def _turn_audio(self) -> np.ndarray:
+        """The current turn's audio for the end-of-turn model: ≤ 8 s, from just before the
+        turn's first speech onset up to now."""
+        start = self._turn_start_ms if self._turn_start_ms is not None else 0.0
+        start = max(start - PREROLL_MS, self._stream_ms - TURN_AUDIO_MS)
+        n = int((self._stream_ms - start) * SAMPLE_RATE / 1000)
+        return self._ring.last(n)
+
+    # =========================================================================================
+    # Caller speech: VAD edges, end of turn
+    # =========================================================================================
+    def _on_vad(self, e: VadEvent) -> None:
+        now = self._now()
+        # VAD events are backdated to the true speech edge; turn that into loop time.
+        edge = now - max(0.0, self._stream_ms - e.at_ms) / 1000.0
+        if e.kind == "start":
+            self._user_speaking = True
+            self._utterance_start_ms = e.at_ms
+            self._discard_finals = False
+            self._ignore_utterance = False
+            self._cancel(self._eou_task)
+            self._cancel_idle()
+            if self._turn_start_ms is None:
+                self._turn_start_ms = e.at_ms
+            self._emit(ev.UserSpeechStarted, mono=edge)
+            if self._ending:
+                return
+            b = self._barge
+            if b is not None:
+                b.awaiting_final_seq = None  # speaking again: wait for more speech, not a final
+            elif self._can_hold():
+                self._begin_barge(e.at_ms, edge)
+            return
+
+        self._user_speaking = False
+        self._final_seq_at_stop = self._final_seq
+        self._emit(ev.UserSpeechStopped, speech_ms=e.speech_ms, mono=edge)
+        if self._ending:
+            return
+        if self._ignore_utterance:
+            # The rest of an utterance already judged a false interruption (e.g. "yeah yeah").
+            self._ignore_utterance = False
+            self._reset_turn_if_empty()
+            self._arm_idle()
+            return
+        b = self._barge
+        if b is not None:
+            b.speech_done_ms += e.speech_ms
+            if not self._policy.words_qualify(self._barge_text(b)):
+                b.awaiting_final_seq = self._final_seq
+                b.deadline = max(b.deadline,
+                                 now + self.settings.turn.stt_final_timeout_ms / 1000.0)
+            self._evaluate_barge()
+            if self._barge is b and b.awaiting_final_seq is not None:
+                self._request_stt_flush()
+            if b.resolved.done() and not b.resolved.result():
+                return  # a false interruption: no turn to end
+        silence_ms = max(0.0, self._stream_ms - e.at_ms)
+        self._eou_task = self._spawn(self._end_of_turn(edge, silence_ms), "end-of-turn")
+
+    async def _end_of_turn(self, speech_end_at: float, silence_ms: float) -> None:
+        if self._endpointing is None:
+            decision = EndOfTurnDecision("vad", None, 0.0)
+        else:
+            decision = await self._endpointing.decide(self._turn_audio, silence_ms)
+        eou_at = self._now()
+        b = self._barge
+        if b is not None and not await asyncio.shield(b.resolved):
+            return
+        if self._ending:
+            return
+        text = await self._final_text()
+        final_at = self._now()
+        if not text:
+            # Noise, or words the STT could not make out: nothing to answer.
+            self._reset_turn()
+            if self._current is None and not self._queue:
+                self._set_state("listening")
+            self._arm_idle()
+            return
+        self._commit_user_turn(text, decision.trigger, decision.probability,
+                               speech_end_at, eou_at, final_at)
+
+    async def _final_text(self) -> str:
+        """The turn's text once the STT has finalised it (or the wait timed out)."""
+        need_final = bool(self._interim) or self._final_seq <= self._final_seq_at_stop
+        if need_final:
+            seq = self._final_seq
+            self._request_stt_flush()
+            deadline = self._now() + self.settings.turn.stt_final_timeout_ms / 1000.0
+            while self._final_seq <= seq:
+                remaining = deadline - self._now()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._final_arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+        parts = list(self._finals)
+        if self._interim:
+            parts.append(self._interim)  # the STT never finalised: its best guess beats nothing
+        return " ".join(parts).strip()
+
+    def _commit_user_turn(self, text: str, trigger: str, probability: float | None,
+                          speech_end_at: float, eou_at: float, final_at: float) -> None:
+        turn = _Turn(uuid.uuid4().hex[:16], text, trigger, speech_end_at, eou_at, final_at)
+        self._reset_turn()
+        self._idle_prompts = 0
+        self._emit(ev.UserTurnCompleted, turn_id=turn.id, text=text, trigger=trigger,
+                   eou_probability=probability)
+        self.context.add_user(text)
+        self._enqueue(SpeechHandle(self, "reply", interruptible=self.settings.interruption.enabled,
+                                   turn=turn))
+
+    def _reset_turn(self) -> None:
+        self._finals.clear()
+        self._interim = ""
+        self._turn_start_ms = self._utterance_start_ms if self._user_speaking else None
+
+    def _reset_turn_if_empty(self) -> None:
+        if not self._finals and not self._interim and not self._user_speaking:
+            self._turn_start_ms = None
+
+    async def _dtmf_commit(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        digits = "".join(self._dtmf_digits)
+        self._dtmf_digits.clear()
+        if not digits or self._ending:
+            return
+        self._cancel(self._eou_task)
+        now = self._now()
+        parts = [*self._finals, f"[DTMF {digits}]"]
+        self._commit_user_turn(" ".join(parts), "dtmf", None, now, now, now)
+
+    # =========================================================================================
+    # Soft barge-in
+    # =========================================================================================
+    def _can_hold(self) -> bool:
+        cur = self._current
+        return (
+            self.settings.interruption.enabled
+            and cur is not None
+            and cur.interruptible
+            and cur.stop_reason is None
+            and not self._ending
+        )
+
+    def _begin_barge(self, onset_ms: float, onset_at: float) -> None:
+        loop = self._require_loop()
+        b = _Barge(
+            onset_ms=onset_ms,
+            onset_at=onset_at,
+            finals_mark=len(self._finals),
+            interim_at_onset=self._interim,
+            deadline=onset_at + self.settings.interruption.false_interruption_timeout_ms / 1000.0,
+            resolved=loop.create_future(),
+        )
+        self._barge = b
+        self._gate.clear()  # hold: the speech writer stops feeding the sink
+        if self.state == "speaking":
+            self._set_state("paused")
+        b.timer = self._spawn(self._barge_timer(b), "barge-timer")
+        self._evaluate_barge()
+
+    def _barge_text(self, b: _Barge) -> str:
+        parts = self._finals[b.finals_mark:]
+        if self._interim and (parts or self._interim != b.interim_at_onset):
+            parts = [*parts, self._interim]
+        return " ".join(parts)
+
+    def _evaluate_barge(self) -> None:
+        b = self._barge
+        if b is None or b.settling:
+            return
+        speech_ms = b.speech_done_ms
+        if self._user_speaking:
+            speech_ms += max(0.0, self._stream_ms - self._utterance_start_ms)
+        text = self._barge_text(b)
+        awaiting = b.awaiting_final_seq is not None and self._final_seq <= b.awaiting_final_seq
+        verdict = self._policy.decide(BargeFacts(
+            speech_ms=speech_ms, speaking=self._user_speaking, text=text,
+            window_expired=self._now() >= b.deadline, awaiting_final=awaiting,
+        ))
+        if verdict == "commit":
+            b.settling = True
+            self._spawn(self._commit_barge(b), "barge-commit")
+        elif verdict == "resume":
+            self._resume_after_false_interruption(b, speech_ms, text)
+
+    async def _barge_timer(self, b: _Barge) -> None:
+        while self._barge is b and not b.settling:
+            delay = b.deadline - self._now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            self._evaluate_barge()
+            return
+
+    async def _commit_barge(self, b: _Barge) -> None:
+        cur = self._current
+        try:
+            if cur is not None and cur.interruptible and cur.stop_reason is None:
+                self._drop_queued(interruptible_only=True)
+                await self._stop_speech(cur, "barge_in", clear=True, barge=b)
+        finally:
+            self._end_barge(b, True)
+            if self._current is None and not self._ending:
+                self._set_state("listening")
+
+    def _resume_after_false_interruption(self, b: _Barge, speech_ms: float, text: str) -> None:
+        # What was said since the onset was not a turn: forget it, including finals still in
+        # flight for the same utterance (dropped until the caller speaks again).
+        del self._finals[b.finals_mark:]
+        self._interim = ""
+        self._discard_finals = True
+        if self._user_speaking:
+            self._ignore_utterance = True
+        self._reset_turn_if_empty()
+        self._end_barge(b, False)
+        cur = self._current
+        if cur is not None and cur.output is not None and cur.output.audio_started:
+            self._set_state("speaking")
+        elif cur is None:
+            self._set_state("listening")
+        self._emit(ev.AgentFalseInterruption, speech_ms=speech_ms, text=text)
+        if cur is None:
+            self._arm_idle()
+
+    def _end_barge(self, b: _Barge, is_turn: bool) -> None:
+        if self._barge is b:
+            self._barge = None
+        b.settling = True
+        if b.timer is not None and b.timer is not asyncio.current_task():
+            b.timer.cancel()
+        if not b.resolved.done():
+            b.resolved.set_result(is_turn)
+        self._gate.set()
+
+    # =========================================================================================
+    # Agent speech
+    # =========================================================================================
+    def _enqueue(self, handle: SpeechHandle, *, front: bool = False) -> None:
+        if len(self._queue) >= MAX_QUEUED_SPEECHES:
+            raise RuntimeError("too many queued speeches")
+        if front:
+            self._queue.appendleft(handle)
+        else:
+            self._queue.append(handle)
+        self._cancel_idle()
+        self._queue_ready.set()
+
+    def _drop_queued(self, *, interruptible_only: bool) -> None:
+        keep: deque[SpeechHandle] = deque()
+        for h in self._queue:
+            if interruptible_only and not h.interruptible:
+                keep.append(h)
+            else:
+                h.stop_reason = "cancelled"
+                h._resolve()
+        self._queue = keep
+
+    def _cancel_speech(self, handle: SpeechHandle) -> None:
+        if handle.done():
+            return
+        if handle in self._queue:
+            self._queue.remove(handle)
+            handle.stop_reason = "cancelled"
+            handle._resolve()
+        elif handle is self._current and handle.stop_reason is None:
+            self._spawn(self._stop_speech(handle, "cancelled", clear=True), "cancel-speech")
+
+    async def _speech_loop(self) -> None:
+        while True:
+            while not self._queue:
+                self._queue_ready.clear()
+                await self._queue_ready.wait()
+            speech = self._queue.popleft()
+            if speech.done():
+                continue
+            self._current = speech
+            speech.watch_from = self._now()
+            if speech.kind == "reply":
+                self._set_state("thinking")
+                self._spawn(self._watchdog(speech), "watchdog")
+                if self._thinking is not None:
+                    self._thinking.start()
+            task = self._spawn(self._run_speech(speech), f"speech-{speech.id}")
+            speech.task = task
+            await asyncio.wait([task])
+            if speech.stopped is not None:
+                await asyncio.shield(speech.stopped)  # the stopper's bookkeeping
+            if self._thinking is not None:
+                await self._thinking.stop()
+            self._current = None
+            self._finish_speech(speech)
+            if not self._queue and not self._ending:
+                if self._barge is None:
+                    self._set_state("listening")
+                self._arm_idle()
+
+    async def _run_speech(self, speech: SpeechHandle) -> None:
+        output = SpeechOutput(
+            self._sink, self._tts, gate=self._gate, voice=self._voice,
+            next_segment_id=lambda: f"{self.session_id or 'seg'}-{next(self._segment_ids)}",
+            on_segment_started=lambda seg: self._on_segment_started(speech, seg),
+            on_segment_played=lambda seg: self._emit(
+                ev.AgentSpeechCompleted, segment_id=seg.id, text=seg.text),
+            before_first_audio=self._stop_thinking_audio if self._thinking else None,
+            max_sentences=0,
+        )
+        speech.output = output
+        try:
+            if speech.kind == "reply":
+                await self._generate_reply(speech, output)
+            else:
+                await self._play_fixed(speech, output)
+        except asyncio.CancelledError:
+            raise
+        except SpeechError as exc:
+            self._speech_failed(speech, exc.stage, exc.cause)
+        except Exception as exc:
+            log.exception("speech %s failed", speech.id)
+            self._speech_failed(speech, "engine", exc)
+
+    async def _play_fixed(self, speech: SpeechHandle, output: SpeechOutput) -> None:
+        part = speech._new_part()
+        text = speech._text.strip()
+        if speech.add_to_context and text:
+            part.item = self.context.add_assistant(text)
+        run = asyncio.create_task(output.run(), name=f"output-{speech.id}")
+        try:
+            if speech._audio is not None:
+                await output.add_audio(speech._audio, speech._sample_rate, text, part.index)
+            else:
+                for sentence in split_sentences(text):
+                    await output.add_text(sentence, part.index)
+            await output.close()
+            await run
+        finally:
+            await _cancel_and_wait(run)
+
+    async def _generate_reply(self, speech: SpeechHandle, output: SpeechOutput) -> None:
+        max_rounds = self.settings.max_tool_rounds
+        run = asyncio.create_task(output.run(), name=f"output-{speech.id}")
+        try:
+            for rnd in range(max_rounds + 1):
+                if rnd and self._ending:
+                    break  # hung up by a tool (e.g. end_call): say nothing more
+                part = speech._new_part()
+                # The last round offers no tools so the model has to answer in words.
+                tools = self._tools if rnd < max_rounds else None
+                text, calls = await self._llm_round(speech, output, part, tools, run)
+                if run.done():
+                    break  # TTS failed; `await run` below raises it
+                if not calls:
+                    if text:
+                        part.item = self.context.add_assistant(text)
+                    break
+                await self._run_tools(speech, part, text, calls)
+            await output.close()
+            await run
+        finally:
+            await _cancel_and_wait(run)
+        if not output.audio_started and not self._ending:
+            if not output.segments:
+                raise SpeechError("llm", RuntimeError("the LLM returned no speakable text"))
+            raise SpeechError("tts", RuntimeError("TTS returned no audio for the answer"))
+
+    async def _llm_round(self, speech: SpeechHandle, output: SpeechOutput, part: _Part,
+                         tools: list[Any] | None, run: asyncio.Task[None]
+                         ) -> tuple[str, list[Any]]:
+        turn = speech.turn
+        segmenter = SentenceSegmenter()
+        texts: list[str] = []
+        calls: list[Any] = []
+        if turn is not None and turn.llm_request_at is None:
+            turn.llm_request_at = self._now()
+        stream = self._llm.stream(self.context.messages(), tools)
+        try:
+            async for item in stream:
+                kind = getattr(item, "kind", None)
+                if kind in ("text", "tool_call") and turn and turn.llm_first_at is None:
+                    turn.llm_first_at = self._now()
+                if kind == "text":
+                    texts.append(item.text)
+                    for sentence in segmenter.push(item.text):
+                        if turn is not None and turn.first_sentence_at is None:
+                            turn.first_sentence_at = self._now()
+                        await output.add_text(sentence, part.index)
+                elif kind == "tool_call":
+                    calls.append(item)
+                elif kind == "usage":
+                    self._emit(ev.SessionUsage, provider=str(getattr(item, "provider", "")),
+                               model=str(getattr(item, "model", "")), kind="llm",
+                               metric=str(getattr(item, "metric", "")),
+                               quantity=float(getattr(item, "quantity", 0.0)))
+                if run.done():
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise SpeechError("llm", exc) from exc
+        finally:
+            await _aclose(stream)
+        for sentence in segmenter.flush():
+            if turn is not None and turn.first_sentence_at is None:
+                turn.first_sentence_at = self._now()
+            await output.add_text(sentence, part.index)
+        return "".join(texts).strip(), calls
+
+    async def _run_tools(self, speech: SpeechHandle, part: _Part, text: str,
+                         calls: list[Any]) -> None:
+        records = [ToolCallRecord(str(c.id), str(c.name), dict(getattr(c, "arguments", None) or {}))
+                   for c in calls]
+        results: dict[str, Any] = {}
+        speech.in_tools = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for call, rec in zip(calls, records, strict=True):
+                    tg.create_task(self._run_tool(call, rec, results))
+        except asyncio.CancelledError:
+            # Interrupted mid-tool: the context still needs an answer for every call.
+            for rec in records:
+                results.setdefault(rec.id, {"error": "cancelled: the caller interrupted"})
+            part.item = self.context.add_tool_exchange(text, records, results)
+            raise
+        finally:
+            speech.in_tools = False
+            speech.watch_from = self._now()
+        part.item = self.context.add_tool_exchange(text, records, results)
+
+    async def _run_tool(self, call: Any, rec: ToolCallRecord, results: dict[str, Any]) -> None:
+        self._emit(ev.ToolCalled, call_id=rec.id, name=rec.name, arguments=rec.arguments)
+        t0 = self._now()
+        try:
+            result = await asyncio.wait_for(self._tool_executor(call),
+                                            self.settings.tool_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            results[rec.id] = {"error": f"the tool timed out after {self.settings.tool_timeout_s}s"}
+            self._emit(ev.ToolFailed, call_id=rec.id, name=rec.name, error="timeout",
+                       latency_ms=_ms(t0, self._now()) or 0.0)
+            return
+        except Exception as exc:
+            results[rec.id] = {"error": _message(exc)}
+            self._emit(ev.ToolFailed, call_id=rec.id, name=rec.name, error=_message(exc),
+                       latency_ms=_ms(t0, self._now()) or 0.0)
+            return
+        results[rec.id] = result
+        self._emit(ev.ToolCompleted, call_id=rec.id, name=rec.name, result=result,
+                   latency_ms=_ms(t0, self._now()) or 0.0)
+
+    def _on_segment_started(self, speech: SpeechHandle, seg: Any) -> None:
+        if self.state in ("starting", "thinking", "listening") and self._barge is None:
+            self._set_state("speaking")
+        self._emit(ev.AgentSpeechStarted, segment_id=seg.id, text=seg.text)
+
+    async def _stop_speech(self, speech: SpeechHandle, reason: str, *, clear: bool,
+                           barge: _Barge | None = None) -> None:
+        """Stop the current speech: hold, cancel its work, clear playout, then record what the
+        caller heard (context truncation) and report it."""
+        if speech.done() or speech.stop_reason is not None:
+            return
+        loop = self._require_loop()
+        speech.stop_reason = reason
+        speech.stopped = loop.create_future()
+        try:
+            self._gate.clear()
+            if speech.task is not None and not speech.task.done():
+                speech.task.cancel()
+                await asyncio.wait([speech.task])
+            out = speech.output
+            if clear and out is not None and out.audio_started:
+                out.freeze()
+                try:
+                    await self._sink.clear()
+                except Exception as exc:
+                    self._emit_error("transport", exc)
+            if barge is not None:
+                speech.barge_in_ms = _ms(barge.onset_at, self._now())
+            self._account_heard(speech)
+            if reason in _INTERRUPTIONS:
+                heard = speech.heard_text
+                full = speech.text
+                cut = full[len(heard):].strip() if full.startswith(heard) else full
+                self._emit(ev.AgentSpeechInterrupted,
+                           segment_id=out.current_segment_id() if out else "",
+                           heard_text=heard, interrupted_text=cut,
+                           barge_in_ms=speech.barge_in_ms or 0.0)
+        finally:
+            if self._barge is None:
+                self._gate.set()
+            speech.stopped.set_result(None)
+
+    def _account_heard(self, speech: SpeechHandle, *, assume_written_plays: bool = False) -> None:
+        """Truncate this speech's context messages to what the caller heard."""
+        out = speech.output
+        if out is None:
+            return
+        for part in speech.parts:
+            heard = out.heard_text(part.index, assume_written_plays=assume_written_plays)
+            if part.item is not None:
+                if heard != out.text(part.index):
+                    self.context.truncate_to_heard(part.item, heard)
+            elif heard and (speech.add_to_context or speech.kind == "reply"):
+                part.item = self.context.add_assistant(heard, interrupted=True)
+        speech.heard_text = out.heard_text(assume_written_plays=assume_written_plays)
+
+    def _speech_failed(self, speech: SpeechHandle, stage: str, exc: BaseException) -> None:
+        speech.error = stage
+        self._emit_error(stage, exc)
+        # Audio already handed to the sink still plays; keep exactly that in the context.
+        self._account_heard(speech, assume_written_plays=True)
+        if speech.kind not in ("apology", "goodbye") and not self._ending:
+            self._enqueue_apology()
+
+    def _enqueue_apology(self) -> None:
+        try:
+            self._enqueue(SpeechHandle(self, "apology", text=self.settings.apology,
+                                       interruptible=self.settings.interruption.enabled),
+                          front=True)
+        except RuntimeError:
+            log.warning("speech queue full: apology dropped")
+
+    def _finish_speech(self, speech: SpeechHandle) -> None:
+        out = speech.output
+        if speech.stop_reason is None and speech.error is None and out is not None:
+            speech.heard_text = out.text()
+        turn = speech.turn
+        if turn is not None:
+            self._emit(ev.TurnCompleted, turn_id=turn.id, user_text=turn.user_text,
+                       agent_text=speech.text, heard_text=speech.heard_text,
+                       interrupted=speech.interrupted)
+            self._emit_metrics(turn, out)
+        speech._resolve()
+
+    def _emit_metrics(self, turn: _Turn, out: SpeechOutput | None) -> None:
+        base = turn.speech_end_at
+        tts_ttfb = _ms(out.tts_request_at, out.tts_first_chunk_at) if out else None
+        first_audio = _ms(base, out.first_audio_at) if out else None
+        stt_wait = _ms(turn.eou_at, turn.final_at)
+        llm_wait = _ms(turn.llm_request_at, turn.first_sentence_at)
+        server_added = None
+        if first_audio is not None and None not in (stt_wait, llm_wait, tts_ttfb):
+            server_added = round(first_audio - (stt_wait or 0) - (llm_wait or 0)
+                                 - (tts_ttfb or 0), 1)
+        self._emit(
+            ev.TurnMetrics,
+            turn_id=turn.id,
+            vad_stop_to_eou_ms=_ms(base, turn.eou_at),
+            eou_to_stt_final_ms=stt_wait,
+            llm_ttft_ms=_ms(turn.llm_request_at, turn.llm_first_at),
+            tts_ttfb_ms=tts_ttfb,
+            first_audio_out_ms=first_audio,
+            played_ack_ms=_ms(base, out.first_played_at) if out else None,
+            server_added_ms=server_added,
+        )
+
+    async def _stop_thinking_audio(self) -> None:
+        if self._thinking is not None:
+            await self._thinking.stop()
+
+    # =========================================================================================
+    # Timers: watchdog, idle, max duration
+    # =========================================================================================
+    async def _watchdog(self, speech: SpeechHandle) -> None:
+        timeout = self.settings.response_timeout_s
+        while True:
+            if speech.done() or speech.stop_reason is not None:
+                return
+            if speech.output is not None and speech.output.audio_started:
+                return
+            if speech.in_tools or self._barge is not None:
+                # Waiting on a tool (bounded by tool_timeout_s) or holding for the caller is
+                # not a provider stall; the clock restarts when that wait ends.
+                await asyncio.sleep(min(0.25, timeout))
+                continue
+            remaining = speech.watch_from + timeout - self._now()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+                continue
+            break
+        self._emit(ev.SessionError, code="response_timeout", stage="watchdog",
+                   message=f"no agent audio {timeout:g}s after the caller's turn")
+        if self._ending:
+            return
+        self._enqueue_apology()
+        await self._stop_speech(speech, "watchdog", clear=False)
+
+    def _arm_idle(self) -> None:
+        self._cancel_idle()
+        if self._ending or self._loop is None or self._user_busy():
+            return
+        self._idle_task = self._spawn(self._idle_timer(), "idle")
+
+    def _cancel_idle(self) -> None:
+        self._cancel(self._idle_task)
+        self._idle_task = None
+
+    def _user_busy(self) -> bool:
+        return bool(
+            self._user_speaking
+            or (self._eou_task is not None and not self._eou_task.done())
+            or self._barge is not None
+            or self._finals
+            or self._dtmf_digits
+        )
+
+    async def _idle_timer(self) -> None:
+        idle = self.settings.idle
+        await asyncio.sleep(idle.timeout_s)
+        if self._ending or self._current is not None or self._queue or self._user_busy():
+            return
+        self._idle_task = None
+        if self._idle_prompts < idle.max_prompts:
+            self._idle_prompts += 1
+            self._emit(ev.UserIdle, prompts_sent=self._idle_prompts)
+            self._enqueue(SpeechHandle(self, "idle", text=idle.prompt,
+                                       interruptible=self.settings.interruption.enabled))
+        else:
+            self._emit(ev.UserIdle, prompts_sent=self._idle_prompts)
+            self.hangup("idle", goodbye=idle.goodbye)
+
+    async def _max_duration_timer(self) -> None:
+        await asyncio.sleep(self.settings.max_call_duration_s)
+        self.hangup("max_duration", goodbye=self.settings.max_duration_goodbye, interrupt=True)
+
+    # =========================================================================================
+    # Ending
+    # =========================================================================================
+    def _begin_ending(self) -> None:
+        self._ending = True
+        self._set_state("ending")
+        for t in (self._idle_task, self._eou_task, self._dtmf_task):
+            self._cancel(t)
+        b = self._barge
+        if b is not None:
+            self._end_barge(b, False)
+
+    async def _end_gracefully(self, reason: str, goodbye: str | None, interrupt: bool) -> None:
+        self._drop_queued(interruptible_only=False)
+        cur = self._current
+        if cur is not None and not cur.done():
+            if interrupt:
+                await self._stop_speech(cur, "hangup", clear=True)
+            else:
+                try:
+                    await asyncio.wait_for(asyncio.shield(cur._done), GOODBYE_GRACE_S)
+                except TimeoutError:
+                    await self._stop_speech(cur, "hangup", clear=True)
+            await cur  # the speech loop has let go of it
+        if goodbye and goodbye.strip():
+            handle = SpeechHandle(self, "goodbye", text=goodbye, interruptible=False)
+            self._queue.append(handle)
+            self._queue_ready.set()
+            budget = 10.0 + len(goodbye) * 0.1
+            try:
+                await asyncio.wait_for(asyncio.shield(handle._done), budget)
+            except TimeoutError:
+                log.warning("goodbye did not finish within %.0fs", budget)
+        await self._shutdown(reason)
+
+    async def _shutdown(self, reason: str) -> None:
+        if self._ended is None or self._ended.done():
+            return
+        if not self._ending:
+            self._begin_ending()
+        me = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._thinking is not None:
+            await self._thinking.stop()
+        for h in [*self._queue, *([self._current] if self._current else [])]:
+            if h.stop_reason is None:
+                h.stop_reason = "shutdown"
+            h._resolve()
+        self._queue.clear()
+        self._current = None
+        if self._stt_stream is not None:
+            try:
+                await asyncio.wait_for(self._stt_stream.aclose(), 2.0)
+            except Exception as exc:
+                log.debug("closing STT stream: %r", exc)
+        try:
+            await self._vad.aclose()
+        except Exception as exc:
+            log.debug("closing VAD stream: %r", exc)
+        if not self._ended.done():
+            self._ended.set_result(reason)
+
+    # =========================================================================================
+    # Plumbing
+    # =========================================================================================
+    def _now(self) -> float:
+        return self._require_loop().time()
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("conversation not started")
+        return self._loop
+
+    def _set_state(self, new: State) -> None:
+        old = self.state
+        if old == new or (old == "ending" and new != "ending"):
+            return
+        self.state = new
+        self._emit(ev.AgentStateChanged, old_state=old, new_state=new)
+
+    def _emit(self, cls: type[ev.Event], /, mono: float | None = None, **fields: Any) -> None:
+        event = cls(session_id=self.session_id,
+                    mono=mono if mono is not None else self._now(), **fields)
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("event callback failed for %s", cls.type)
+
+    def _emit_error(self, stage: str, exc: BaseException) -> None:
+        self._emit(ev.SessionError, code=_code(exc), message=_message(exc), stage=stage)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = self._require_loop().create_task(coro, name=f"conversation-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        log.error("conversation task %s failed", task.get_name(), exc_info=exc)
+        self._emit_error("engine", exc)
+        if task in self._core and not self._ending:
+            # A core loop is gone: the call cannot work any more. End it with an explanation.
+            self._begin_ending()
+            self._spawn(self._shutdown("error"), "shutdown")
+
+    @staticmethod
+    def _cancel(task: asyncio.Task[Any] | None) -> None:
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+
+async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start) * 1000.0, 1)
+
+
+def _code(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    code = getattr(exc, "code", None)
+    return str(code) if code else type(exc).__name__
+
+
+def _message(exc: BaseException | None) -> str:
+    # Provider errors never carry credentials (providers/base.py); cap the size anyway.
+    return str(exc)[:500] if exc is not None else ""

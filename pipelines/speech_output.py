@@ -1,0 +1,311 @@
+"""Playing one agent speech into the playout sink, and knowing what the caller heard.
+
+A speech is a sequence of sentences (streamed in while the LLM is still generating) or one
+pre-rendered clip. Each sentence becomes one playout *segment*: `start_segment`, 20 ms `write`s,
+`end_segment`; the sink checkpoints each segment and `wait_played` resolves when the far end
+confirms it was heard.
+
+- Latency: the next sentence is synthesised while the current one is being written
+  (`lookahead` segments ahead), so TTS time-to-first-byte does not open gaps between sentences.
+- Hold: before every 20 ms write the writer waits on `gate`. Closing the gate is the soft pause of
+  barge-in: nothing new reaches the sink (which keeps ≤ max_ahead_ms queued itself, since `write`
+  applies backpressure), and opening it resumes exactly where the writer stopped.
+- Heard text: a segment acknowledged as played was heard in full; of the segment playing when the
+  caller barged in, the share `played_ms / duration` of its text (cut back to a word boundary).
+  That is what the assistant's context message is truncated to.
+
+Memory is bounded: sentences and synthesised chunks sit in bounded queues, so a fast LLM or TTS
+simply waits for playout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines.audio.frames import as_int16
+from pipelines.audio.g711 import ulaw_decode
+from pipelines.ports import PlayoutSink, TTSLike
+
+log = logging.getLogger(__name__)
+
+# Rough speaking rate used to estimate a segment's duration while its TTS is still running
+# (about 15 characters per second of speech).
+MS_PER_CHAR_ESTIMATE = 65.0
+_PLAYED_SLACK_S = 3.0  # extra wait for the last playout ack beyond the audio still queued
+
+
+class SpeechError(Exception):
+    """A provider failed while producing this speech; `stage` is "tts" (or "llm" upstream)."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage}: {cause}")
+        self.stage = stage
+        self.cause = cause
+
+
+@dataclass(eq=False, slots=True)
+class Segment:
+    id: str
+    text: str
+    part: int = 0  # which assistant message (LLM round) this sentence belongs to
+    audio: tuple[np.ndarray, int] | None = None  # pre-rendered clip instead of TTS
+    written_ms: float = 0.0
+    synth_done: bool = False
+    started: bool = False  # first audio written
+    ended: bool = False  # end_segment sent
+    played: bool = False  # far end confirmed playout
+
+    def heard_fraction(self, played_ms: float) -> float:
+        if self.played:
+            return 1.0
+        if not self.started:
+            return 0.0
+        total = self.written_ms
+        if not self.synth_done:
+            total = max(total, len(self.text) * MS_PER_CHAR_ESTIMATE)
+        return 1.0 if total <= 0 else min(1.0, played_ms / total)
+
+
+def text_prefix(text: str, fraction: float) -> str:
+    """The first `fraction` of `text`, cut back to the last whole word."""
+    if fraction >= 0.999:
+        return text
+    if fraction <= 0.0:
+        return ""
+    cut = int(len(text) * fraction)
+    if cut < len(text) and not text[cut].isspace():
+        space = text.rfind(" ", 0, cut + 1)
+        cut = space if space > 0 else 0
+    return text[:cut].rstrip(" ,;:-–—")
+
+
+class _Failure:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    segment: Segment
+    chunks: asyncio.Queue[Any]
+
+
+class SpeechOutput:
+    def __init__(
+        self,
+        sink: PlayoutSink,
+        tts: TTSLike | None,
+        *,
+        gate: asyncio.Event,
+        next_segment_id: Callable[[], str],
+        voice: str | None = None,
+        on_segment_started: Callable[[Segment], None] = lambda s: None,
+        on_segment_played: Callable[[Segment], None] = lambda s: None,
+        before_first_audio: Callable[[], Awaitable[None]] | None = None,
+        lookahead: int = 1,
+        max_sentences: int = 64,
+        max_chunks: int = 64,
+    ) -> None:
+        self._sink = sink
+        self._tts = tts
+        self._voice = voice
+        self._gate = gate
+        self._next_id = next_segment_id
+        self._on_started = on_segment_started
+        self._on_played = on_segment_played
+        self._before_first_audio = before_first_audio
+        self._max_chunks = max_chunks
+        self._sentences: asyncio.Queue[Segment | None] = asyncio.Queue(max_sentences)
+        self._ready: asyncio.Queue[_Pending | None] = asyncio.Queue(max(1, lookahead))
+        self._played_tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._frozen = False
+        self.segments: list[Segment] = []
+        # Timings (event-loop clock) for turn metrics.
+        self.tts_request_at: float | None = None
+        self.tts_first_chunk_at: float | None = None
+        self.first_audio_at: float | None = None
+        self.first_played_at: float | None = None
+
+    # -- input ---------------------------------------------------------------------------------
+    async def add_text(self, text: str, part: int = 0) -> Segment | None:
+        """Queue one sentence (waits when too far ahead of playout)."""
+        text = text.strip()
+        if not text:
+            return None
+        return await self._add(Segment(self._next_id(), text, part))
+
+    async def add_audio(self, samples: np.ndarray, sample_rate: int, text: str = "",
+                        part: int = 0) -> Segment:
+        """Queue a pre-rendered clip; `text` is what it says (for context and events)."""
+        seg = Segment(self._next_id(), text.strip(), part, audio=(as_int16(samples), sample_rate))
+        return await self._add(seg)
+
+    async def _add(self, seg: Segment) -> Segment:
+        if self._closed:
+            raise RuntimeError("speech output already closed")
+        self.segments.append(seg)
+        await self._sentences.put(seg)
+        return seg
+
+    async def close(self) -> None:
+        """No more sentences: `run` returns once everything queued has been played."""
+        if not self._closed:
+            self._closed = True
+            await self._sentences.put(None)
+
+    def freeze(self) -> None:
+        """The sink is about to be cleared: later playout acks no longer mean "heard in full"."""
+        self._frozen = True
+
+    # -- what was heard ------------------------------------------------------------------------
+    def text(self, part: int | None = None) -> str:
+        return " ".join(s.text for s in self.segments if part is None or s.part == part)
+
+    def heard_text(self, part: int | None = None, *, assume_written_plays: bool = False) -> str:
+        """Text the caller heard (per part, or all). With `assume_written_plays`, audio already
+        handed to the sink counts as heard (used when we stop producing without clearing)."""
+        out: list[str] = []
+        for seg in self.segments:
+            if part is not None and seg.part != part:
+                continue
+            if assume_written_plays and seg.started:
+                played = seg.written_ms
+            else:
+                played = self._sink.played_ms(seg.id) if seg.started else 0.0
+            piece = text_prefix(seg.text, seg.heard_fraction(played))
+            if piece:
+                out.append(piece)
+        return " ".join(out)
+
+    def current_segment_id(self) -> str:
+        """The segment the caller is (or was last) hearing."""
+        for seg in self.segments:
+            if seg.started and not seg.played:
+                return seg.id
+        started = [s for s in self.segments if s.started]
+        return started[-1].id if started else ""
+
+    @property
+    def audio_started(self) -> bool:
+        return self.first_audio_at is not None
+
+    # -- the work ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Synthesise and write every queued sentence, then wait until it has been played.
+
+        Raises SpeechError if TTS fails. Cancelling stops synthesis and writing at once (the
+        caller clears the sink first when the audio must stop)."""
+        synth = asyncio.create_task(self._synth_loop(), name="speech-synth")
+        try:
+            while (pending := await self._ready.get()) is not None:
+                await self._write_segment(pending)
+            await synth
+            await self._wait_all_played()
+        finally:
+            synth.cancel()
+            for t in self._played_tasks:
+                t.cancel()
+            await asyncio.gather(synth, *self._played_tasks, return_exceptions=True)
+
+    async def _synth_loop(self) -> None:
+        while (seg := await self._sentences.get()) is not None:
+            pending = _Pending(seg, asyncio.Queue(self._max_chunks))
+            await self._ready.put(pending)
+            if seg.audio is not None:
+                await pending.chunks.put(seg.audio)
+                await pending.chunks.put(None)
+                continue
+            if self._tts is None:
+                await pending.chunks.put(_Failure(RuntimeError("no TTS for text speech")))
+                return
+            loop = asyncio.get_running_loop()
+            if self.tts_request_at is None:
+                self.tts_request_at = loop.time()
+            stream = self._tts.synthesize(seg.text, self._voice)
+            try:
+                async for chunk in stream:
+                    if self.tts_first_chunk_at is None:
+                        self.tts_first_chunk_at = loop.time()
+                    await pending.chunks.put(_decode(chunk))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a vendor failure becomes a typed speech error
+                await pending.chunks.put(_Failure(exc))
+                return
+            finally:
+                await _aclose(stream)
+            await pending.chunks.put(None)
+        await self._ready.put(None)
+
+    async def _write_segment(self, pending: _Pending) -> None:
+        seg = pending.segment
+        loop = asyncio.get_running_loop()
+        while (item := await pending.chunks.get()) is not None:
+            if isinstance(item, _Failure):
+                raise SpeechError("tts", item.exc)
+            samples, rate = item
+            step = max(1, rate // 50)  # 20 ms at the chunk's own rate
+            for off in range(0, len(samples), step):
+                await self._gate.wait()
+                piece = samples[off : off + step]
+                if not seg.started:
+                    if self.first_audio_at is None and self._before_first_audio is not None:
+                        await self._before_first_audio()
+                    await self._sink.start_segment(seg.id)
+                    seg.started = True
+                    if self.first_audio_at is None:
+                        self.first_audio_at = loop.time()
+                    self._on_started(seg)
+                await self._sink.write(piece, rate)
+                seg.written_ms += len(piece) * 1000.0 / rate
+        seg.synth_done = True
+        if seg.started:
+            await self._sink.end_segment()
+            seg.ended = True
+            self._played_tasks.append(
+                asyncio.create_task(self._track_played(seg), name=f"played-{seg.id}")
+            )
+
+    async def _track_played(self, seg: Segment) -> None:
+        await self._sink.wait_played(seg.id)
+        if self._frozen:
+            return
+        seg.played = True
+        if self.first_played_at is None:
+            self.first_played_at = asyncio.get_running_loop().time()
+        self._on_played(seg)
+
+    async def _wait_all_played(self) -> None:
+        tasks = [t for t in self._played_tasks if not t.done()]
+        if not tasks:
+            return
+        unplayed_ms = sum(s.written_ms for s in self.segments if s.started and not s.played)
+        timeout = unplayed_ms / 1000.0 + _PLAYED_SLACK_S
+        _done, late = await asyncio.wait(tasks, timeout=timeout)
+        if late:
+            # The far end never acknowledged: do not hang the conversation on a lost ack.
+            log.warning("no playout ack for %d segment(s) after %.1fs", len(late), timeout)
+
+
+def _decode(chunk: Any) -> tuple[np.ndarray, int]:
+    if getattr(chunk, "encoding", "pcm16") == "mulaw":
+        return ulaw_decode(chunk.samples), int(chunk.sample_rate)
+    return as_int16(chunk.samples), int(chunk.sample_rate)
+
+
+async def _aclose(stream: AsyncIterator[Any]) -> None:
+    """Close a provider stream promptly (async generators otherwise linger until GC)."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()

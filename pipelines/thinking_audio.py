@@ -1,0 +1,88 @@
+"""Soft "thinking" audio while the agent waits for the LLM (setting `thinking_audio`).
+
+A quiet pulse (a short 440 Hz blip with a smooth envelope, then silence) loops into the playout
+sink as its own segment. It only starts after `delay_s`, so quick answers never hear it, and it is
+stopped and cleared from the sink right before the answer's first audio.
+
+It paces itself to real time (≤ `max_ahead_ms` ahead), so it is safe even with a sink that does
+not apply backpressure on `write`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from functools import lru_cache
+
+import numpy as np
+
+from pipelines.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
+from pipelines.audio.mixer import LoopingSource
+from pipelines.ports import PlayoutSink
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+@lru_cache(maxsize=1)
+def thinking_clip() -> np.ndarray:
+    """1.2 s: a 160 ms blip at about −26 dBFS with raised-cosine edges, then silence."""
+    blip_n = int(0.16 * SAMPLE_RATE)
+    t = np.arange(blip_n) / SAMPLE_RATE
+    envelope = np.sin(np.pi * np.arange(blip_n) / blip_n) ** 2
+    blip = 0.05 * envelope * np.sin(2 * np.pi * 440.0 * t)
+    clip = np.zeros(int(1.2 * SAMPLE_RATE), dtype=np.float32)
+    clip[:blip_n] = blip
+    return np.rint(clip * 32767).astype(np.int16)
+
+
+class ThinkingAudio:
+    def __init__(self, sink: PlayoutSink, *, delay_s: float = 0.6, max_ahead_ms: float = 200.0
+                 ) -> None:
+        self._sink = sink
+        self._delay_s = delay_s
+        self._max_ahead_ms = max_ahead_ms
+        self._task: asyncio.Task[None] | None = None
+        self._playing = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if not self.running:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="thinking")
+
+    async def stop(self) -> None:
+        """Stop writing and drop what is still queued at the far end."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._playing:
+            self._playing = False
+            try:
+                await self._sink.end_segment()
+                await self._sink.clear()
+            except Exception as exc:
+                log.debug("clearing thinking audio: %r", exc)
+
+    async def _run(self) -> None:
+        await asyncio.sleep(self._delay_s)
+        loop = asyncio.get_running_loop()
+        source = LoopingSource(thinking_clip(), volume=1.0)
+        await self._sink.start_segment(f"thinking-{next(_ids)}")
+        self._playing = True
+        t0 = loop.time()
+        written_ms = 0.0
+        frame_ms = 1000.0 * FRAME_SAMPLES / SAMPLE_RATE
+        while True:
+            await self._sink.write(source.read(FRAME_SAMPLES), SAMPLE_RATE)
+            written_ms += frame_ms
+            ahead = written_ms - (loop.time() - t0) * 1000.0
+            if ahead > self._max_ahead_ms:
+                await asyncio.sleep((ahead - self._max_ahead_ms) / 1000.0)
+            else:
+                await asyncio.sleep(0)  # yield even when the sink never blocks

@@ -1,0 +1,407 @@
+"""STT `deepgram`: Deepgram live transcription over one WebSocket per call.
+
+Wire: `wss://api.deepgram.com/v1/listen?model=…&language=…&encoding=linear16|mulaw&
+sample_rate=…&channels=1&interim_results=…&endpointing=…&smart_format=…` with
+`Authorization: Token KEY`. Audio goes up as binary frames; control messages are JSON text:
+`KeepAlive` (sent after `keepalive_interval_s` without audio, since Deepgram closes an idle
+stream after ~10 s with NET-0001), `Finalize` (our end of turn: Deepgram returns the pending
+audio as a final result marked `from_finalize`) and `CloseStream` (on close). Server messages:
+`Results` (interim / final, with start and duration), `Metadata`, `SpeechStarted`,
+`UtteranceEnd`; errors arrive as close frames (e.g. 1011 NET-0001) or refused upgrades with a
+`{"err_code", "err_msg"}` body.
+
+Resilience: audio since the last final result is kept in a bounded buffer; if the socket drops,
+the stream reconnects and replays that audio (and a pending Finalize), so the caller's current
+turn is not lost. Result times are mapped back onto the stream's own clock across reconnects.
+
+Each final `Transcript` covers a new stretch of audio; a turn's text is the concatenation of the
+finals since the turn began. After `flush()` exactly one final marks the end of the turn: the
+`from_finalize` result (possibly empty), an immediate empty final when nothing is pending, or,
+if Deepgram stays silent for `finalize_timeout_s`, the last interim text promoted to final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from urllib.parse import urlencode
+
+import numpy as np
+from pydantic import Field
+
+from providers.base import ProviderError, SecretRef, STTProvider, STTStream, Transcript
+from providers.http import (
+    CloudConfig,
+    resolve_api_key,
+    ws_close_quietly,
+    ws_closed_error,
+    ws_connect,
+)
+from providers.usage import FirstResultClock, report_usage
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
+log = logging.getLogger(__name__)
+
+_QUEUE_MAX = 256
+
+
+class DeepgramSTTConfig(CloudConfig):
+    api_key: SecretRef
+    base_url: str = Field("wss://api.deepgram.com", pattern=r"^wss?://")
+    model: str = "nova-3"
+    # Deepgram language code; None uses the agent's language (e.g. "en-US").
+    language: str | None = None
+    # linear16 sends our int16 frames as they are; mulaw re-encodes 8 kHz frames to G.711
+    # (lossless for audio that arrived as μ-law, and half the bytes).
+    encoding: Literal["linear16", "mulaw"] = "linear16"
+    interim_results: bool = True
+    # Deepgram's own silence endpointing in ms (`speech_final`), or False to disable it.
+    endpointing: Annotated[int, Field(ge=10, le=10_000)] | Literal[False] = 300
+    utterance_end_ms: int | None = Field(None, ge=1000, le=5000)
+    smart_format: bool = True
+    punctuate: bool = True
+    keyterms: list[str] = Field(default_factory=list)
+    extra_params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    keepalive_interval_s: float = Field(4.0, gt=0.05, le=9.0)
+    reconnect_attempts: int = Field(3, ge=0, le=10)
+    replay_max_s: float = Field(30.0, ge=1.0, le=120.0)
+    finalize_timeout_s: float = Field(1.5, gt=0, le=10.0)
+    connect_timeout_s: float = Field(5.0, gt=0, le=60)
+
+
+def _flag(v: bool) -> str:
+    return "true" if v else "false"
+
+
+class DeepgramSTT(STTProvider):
+    name: ClassVar[str] = "deepgram"
+    Config: ClassVar[type[DeepgramSTTConfig]] = DeepgramSTTConfig
+    config: DeepgramSTTConfig
+
+    def listen_url(self, sample_rate: int, language: str) -> str:
+        cfg = self.config
+        params: list[tuple[str, str]] = [
+            ("model", cfg.model),
+            ("language", cfg.language or language),
+            ("encoding", cfg.encoding),
+            ("sample_rate", str(sample_rate)),
+            ("channels", "1"),
+            ("interim_results", _flag(cfg.interim_results)),
+            ("endpointing", "false" if cfg.endpointing is False else str(cfg.endpointing)),
+            ("smart_format", _flag(cfg.smart_format)),
+            ("punctuate", _flag(cfg.punctuate)),
+        ]
+        if cfg.utterance_end_ms is not None and cfg.interim_results:
+            params.append(("utterance_end_ms", str(cfg.utterance_end_ms)))
+        params += [("keyterm", k) for k in cfg.keyterms]
+        params += [(k, _flag(v) if isinstance(v, bool) else str(v))
+                   for k, v in cfg.extra_params.items()]
+        return f"{cfg.base_url.rstrip('/')}/v1/listen?{urlencode(params)}"
+
+    async def open(self, sample_rate: int, language: str) -> STTStream:
+        if self.config.encoding == "mulaw" and sample_rate != 8000:
+            raise ProviderError(self.name, "encoding 'mulaw' needs 8000 Hz audio, got "
+                                f"{sample_rate} Hz", code="config")
+        key = await resolve_api_key(self.ctx, self.config.api_key, self.name)
+        assert key is not None
+        stream = _DeepgramStream(self, sample_rate, language, key)
+        await stream.start()
+        return stream
+
+
+class _DeepgramStream(STTStream):
+    def __init__(self, provider: DeepgramSTT, sample_rate: int, language: str, key: str) -> None:
+        self._p = provider
+        self._cfg = provider.config
+        self._url = provider.listen_url(sample_rate, language)
+        self._headers = {"Authorization": f"Token {key}"}
+        self._bytes_per_s = sample_rate * (1 if self._cfg.encoding == "mulaw" else 2)
+        self._queue: asyncio.Queue[Transcript | ProviderError | None] = asyncio.Queue(_QUEUE_MAX)
+        self._lock = asyncio.Lock()
+        self._ws: ClientConnection | None = None
+        self._connected = False
+        # Audio since the last final result: (stream time of its first sample, payload).
+        self._buffer: deque[tuple[float, bytes]] = deque()
+        self._buffer_bytes = 0
+        self._pushed_s = 0.0
+        self._conn_origin_s = 0.0  # stream time at the current connection's time zero
+        self._final_end_s = 0.0
+        self._sent_bytes = 0
+        self._last_send = time.monotonic()
+        self._last_interim: Transcript | None = None
+        self._finalize_pending = False
+        self._finalize_timer: asyncio.Task[None] | None = None
+        self._finalize_clock = FirstResultClock(provider.ctx, provider.name)
+        self._error: ProviderError | None = None
+        self._closing = False
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def _connect(self) -> ClientConnection:
+        return await ws_connect(
+            self._url, provider=self._p.name, headers=self._headers,
+            policy=self._cfg.retry_policy(), open_timeout=self._cfg.connect_timeout_s,
+        )
+
+    async def start(self) -> None:
+        # The first connection is made here so a bad key or model fails `open()` right away.
+        self._ws = await self._connect()
+        self._connected = True
+        self._last_send = time.monotonic()
+        self._tasks = [asyncio.create_task(self._supervise(), name="deepgram-recv"),
+                       asyncio.create_task(self._keepalive(), name="deepgram-keepalive")]
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        if self._finalize_timer is not None:
+            self._finalize_timer.cancel()
+        supervisor, keepalive = self._tasks or (None, None)
+        if keepalive is not None:
+            keepalive.cancel()
+        if self._connected and self._ws is not None:
+            # CloseStream makes Deepgram flush, send its last results and Metadata, then close.
+            with contextlib.suppress(Exception):
+                async with self._lock:
+                    await self._ws.send(json.dumps({"type": "CloseStream"}))
+            if supervisor is not None:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(supervisor), 1.0)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        await ws_close_quietly(self._ws)
+        self._connected = False
+        report_usage(self._p.ctx, self._p.name, self._cfg.model, "audio_seconds",
+                     self._sent_bytes / self._bytes_per_s)
+        self._put(None)
+
+    # -- audio in -----------------------------------------------------------------------------
+
+    async def push(self, frame: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            return
+        if self._cfg.encoding == "mulaw":
+            from pipelines.audio.g711 import ulaw_encode
+
+            payload = ulaw_encode(np.asarray(frame, dtype=np.int16))
+        else:
+            payload = np.asarray(frame, dtype="<i2").tobytes()
+        if not payload:
+            return  # an empty binary frame would make Deepgram close the stream
+        async with self._lock:
+            self._buffer.append((self._pushed_s, payload))
+            self._buffer_bytes += len(payload)
+            max_bytes = self._cfg.replay_max_s * self._bytes_per_s
+            while self._buffer_bytes > max_bytes and len(self._buffer) > 1:
+                _, old = self._buffer.popleft()
+                self._buffer_bytes -= len(old)
+            self._pushed_s += len(payload) / self._bytes_per_s
+            if self._connected and self._ws is not None:
+                await self._send(self._ws, payload)
+
+    async def _send(self, ws: ClientConnection, data: bytes | str) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            await ws.send(data)
+        except ConnectionClosed:
+            # The receive loop sees the same close and reconnects; the audio stays buffered.
+            self._connected = False
+            return
+        self._last_send = time.monotonic()
+        if isinstance(data, bytes):
+            self._sent_bytes += len(data)
+
+    async def flush(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            return
+        self._finalize_clock.restart()
+        if self._pushed_s - self._final_end_s < 0.02 and self._last_interim is None:
+            # Everything already came back final: nothing for Deepgram to finalize.
+            self._emit_final(Transcript("", True, 1.0, self._ms(self._pushed_s),
+                                        self._ms(self._pushed_s)))
+            return
+        self._finalize_pending = True
+        async with self._lock:
+            if self._connected and self._ws is not None:
+                await self._send(self._ws, json.dumps({"type": "Finalize"}))
+            # else: sent again after the reconnect, see _resume
+        if self._finalize_timer is not None:
+            self._finalize_timer.cancel()
+        self._finalize_timer = asyncio.create_task(self._finalize_deadline())
+
+    async def _finalize_deadline(self) -> None:
+        await asyncio.sleep(self._cfg.finalize_timeout_s)
+        if self._finalize_pending:
+            last = self._last_interim
+            log.info("deepgram: no finalize result within %.1fs; promoting the last interim",
+                     self._cfg.finalize_timeout_s)
+            self._emit_final(Transcript(last.text if last else "", True,
+                                        last.confidence if last else 1.0,
+                                        last.start_ms if last else self._ms(self._final_end_s),
+                                        last.end_ms if last else self._ms(self._pushed_s)))
+
+    async def _keepalive(self) -> None:
+        interval = self._cfg.keepalive_interval_s
+        while True:
+            await asyncio.sleep(min(1.0, interval / 2))
+            if not self._connected or self._ws is None:
+                continue
+            if time.monotonic() - self._last_send >= interval:
+                async with self._lock:
+                    if self._connected and self._ws is not None:
+                        await self._send(self._ws, json.dumps({"type": "KeepAlive"}))
+
+    # -- results out --------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[Transcript]:  # type: ignore[override]
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                self._queue.put_nowait(None)  # later readers end too
+                return
+            if isinstance(item, ProviderError):
+                raise item
+            yield item
+
+    def _put(self, item: Transcript | ProviderError | None) -> None:
+        if self._queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()  # a consumer this far behind has lost interims anyway
+        self._queue.put_nowait(item)
+
+    def _emit_final(self, tr: Transcript) -> None:
+        self._finalize_pending = False
+        if self._finalize_timer is not None and self._finalize_timer is not asyncio.current_task():
+            self._finalize_timer.cancel()
+        self._finalize_timer = None
+        self._last_interim = None
+        self._finalize_clock.mark()
+        self._put(tr)
+
+    def _ms(self, seconds: float) -> int:
+        return round(seconds * 1000)
+
+    def _on_message(self, raw: str | bytes) -> None:
+        try:
+            msg: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            log.warning("deepgram: unparseable message skipped")
+            return
+        kind = msg.get("type")
+        if kind == "Results":
+            self._on_results(msg)
+        elif kind == "Metadata":
+            log.debug("deepgram: metadata request_id=%s", msg.get("request_id"))
+        elif kind == "Error" or msg.get("err_msg"):
+            log.warning("deepgram: error message: %s",
+                        msg.get("description") or msg.get("err_msg") or msg.get("message"))
+        # SpeechStarted / UtteranceEnd: our own VAD and turn detector decide turns.
+
+    def _on_results(self, msg: dict[str, Any]) -> None:
+        alts = (msg.get("channel") or {}).get("alternatives") or [{}]
+        text = (alts[0].get("transcript") or "").strip()
+        confidence = float(alts[0].get("confidence") or 0.0)
+        start = self._conn_origin_s + float(msg.get("start") or 0.0)
+        end = start + float(msg.get("duration") or 0.0)
+        if not msg.get("is_final"):
+            if text:
+                tr = Transcript(text, False, confidence, self._ms(start), self._ms(end))
+                self._last_interim = tr
+                self._put(tr)
+            return
+        self._final_end_s = max(self._final_end_s, end)
+        self._trim(end)
+        tr = Transcript(text, True, confidence or 1.0, self._ms(start), self._ms(end))
+        if msg.get("from_finalize") and self._finalize_pending:
+            self._emit_final(tr)
+        elif text:
+            self._last_interim = None
+            self._put(tr)
+
+    def _trim(self, until_s: float) -> None:
+        """Drop buffered audio that a final result has covered."""
+        while self._buffer:
+            t0, data = self._buffer[0]
+            if t0 + len(data) / self._bytes_per_s > until_s + 1e-6:
+                break
+            self._buffer.popleft()
+            self._buffer_bytes -= len(data)
+
+    # -- connection supervision ---------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        failures = 0
+        while True:
+            ws = self._ws
+            assert ws is not None
+            err: ProviderError
+            try:
+                async for raw in ws:
+                    failures = 0  # the connection works: reset the reconnect budget
+                    self._on_message(raw)
+                err = ProviderError(self._p.name, "stream closed by the server", code="closed")
+            except ConnectionClosed as exc:
+                err = ws_closed_error(self._p.name, exc)
+            except Exception as exc:
+                log.exception("deepgram: receive loop failed")
+                err = ProviderError(self._p.name, f"receive failed ({type(exc).__name__})")
+            self._connected = False
+            if self._closing:
+                return
+            log.warning("deepgram: connection lost (%s); reconnecting", err.message)
+            while True:
+                failures += 1
+                if failures > self._cfg.reconnect_attempts:
+                    self._fail(err)
+                    return
+                await asyncio.sleep(self._cfg.retry_policy().backoff(failures))
+                if self._closing:
+                    return
+                try:
+                    new_ws = await self._connect()
+                except ProviderError as exc:
+                    err = exc
+                    continue
+                await self._resume(new_ws)
+                break
+
+    async def _resume(self, ws: ClientConnection) -> None:
+        """Switch to a new connection: replay unfinalized audio, then any pending Finalize."""
+        async with self._lock:
+            old, self._ws = self._ws, ws
+            self._conn_origin_s = self._buffer[0][0] if self._buffer else self._pushed_s
+            self._connected = True
+            for _, data in list(self._buffer):
+                await self._send(ws, data)
+            if self._finalize_pending:
+                await self._send(ws, json.dumps({"type": "Finalize"}))
+        await ws_close_quietly(old)
+        log.info("deepgram: reconnected, replayed %.2fs of audio",
+                 self._buffer_bytes / self._bytes_per_s)
+
+    def _fail(self, err: ProviderError) -> None:
+        self._error = err
+        self._put(err)
+

@@ -1,0 +1,117 @@
+"""The SQL sink: a call's events become session status, turns, tool calls and usage rows."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from app.db.engine import Database
+from app.db.models import Session, ToolCallRecord, Turn, UsageRecord
+from app.db.repos import sessions as sessions_repo
+from app.events.service import EventsService
+from app.events.sql_sink import tool_call_row_id
+from pipelines import events as ev
+from tests.events.conftest import call_events, make_session
+
+
+async def test_call_events_are_persisted(database: Database, events: EventsService) -> None:
+    sid, agent_id = await make_session(database)
+    for e in call_events(sid, agent_id)[:-1]:
+        events.publish(e)
+    await events.flush()
+    async with database.session() as s:
+        row = await s.get(Session, sid)
+        assert row is not None and row.status == "active" and row.answered_at is not None
+
+    events.publish(call_events(sid, agent_id)[-1])
+    await events.flush()
+    async with database.session() as s:
+        row = await s.get(Session, sid)
+        assert row is not None
+        assert row.status == "ended" and row.end_reason == "caller_hangup"
+        assert row.ended_at is not None and row.duration_s is not None
+        assert row.report == {"turns": 5}
+        turns = await sessions_repo.list_turns(s, sid)
+        tools = await sessions_repo.list_tool_calls(s, sid)
+        usage = list((await s.execute(
+            select(UsageRecord).where(UsageRecord.session_id == sid).order_by(UsageRecord.id)
+        )).scalars())
+
+    assert [(t.idx, t.role, t.text) for t in turns] == [
+        (0, "assistant", "Hello!"),
+        (1, "user", "what's the weather"),
+        (2, "assistant", "It is 21 degrees."),
+        (3, "user", "thanks bye"),
+        (4, "assistant", "Goodbye!"),
+    ]
+    interrupted = turns[2]
+    assert interrupted.heard_text == "It is 21" and interrupted.interrupted is True
+    # turn.metrics arrived before turn.completed for t1 and t2: attached on insert.
+    assert interrupted.latency is not None
+    assert interrupted.latency["llm_ttft_ms"] == 380
+    assert interrupted.latency["server_added_ms"] == 45
+    assert turns[4].latency == {"llm_ttft_ms": 300, "first_audio_out_ms": 600}
+    assert turns[0].heard_text == "Hello!" and not turns[0].interrupted
+    assert turns[1].started_at <= turns[1].ended_at
+
+    assert len(tools) == 1
+    tool = tools[0]
+    assert tool.id == tool_call_row_id(sid, "call_0") and tool.name == "weather"
+    assert tool.status == "ok" and tool.result == {"temp_c": 21} and tool.latency_ms == 120.5
+    assert tool.arguments == {"city": "Paris"}
+
+    assert [(u.kind, u.provider, u.metric, u.quantity, u.agent_id) for u in usage] == [
+        ("llm", "llama_cpp", "input_tokens", 150.0, agent_id),
+        ("llm", "llama_cpp", "input_tokens", 210.0, agent_id),
+        ("tts", "piper", "characters", 42.0, agent_id),
+    ]
+
+
+async def test_metrics_after_completion_update_the_turn(
+    database: Database, events: EventsService
+) -> None:
+    sid, _ = await make_session(database, status="active")
+    events.publish(ev.TurnCompleted(session_id=sid, turn_id="x", user_text="hi",
+                                    agent_text="hello"))
+    events.publish(ev.TurnMetrics(session_id=sid, turn_id="x", llm_ttft_ms=250.0))
+    await events.flush()
+    async with database.session() as s:
+        turns = await sessions_repo.list_turns(s, sid)
+    assert [t.role for t in turns] == ["user", "assistant"]
+    assert turns[1].latency == {"llm_ttft_ms": 250.0} and turns[0].latency is None
+
+
+async def test_tool_failures_record_status_and_ids_do_not_collide(
+    database: Database, events: EventsService
+) -> None:
+    sid1, _ = await make_session(database, status="active")
+    sid2, _ = await make_session(database, status="active")
+    for sid in (sid1, sid2):  # a local LLM reusing "call_0" in every call
+        events.publish(ev.ToolCalled(session_id=sid, call_id="call_0", name="slow"))
+    events.publish(ev.ToolFailed(session_id=sid1, call_id="call_0", name="slow",
+                                 error="the tool did not answer within 2 s",
+                                 status="timeout", latency_ms=2001))
+    events.publish(ev.ToolFailed(session_id=sid2, call_id="call_0", name="slow",
+                                 error="cancelled", status="cancelled", latency_ms=300))
+    await events.flush()
+    async with database.session() as s:
+        rows = {r.session_id: r for r in (await s.execute(select(ToolCallRecord))).scalars()}
+    assert rows[sid1].status == "timeout" and rows[sid1].latency_ms == 2001
+    assert rows[sid2].status == "cancelled" and rows[sid2].error == "cancelled"
+
+
+async def test_failures_voicemail_and_one_bad_event(
+    database: Database, events: EventsService
+) -> None:
+    sid, _ = await make_session(database, status="active")
+    events.publish(ev.VoicemailDetected(session_id=sid, result="machine", method="beep"))
+    # Usage for a session that does not exist violates the foreign key; the rest still lands.
+    events.publish(ev.SessionUsage(session_id="nope", provider="p", kind="stt",
+                                   metric="audio_seconds", quantity=1))
+    events.publish(ev.SessionEnded(session_id=sid, reason="error", duration_s=3))
+    await events.flush()
+    async with database.session() as s:
+        row = await s.get(Session, sid)
+        assert row is not None and row.voicemail == "machine"
+        assert row.status == "failed" and row.end_reason == "error"
+        assert (await s.execute(select(Turn))).first() is None
+    assert events.sql.errors_total == 1

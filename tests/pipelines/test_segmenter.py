@@ -1,0 +1,31 @@
+"""Start/stop hysteresis shared by the VAD engines, on scripted window decisions."""
+
+from __future__ import annotations
+
+from pipelines.vad.segmenter import SpeechSegmenter
+
+
+def run(pattern: str, start_ms: float = 60, stop_ms: float = 60) -> list[tuple[str, float, float]]:
+    """pattern: one char per 20 ms window, 'x' speech, '.' silence."""
+    seg = SpeechSegmenter(start_ms, stop_ms)
+    out = []
+    for i, c in enumerate(pattern):
+        ev = seg.update(c == "x", i * 320, 320)
+        if ev is not None:
+            out.append((ev.kind, ev.at_ms, ev.speech_ms))
+    return out
+
+
+def test_edges_are_backdated_and_need_the_full_run() -> None:
+    # speech from window 2 (40 ms) to 7 (silence from 160 ms)
+    assert run("..xxxxxx....") == [("start", 40.0, 0.0), ("stop", 160.0, 120.0)]
+
+
+def test_short_blips_and_short_gaps_are_ignored() -> None:
+    assert run("xx..xx..x.") == []  # never 60 ms of speech in a row
+    assert run("xxxx..xxxx...") == [("start", 0.0, 0.0), ("stop", 200.0, 200.0)]
+
+
+def test_thresholds_between_windows_round_up_to_whole_windows() -> None:
+    # start_ms 50 needs 3 windows (60 ms >= 50), stop_ms 30 needs 2 (40 ms >= 30)
+    assert run("xxx..", start_ms=50, stop_ms=30) == [("start", 0.0, 0.0), ("stop", 60.0, 60.0)]

