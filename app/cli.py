@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import CONFIG_ENV, ConfigError, Settings, load_settings
 
@@ -456,6 +457,7 @@ COMMANDS: dict[str, Registrar] = {
     "agents": _register_agents,
     "numbers": _register_numbers,
     "models": _register_models,
+    "call": lazy("app.telephony.plivo.simulator_cli:register"),
 }
 
 
@@ -488,9 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        # Typically the database is unreachable; one line beats a traceback.
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, SQLAlchemyError) as exc:
+        # Typically the database is unreachable or refuses us; one line beats a traceback.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: database or file access failed: {first}", file=sys.stderr)
         return 1
 
 

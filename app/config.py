@@ -27,6 +27,9 @@ class ServerSettings(BaseModel):
     # The exact public base URL Plivo uses to reach us (scheme://host[:port]). Signatures are
     # computed over it, so it must match what Plivo dials, not what a proxy rewrites.
     public_url: str = "http://localhost:8000"
+    # Names this replica in sessions it hosts (default: the host name). Must be unique and
+    # stable per replica when several share one database.
+    node_id: str = Field("", max_length=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 
@@ -63,9 +66,9 @@ class PlivoSettings(BaseModel):
     # Main-account token for X-Plivo-Signature-Ma-V3 when numbers live in a subaccount.
     main_auth_token: SecretStr | None = None
     api_base_url: str = "https://api.plivo.com/v1"
-    content_type: Literal["audio/x-mulaw;rate=8000", "audio/x-l16;rate=8000", "audio/x-l16;rate=16000"] = (
-        "audio/x-mulaw;rate=8000"
-    )
+    content_type: Literal[
+        "audio/x-mulaw;rate=8000", "audio/x-l16;rate=8000", "audio/x-l16;rate=16000"
+    ] = "audio/x-mulaw;rate=8000"
     request_timeout_s: float = Field(10.0, gt=0)
 
 

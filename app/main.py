@@ -15,8 +15,10 @@ Extension points, one line each:
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -28,6 +30,7 @@ from app.api import (
     credentials,
     health,
     numbers,
+    openapi,
     problems,
     session_control,
     session_state,
@@ -38,6 +41,7 @@ from app.api.auth import require_api_key
 from app.config import Settings, load_settings
 from app.db import migrate
 from app.db.engine import Database, open_database
+from app.db.models import utcnow
 from app.db.repos import sessions as sessions_repo
 from app.demo_agent import ensure_demo_agent
 from app.events import ws as events_ws
@@ -105,8 +109,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         register_secret(secret)
         state = AppState(settings=settings, db=db, crypto=SecretBox(secret))
         app.state.pb = state
+        node = settings.server.node_id or socket.gethostname()
+        sessions_repo.set_node_id(node)
+        # Another replica's call can't still be live after the longest allowed call.
+        stale = utcnow() - timedelta(seconds=settings.limits.max_call_duration_s + 300)
         async with db.transaction() as s:
-            closed = await sessions_repo.mark_interrupted(s)
+            closed = await sessions_repo.mark_interrupted(s, node_id=node, stale_before=stale)
         if closed:
             log.warning("marked %d session(s) left live by an earlier run as interrupted", closed)
         if settings.demo.create_on_start:
@@ -135,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     problems.install(app)
+    openapi.install(app)
     app.add_middleware(RequestIdMiddleware)
     for router in PUBLIC_ROUTERS:
         app.include_router(router)

@@ -7,17 +7,17 @@
 Inputs: 20 ms 16 kHz int16 frames (`push_audio`), DTMF digits (`on_dtmf`), API calls (`say`,
 `interrupt`, `inject`, `hangup`, `stop`). Outputs: audio segments into a `PlayoutSink` and typed
 events through `on_event`. Providers are reached only through the structural types in
-`pipelines.ports`, turn detection through a VAD stream and an end-of-turn decider that the host
-injects (so tests script them).
+`pipelines.ports`; turn detection through a VAD stream and an end-of-turn decider that the host
+injects (so tests can script them).
 
 How a turn flows:
 - Every frame goes to the ring buffer (last 8 s, for the end-of-turn model), the VAD and the STT.
   `push_audio` only enqueues: providers never block the transport.
-- VAD stop → the end-of-turn decider runs (cancelled if speech resumes). On its decision the STT is
-  flushed and its final transcript awaited; an empty turn goes back to listening, anything else is
-  committed (`user.turn_completed`) and answered.
-- The answer is one *speech*: LLM deltas → sentences → TTS per sentence → playout segments
-  (`SpeechOutput`). Tool calls run through the injected executor and the LLM loop continues.
+- VAD stop → the end-of-turn decider runs (cancelled if speech resumes). On its decision the STT
+  is flushed and its final transcript awaited; an empty turn goes back to listening, anything
+  else is committed (`user.turn_completed`) and answered.
+- The answer is one *speech* (pipelines/speech.py) produced by `ReplyGenerator` (LLM rounds and
+  tools, pipelines/reply.py) and played by `SpeechOutput` (sentences → TTS → playout segments).
 - Caller speech while the agent talks (or thinks) holds the agent's audio; `InterruptionPolicy`
   decides between a committed interruption (clear playout, cancel LLM/TTS/tools, truncate the
   assistant message to what was heard) and a false one (resume where it stopped).
@@ -25,8 +25,8 @@ How a turn flows:
   that apologises when a committed turn gets no audio in time. The call is never silent without
   an event saying why.
 
-Speeches (greeting, answers, `say`, prompts) play one at a time from a bounded queue.
-Every task is tracked and cancelled by `stop`; every buffer is bounded.
+Speeches (greeting, answers, `say`, prompts) play one at a time from a bounded queue. Every task
+is tracked and cancelled by `stop`; every buffer is bounded.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -45,36 +45,33 @@ import numpy as np
 from pipelines import events as ev
 from pipelines.audio.frames import SAMPLE_RATE, as_int16
 from pipelines.audio.ringbuffer import RingBuffer
-from pipelines.context import ChatContext, ChatItem, ToolCallRecord
+from pipelines.context import ChatContext
 from pipelines.interruption import BargeFacts, InterruptionPolicy
 from pipelines.ports import LLMLike, PlayoutSink, STTLike, STTStreamLike, TranscriptLike, TTSLike
-from pipelines.sentences import SentenceSegmenter, split_sentences
+from pipelines.reply import ReplyGenerator, ToolExecutor
+from pipelines.sentences import split_sentences
 from pipelines.settings import ConversationSettings
-from pipelines.speech_output import SpeechError, SpeechOutput, _aclose
+from pipelines.speech import INTERRUPTIONS, SpeechHandle, SpeechKind, TurnTiming, turn_metrics
+from pipelines.speech_output import SpeechError, SpeechOutput
 from pipelines.thinking_audio import ThinkingAudio
+from pipelines.transcripts import Mark, TranscriptBuffer
 from pipelines.turn.base import EndOfTurnDecision
 from pipelines.vad.base import VadEvent, VadStream
 
 log = logging.getLogger(__name__)
 
 State = Literal["starting", "listening", "thinking", "speaking", "paused", "ending"]
-SpeechKind = Literal["say", "greeting", "reply", "idle", "apology", "goodbye"]
-ToolExecutor = Callable[[Any], Awaitable[Any]]
 
 TURN_AUDIO_MS = 8000  # what the end-of-turn model looks at
 PREROLL_MS = 300  # audio kept before the first speech onset of a turn
-INPUT_BACKLOG_FRAMES = 50  # 1 s: beyond this the engine is overloaded and drops the oldest
+INPUT_BACKLOG_FRAMES = 100  # 2 s: beyond this the engine is overloaded and drops the oldest
 STT_BACKLOG_FRAMES = 150  # 3 s of audio waiting for a slow STT connection
 MAX_QUEUED_SPEECHES = 16
 MAX_DTMF_DIGITS = 32
-MAX_TURN_FINALS = 200  # final transcripts per user turn (a monologue is still bounded)
 STT_MAX_FAILURES = 3
+SINK_CLEAR_TIMEOUT_S = 2.0  # a transport that never confirms a clear must not hang the call
 GOODBYE_GRACE_S = 20.0  # longest wait for the current answer to finish before a polite hangup
 _FLUSH = object()  # STT queue marker: finalise what was pushed so far
-
-# Stop reasons that mean "the caller (or the API) cut the agent off": they emit
-# agent.speech_interrupted. Others (watchdog, shutdown, error) are reported differently.
-_INTERRUPTIONS = frozenset({"barge_in", "interrupt", "dtmf", "cancelled", "hangup"})
 
 
 class EndOfTurnDecider(Protocol):
@@ -85,130 +82,18 @@ class EndOfTurnDecider(Protocol):
     ) -> EndOfTurnDecision: ...
 
 
-async def _no_tools(call: Any) -> Any:
-    return {"error": f"no tools are available (requested '{getattr(call, 'name', '?')}')"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Speeches
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class _Turn:
-    """One committed user turn and the timings of the answer to it (loop clock, seconds)."""
-
-    id: str
-    user_text: str
-    trigger: str
-    speech_end_at: float  # the true end of the caller's speech (or the DTMF commit)
-    eou_at: float
-    final_at: float
-    llm_request_at: float | None = None
-    llm_first_at: float | None = None
-    first_sentence_at: float | None = None
-
-
-@dataclass(eq=False, slots=True)
-class _Part:
-    """One assistant message of a speech (an LLM round); `item` is its context entry."""
-
-    index: int
-    item: ChatItem | None = None
-
-
-class SpeechHandle:
-    """A queued or playing agent speech. `await handle` waits until it has been played (or was
-    interrupted, cancelled or failed); `handle.cancel()` stops it."""
-
-    _ids = itertools.count(1)
-
-    def __init__(
-        self,
-        conversation: Conversation,
-        kind: SpeechKind,
-        *,
-        text: str | None = None,
-        audio: np.ndarray | None = None,
-        sample_rate: int = SAMPLE_RATE,
-        interruptible: bool = True,
-        add_to_context: bool = True,
-        turn: _Turn | None = None,
-    ) -> None:
-        self.id = f"sp{next(self._ids)}"
-        self.kind = kind
-        self.interruptible = interruptible
-        self.add_to_context = add_to_context
-        self.turn = turn
-        self._conversation = conversation
-        self._text = text or ""
-        self._audio = audio
-        self._sample_rate = sample_rate
-        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.output: SpeechOutput | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.parts: list[_Part] = []
-        self.stop_reason: str | None = None
-        self.stopped: asyncio.Future[None] | None = None  # set once a stop's bookkeeping is done
-        self.error: str | None = None  # failing stage
-        self.barge_in_ms: float | None = None
-        self.heard_text = ""
-        self.in_tools = False
-        self.watch_from = 0.0
-
-    @property
-    def text(self) -> str:
-        """Everything this speech said or was going to say (sentences as spoken)."""
-        if self.output is not None and self.output.segments:
-            return self.output.text()
-        return self._text.strip()
-
-    @property
-    def interrupted(self) -> bool:
-        return self.stop_reason in _INTERRUPTIONS
-
-    def done(self) -> bool:
-        return self._done.done()
-
-    def cancel(self) -> None:
-        self._conversation._cancel_speech(self)
-
-    def __await__(self) -> Any:
-        # Shielded: a caller that stops waiting must not cancel the speech itself.
-        return asyncio.shield(self._done).__await__()
-
-    def _new_part(self) -> _Part:
-        part = _Part(len(self.parts))
-        self.parts.append(part)
-        return part
-
-    def _resolve(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
-
-    def __repr__(self) -> str:
-        return f"<SpeechHandle {self.id} {self.kind} stop={self.stop_reason}>"
-
-
 @dataclass(eq=False, slots=True)
 class _Barge:
     """One soft barge-in episode: the agent is held while we find out what the caller wants."""
 
-    onset_ms: float  # stream time of the speech onset
-    onset_at: float  # loop time of the onset
-    finals_mark: int  # finals recognised before the onset
-    interim_at_onset: str
+    onset_at: float  # loop time of the speech onset
+    mark: Mark  # what had been recognised before the onset
     deadline: float  # loop time at which the hold window runs out
     resolved: asyncio.Future[bool]  # True: the caller's speech is a turn; False: ignore it
     speech_done_ms: float = 0.0  # speech of utterances that ended during the hold
-    awaiting_final_seq: int | None = None  # final transcript requested after this final count
+    awaiting_final_seq: int | None = None  # a final transcript was requested after this count
     settling: bool = False
     timer: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# The conversation
-# ---------------------------------------------------------------------------------------------
 
 
 class Conversation:
@@ -230,6 +115,7 @@ class Conversation:
         voice: str | None = None,
         language: str = "en-US",
         session_id: str = "",
+        playout_ahead_ms: float | None = 250.0,
     ) -> None:
         self.settings = settings
         self.session_id = session_id
@@ -238,18 +124,24 @@ class Conversation:
         self._vad = vad
         self._endpointing = endpointing
         self._stt = stt
-        self._llm = llm
         self._tts = tts
         self._sink = sink
         self._on_event = on_event
-        self._tool_executor: ToolExecutor = tool_executor or _no_tools
-        self._tools = list(tools) if tools else None
         self._voice = voice
         self._language = language
+        # Audio handed to the sink but not yet played is capped at this, so a barge-in hold
+        # silences the agent quickly even if the sink buffers more on its own (None: trust the
+        # sink's backpressure). Slightly above the transport's own send-ahead is right.
+        self._playout_ahead_ms = playout_ahead_ms
         self._policy = InterruptionPolicy(settings.interruption)
+        self._replies = ReplyGenerator(
+            llm=llm, context=self.context, emit=self._emit, clock=self._now,
+            tools=list(tools) if tools else None, tool_executor=tool_executor,
+            max_tool_rounds=settings.max_tool_rounds, tool_timeout_s=settings.tool_timeout_s,
+            stop_requested=lambda: self._ending,
+        )
         self.state: State = "starting"
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._started_at = 0.0
         # Audio in.
         self._in: deque[np.ndarray] = deque(maxlen=INPUT_BACKLOG_FRAMES)
         self._in_ready = asyncio.Event()
@@ -261,22 +153,18 @@ class Conversation:
         self.dropped_frames = 0
         self._vad_failed = False
         # The caller's turn in progress.
+        self._words = TranscriptBuffer()
         self._user_speaking = False
         self._utterance_start_ms = 0.0
         self._turn_start_ms: float | None = None
-        self._finals: list[str] = []
-        self._interim = ""
-        self._final_seq = 0
         self._final_seq_at_stop = 0
-        self._final_arrived = asyncio.Event()
-        self._discard_finals = False
         self._ignore_utterance = False
         self._eou_task: asyncio.Task[None] | None = None
         self._barge: _Barge | None = None
         self._dtmf_digits: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
         # Agent speech.
-        self._gate = asyncio.Event()
+        self._gate = asyncio.Event()  # open: speech may flow to the sink; closed: hold
         self._gate.set()
         self._queue: deque[SpeechHandle] = deque()
         self._queue_ready = asyncio.Event()
@@ -290,6 +178,7 @@ class Conversation:
         self._idle_prompts = 0
         self._ending = False
         self._ended: asyncio.Future[str] | None = None
+        self._shutting_down: asyncio.Task[None] | None = None
 
     # =========================================================================================
     # Public API
@@ -300,7 +189,6 @@ class Conversation:
             raise RuntimeError("conversation already started")
         self._loop = asyncio.get_running_loop()
         self._ended = self._loop.create_future()
-        self._started_at = self._loop.time()
         try:
             self._stt_stream = await self._stt.open(SAMPLE_RATE, self._language)
         except Exception as exc:
@@ -313,10 +201,7 @@ class Conversation:
         self._core.add(self._spawn(self._speech_loop(), "speech"))
         self._spawn(self._max_duration_timer(), "max-duration")
         if self._greeting:
-            self._enqueue(SpeechHandle(
-                self, "greeting", text=self._greeting,
-                interruptible=self.settings.interruption.enabled,
-            ))
+            self._enqueue(self._speech("greeting", text=self._greeting))
         else:
             self._set_state("listening")
             self._arm_idle()
@@ -365,15 +250,14 @@ class Conversation:
         if isinstance(content, str):
             if not content.strip():
                 raise ValueError("nothing to say")
-            handle = SpeechHandle(self, "say", text=content, interruptible=interruptible,
+            handle = self._speech("say", text=content, interruptible=interruptible,
                                   add_to_context=add_to_context)
         else:
             audio = as_int16(content)
             if not len(audio) or sample_rate <= 0:
                 raise ValueError("audio must be non-empty with a positive sample rate")
-            handle = SpeechHandle(self, "say", text=transcript, audio=audio,
-                                  sample_rate=sample_rate, interruptible=interruptible,
-                                  add_to_context=add_to_context)
+            handle = self._speech("say", text=transcript, audio=audio, sample_rate=sample_rate,
+                                  interruptible=interruptible, add_to_context=add_to_context)
         self._enqueue(handle)
         return handle
 
@@ -451,7 +335,7 @@ class Conversation:
         self._stt_ready.set()
 
     async def _stt_feed_loop(self) -> None:
-        # Frames and flush requests go through one queue so a flush covers every frame before it.
+        # Frames and flush requests share one queue so a flush covers every frame before it.
         failures = 0
         while True:
             while not self._stt_q:
@@ -492,8 +376,11 @@ class Conversation:
             if self._ending:
                 return
             failures += 1
-            self._emit(ev.SessionError, code=_code(error) if error else "stt_stream_ended",
-                       message=_message(error) if error else "the STT stream ended", stage="stt")
+            if error is not None:
+                self._emit_error("stt", error)
+            else:
+                self._emit(ev.SessionError, code="stt_stream_ended", stage="stt",
+                           message="the STT stream ended")
             if failures > STT_MAX_FAILURES:
                 self.hangup("error")
                 return
@@ -513,22 +400,10 @@ class Conversation:
         text = (t.text or "").strip()
         self._emit(ev.UserTranscription, text=text, is_final=bool(t.is_final),
                    confidence=float(getattr(t, "confidence", 1.0)))
-        if t.is_final:
-            self._interim = ""
-            if text and not self._discard_finals and not self._ending:
-                if len(self._finals) >= MAX_TURN_FINALS:
-                    self._finals[-2:] = [" ".join(self._finals[-2:])]
-                self._finals.append(text)
-            self._final_seq += 1
-            self._final_arrived.set()
-            self._final_arrived = asyncio.Event()
-        elif not self._discard_finals:
-            self._interim = text
+        if not self._ending:
+            self._words.add(text, bool(t.is_final))
         if self._barge is not None:
             self._evaluate_barge()
-
-    def _request_stt_flush(self) -> None:
-        self._queue_stt(_FLUSH)
 
     def _turn_audio(self) -> np.ndarray:
         """The current turn's audio for the end-of-turn model: ≤ 8 s, from just before the
@@ -546,31 +421,36 @@ class Conversation:
         # VAD events are backdated to the true speech edge; turn that into loop time.
         edge = now - max(0.0, self._stream_ms - e.at_ms) / 1000.0
         if e.kind == "start":
-            self._user_speaking = True
-            self._utterance_start_ms = e.at_ms
-            self._discard_finals = False
-            self._ignore_utterance = False
-            self._cancel(self._eou_task)
-            self._cancel_idle()
-            if self._turn_start_ms is None:
-                self._turn_start_ms = e.at_ms
-            self._emit(ev.UserSpeechStarted, mono=edge)
-            if self._ending:
-                return
-            b = self._barge
-            if b is not None:
-                b.awaiting_final_seq = None  # speaking again: wait for more speech, not a final
-            elif self._can_hold():
-                self._begin_barge(e.at_ms, edge)
-            return
+            self._on_speech_start(e, edge)
+        else:
+            self._on_speech_stop(e, edge, now)
 
+    def _on_speech_start(self, e: VadEvent, edge: float) -> None:
+        self._user_speaking = True
+        self._utterance_start_ms = e.at_ms
+        self._words.discarding = False
+        self._ignore_utterance = False
+        self._cancel(self._eou_task)  # the caller carries on: not the end of the turn
+        self._cancel_idle()
+        if self._turn_start_ms is None:
+            self._turn_start_ms = e.at_ms
+        self._emit(ev.UserSpeechStarted, mono=edge)
+        if self._ending:
+            return
+        b = self._barge
+        if b is not None:
+            b.awaiting_final_seq = None  # talking again: wait for more speech, not a final
+        elif self._can_hold():
+            self._begin_barge(edge)
+
+    def _on_speech_stop(self, e: VadEvent, edge: float, now: float) -> None:
         self._user_speaking = False
-        self._final_seq_at_stop = self._final_seq
+        self._final_seq_at_stop = self._words.seq
         self._emit(ev.UserSpeechStopped, speech_ms=e.speech_ms, mono=edge)
         if self._ending:
             return
         if self._ignore_utterance:
-            # The rest of an utterance already judged a false interruption (e.g. "yeah yeah").
+            # The rest of an utterance already judged a false interruption ("yeah yeah").
             self._ignore_utterance = False
             self._reset_turn_if_empty()
             self._arm_idle()
@@ -578,13 +458,14 @@ class Conversation:
         b = self._barge
         if b is not None:
             b.speech_done_ms += e.speech_ms
-            if not self._policy.words_qualify(self._barge_text(b)):
-                b.awaiting_final_seq = self._final_seq
+            if not self._policy.words_qualify(self._words.text_since(b.mark)):
+                # Long enough maybe, but no qualifying words yet: ask the STT to finalise.
+                b.awaiting_final_seq = self._words.seq
                 b.deadline = max(b.deadline,
                                  now + self.settings.turn.stt_final_timeout_ms / 1000.0)
             self._evaluate_barge()
             if self._barge is b and b.awaiting_final_seq is not None:
-                self._request_stt_flush()
+                self._queue_stt(_FLUSH)
             if b.resolved.done() and not b.resolved.result():
                 return  # a false interruption: no turn to end
         silence_ms = max(0.0, self._stream_ms - e.at_ms)
@@ -601,7 +482,12 @@ class Conversation:
             return
         if self._ending:
             return
-        text = await self._final_text()
+        # A final transcript is required: flush unless one already arrived after the speech.
+        if self._words.interim or self._words.seq <= self._final_seq_at_stop:
+            seq = self._words.seq
+            self._queue_stt(_FLUSH)
+            await self._words.wait_final(seq, self.settings.turn.stt_final_timeout_ms / 1000.0)
+        text = self._words.text()
         final_at = self._now()
         if not text:
             # Noise, or words the STT could not make out: nothing to answer.
@@ -613,44 +499,22 @@ class Conversation:
         self._commit_user_turn(text, decision.trigger, decision.probability,
                                speech_end_at, eou_at, final_at)
 
-    async def _final_text(self) -> str:
-        """The turn's text once the STT has finalised it (or the wait timed out)."""
-        need_final = bool(self._interim) or self._final_seq <= self._final_seq_at_stop
-        if need_final:
-            seq = self._final_seq
-            self._request_stt_flush()
-            deadline = self._now() + self.settings.turn.stt_final_timeout_ms / 1000.0
-            while self._final_seq <= seq:
-                remaining = deadline - self._now()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self._final_arrived.wait(), remaining)
-                except TimeoutError:
-                    break
-        parts = list(self._finals)
-        if self._interim:
-            parts.append(self._interim)  # the STT never finalised: its best guess beats nothing
-        return " ".join(parts).strip()
-
     def _commit_user_turn(self, text: str, trigger: str, probability: float | None,
                           speech_end_at: float, eou_at: float, final_at: float) -> None:
-        turn = _Turn(uuid.uuid4().hex[:16], text, trigger, speech_end_at, eou_at, final_at)
+        turn = TurnTiming(uuid.uuid4().hex[:16], text, trigger, speech_end_at, eou_at, final_at)
         self._reset_turn()
         self._idle_prompts = 0
         self._emit(ev.UserTurnCompleted, turn_id=turn.id, text=text, trigger=trigger,
                    eou_probability=probability)
         self.context.add_user(text)
-        self._enqueue(SpeechHandle(self, "reply", interruptible=self.settings.interruption.enabled,
-                                   turn=turn))
+        self._enqueue(self._speech("reply", turn=turn))
 
     def _reset_turn(self) -> None:
-        self._finals.clear()
-        self._interim = ""
+        self._words.clear()
         self._turn_start_ms = self._utterance_start_ms if self._user_speaking else None
 
     def _reset_turn_if_empty(self) -> None:
-        if not self._finals and not self._interim and not self._user_speaking:
+        if self._words.empty and not self._user_speaking:
             self._turn_start_ms = None
 
     async def _dtmf_commit(self, delay: float) -> None:
@@ -661,8 +525,8 @@ class Conversation:
             return
         self._cancel(self._eou_task)
         now = self._now()
-        parts = [*self._finals, f"[DTMF {digits}]"]
-        self._commit_user_turn(" ".join(parts), "dtmf", None, now, now, now)
+        text = " ".join(p for p in (self._words.text(), f"[DTMF {digits}]") if p)
+        self._commit_user_turn(text, "dtmf", None, now, now, now)
 
     # =========================================================================================
     # Soft barge-in
@@ -677,28 +541,16 @@ class Conversation:
             and not self._ending
         )
 
-    def _begin_barge(self, onset_ms: float, onset_at: float) -> None:
-        loop = self._require_loop()
-        b = _Barge(
-            onset_ms=onset_ms,
-            onset_at=onset_at,
-            finals_mark=len(self._finals),
-            interim_at_onset=self._interim,
-            deadline=onset_at + self.settings.interruption.false_interruption_timeout_ms / 1000.0,
-            resolved=loop.create_future(),
-        )
+    def _begin_barge(self, onset_at: float) -> None:
+        window_s = self.settings.interruption.false_interruption_timeout_ms / 1000.0
+        b = _Barge(onset_at=onset_at, mark=self._words.mark(), deadline=onset_at + window_s,
+                   resolved=self._require_loop().create_future())
         self._barge = b
         self._gate.clear()  # hold: the speech writer stops feeding the sink
         if self.state == "speaking":
             self._set_state("paused")
         b.timer = self._spawn(self._barge_timer(b), "barge-timer")
         self._evaluate_barge()
-
-    def _barge_text(self, b: _Barge) -> str:
-        parts = self._finals[b.finals_mark:]
-        if self._interim and (parts or self._interim != b.interim_at_onset):
-            parts = [*parts, self._interim]
-        return " ".join(parts)
 
     def _evaluate_barge(self) -> None:
         b = self._barge
@@ -707,8 +559,8 @@ class Conversation:
         speech_ms = b.speech_done_ms
         if self._user_speaking:
             speech_ms += max(0.0, self._stream_ms - self._utterance_start_ms)
-        text = self._barge_text(b)
-        awaiting = b.awaiting_final_seq is not None and self._final_seq <= b.awaiting_final_seq
+        text = self._words.text_since(b.mark)
+        awaiting = b.awaiting_final_seq is not None and self._words.seq <= b.awaiting_final_seq
         verdict = self._policy.decide(BargeFacts(
             speech_ms=speech_ms, speaking=self._user_speaking, text=text,
             window_expired=self._now() >= b.deadline, awaiting_final=awaiting,
@@ -740,11 +592,10 @@ class Conversation:
                 self._set_state("listening")
 
     def _resume_after_false_interruption(self, b: _Barge, speech_ms: float, text: str) -> None:
-        # What was said since the onset was not a turn: forget it, including finals still in
+        # What was said since the onset was not a turn: forget it, including results still in
         # flight for the same utterance (dropped until the caller speaks again).
-        del self._finals[b.finals_mark:]
-        self._interim = ""
-        self._discard_finals = True
+        self._words.drop_since(b.mark)
+        self._words.discarding = True
         if self._user_speaking:
             self._ignore_utterance = True
         self._reset_turn_if_empty()
@@ -762,8 +613,7 @@ class Conversation:
         if self._barge is b:
             self._barge = None
         b.settling = True
-        if b.timer is not None and b.timer is not asyncio.current_task():
-            b.timer.cancel()
+        self._cancel(b.timer)
         if not b.resolved.done():
             b.resolved.set_result(is_turn)
         self._gate.set()
@@ -771,6 +621,10 @@ class Conversation:
     # =========================================================================================
     # Agent speech
     # =========================================================================================
+    def _speech(self, kind: SpeechKind, **kwargs: Any) -> SpeechHandle:
+        kwargs.setdefault("interruptible", self.settings.interruption.enabled)
+        return SpeechHandle(kind, on_cancel=self._cancel_speech, **kwargs)
+
     def _enqueue(self, handle: SpeechHandle, *, front: bool = False) -> None:
         if len(self._queue) >= MAX_QUEUED_SPEECHES:
             raise RuntimeError("too many queued speeches")
@@ -788,7 +642,7 @@ class Conversation:
                 keep.append(h)
             else:
                 h.stop_reason = "cancelled"
-                h._resolve()
+                h.resolve()
         self._queue = keep
 
     def _cancel_speech(self, handle: SpeechHandle) -> None:
@@ -797,7 +651,7 @@ class Conversation:
         if handle in self._queue:
             self._queue.remove(handle)
             handle.stop_reason = "cancelled"
-            handle._resolve()
+            handle.resolve()
         elif handle is self._current and handle.stop_reason is None:
             self._spawn(self._stop_speech(handle, "cancelled", clear=True), "cancel-speech")
 
@@ -834,16 +688,17 @@ class Conversation:
         output = SpeechOutput(
             self._sink, self._tts, gate=self._gate, voice=self._voice,
             next_segment_id=lambda: f"{self.session_id or 'seg'}-{next(self._segment_ids)}",
-            on_segment_started=lambda seg: self._on_segment_started(speech, seg),
+            on_segment_started=self._on_segment_started,
             on_segment_played=lambda seg: self._emit(
                 ev.AgentSpeechCompleted, segment_id=seg.id, text=seg.text),
-            before_first_audio=self._stop_thinking_audio if self._thinking else None,
-            max_sentences=0,
+            before_first_audio=self._thinking.stop if self._thinking else None,
+            max_sentences=0,  # bounded by the LLM's answer; never block the LLM stream
+            max_ahead_ms=self._playout_ahead_ms,
         )
         speech.output = output
         try:
             if speech.kind == "reply":
-                await self._generate_reply(speech, output)
+                await self._replies.run(speech, output)
             else:
                 await self._play_fixed(speech, output)
         except asyncio.CancelledError:
@@ -855,135 +710,25 @@ class Conversation:
             self._speech_failed(speech, "engine", exc)
 
     async def _play_fixed(self, speech: SpeechHandle, output: SpeechOutput) -> None:
-        part = speech._new_part()
-        text = speech._text.strip()
+        part = speech.new_part()
+        text = speech.source_text
         if speech.add_to_context and text:
             part.item = self.context.add_assistant(text)
         run = asyncio.create_task(output.run(), name=f"output-{speech.id}")
         try:
-            if speech._audio is not None:
-                await output.add_audio(speech._audio, speech._sample_rate, text, part.index)
+            if speech.audio is not None:
+                await output.add_audio(speech.audio, speech.sample_rate, text, part.index)
             else:
                 for sentence in split_sentences(text):
                     await output.add_text(sentence, part.index)
             await output.close()
             await run
         finally:
-            await _cancel_and_wait(run)
+            if not run.done():
+                run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
 
-    async def _generate_reply(self, speech: SpeechHandle, output: SpeechOutput) -> None:
-        max_rounds = self.settings.max_tool_rounds
-        run = asyncio.create_task(output.run(), name=f"output-{speech.id}")
-        try:
-            for rnd in range(max_rounds + 1):
-                if rnd and self._ending:
-                    break  # hung up by a tool (e.g. end_call): say nothing more
-                part = speech._new_part()
-                # The last round offers no tools so the model has to answer in words.
-                tools = self._tools if rnd < max_rounds else None
-                text, calls = await self._llm_round(speech, output, part, tools, run)
-                if run.done():
-                    break  # TTS failed; `await run` below raises it
-                if not calls:
-                    if text:
-                        part.item = self.context.add_assistant(text)
-                    break
-                await self._run_tools(speech, part, text, calls)
-            await output.close()
-            await run
-        finally:
-            await _cancel_and_wait(run)
-        if not output.audio_started and not self._ending:
-            if not output.segments:
-                raise SpeechError("llm", RuntimeError("the LLM returned no speakable text"))
-            raise SpeechError("tts", RuntimeError("TTS returned no audio for the answer"))
-
-    async def _llm_round(self, speech: SpeechHandle, output: SpeechOutput, part: _Part,
-                         tools: list[Any] | None, run: asyncio.Task[None]
-                         ) -> tuple[str, list[Any]]:
-        turn = speech.turn
-        segmenter = SentenceSegmenter()
-        texts: list[str] = []
-        calls: list[Any] = []
-        if turn is not None and turn.llm_request_at is None:
-            turn.llm_request_at = self._now()
-        stream = self._llm.stream(self.context.messages(), tools)
-        try:
-            async for item in stream:
-                kind = getattr(item, "kind", None)
-                if kind in ("text", "tool_call") and turn and turn.llm_first_at is None:
-                    turn.llm_first_at = self._now()
-                if kind == "text":
-                    texts.append(item.text)
-                    for sentence in segmenter.push(item.text):
-                        if turn is not None and turn.first_sentence_at is None:
-                            turn.first_sentence_at = self._now()
-                        await output.add_text(sentence, part.index)
-                elif kind == "tool_call":
-                    calls.append(item)
-                elif kind == "usage":
-                    self._emit(ev.SessionUsage, provider=str(getattr(item, "provider", "")),
-                               model=str(getattr(item, "model", "")), kind="llm",
-                               metric=str(getattr(item, "metric", "")),
-                               quantity=float(getattr(item, "quantity", 0.0)))
-                if run.done():
-                    break
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise SpeechError("llm", exc) from exc
-        finally:
-            await _aclose(stream)
-        for sentence in segmenter.flush():
-            if turn is not None and turn.first_sentence_at is None:
-                turn.first_sentence_at = self._now()
-            await output.add_text(sentence, part.index)
-        return "".join(texts).strip(), calls
-
-    async def _run_tools(self, speech: SpeechHandle, part: _Part, text: str,
-                         calls: list[Any]) -> None:
-        records = [ToolCallRecord(str(c.id), str(c.name), dict(getattr(c, "arguments", None) or {}))
-                   for c in calls]
-        results: dict[str, Any] = {}
-        speech.in_tools = True
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for call, rec in zip(calls, records, strict=True):
-                    tg.create_task(self._run_tool(call, rec, results))
-        except asyncio.CancelledError:
-            # Interrupted mid-tool: the context still needs an answer for every call.
-            for rec in records:
-                results.setdefault(rec.id, {"error": "cancelled: the caller interrupted"})
-            part.item = self.context.add_tool_exchange(text, records, results)
-            raise
-        finally:
-            speech.in_tools = False
-            speech.watch_from = self._now()
-        part.item = self.context.add_tool_exchange(text, records, results)
-
-    async def _run_tool(self, call: Any, rec: ToolCallRecord, results: dict[str, Any]) -> None:
-        self._emit(ev.ToolCalled, call_id=rec.id, name=rec.name, arguments=rec.arguments)
-        t0 = self._now()
-        try:
-            result = await asyncio.wait_for(self._tool_executor(call),
-                                            self.settings.tool_timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except TimeoutError:
-            results[rec.id] = {"error": f"the tool timed out after {self.settings.tool_timeout_s}s"}
-            self._emit(ev.ToolFailed, call_id=rec.id, name=rec.name, error="timeout",
-                       latency_ms=_ms(t0, self._now()) or 0.0)
-            return
-        except Exception as exc:
-            results[rec.id] = {"error": _message(exc)}
-            self._emit(ev.ToolFailed, call_id=rec.id, name=rec.name, error=_message(exc),
-                       latency_ms=_ms(t0, self._now()) or 0.0)
-            return
-        results[rec.id] = result
-        self._emit(ev.ToolCompleted, call_id=rec.id, name=rec.name, result=result,
-                   latency_ms=_ms(t0, self._now()) or 0.0)
-
-    def _on_segment_started(self, speech: SpeechHandle, seg: Any) -> None:
+    def _on_segment_started(self, seg: Any) -> None:
         if self.state in ("starting", "thinking", "listening") and self._barge is None:
             self._set_state("speaking")
         self._emit(ev.AgentSpeechStarted, segment_id=seg.id, text=seg.text)
@@ -994,9 +739,8 @@ class Conversation:
         caller heard (context truncation) and report it."""
         if speech.done() or speech.stop_reason is not None:
             return
-        loop = self._require_loop()
         speech.stop_reason = reason
-        speech.stopped = loop.create_future()
+        speech.stopped = self._require_loop().create_future()
         try:
             self._gate.clear()
             if speech.task is not None and not speech.task.done():
@@ -1006,15 +750,14 @@ class Conversation:
             if clear and out is not None and out.audio_started:
                 out.freeze()
                 try:
-                    await self._sink.clear()
+                    await asyncio.wait_for(self._sink.clear(), SINK_CLEAR_TIMEOUT_S)
                 except Exception as exc:
                     self._emit_error("transport", exc)
             if barge is not None:
-                speech.barge_in_ms = _ms(barge.onset_at, self._now())
-            self._account_heard(speech)
-            if reason in _INTERRUPTIONS:
-                heard = speech.heard_text
-                full = speech.text
+                speech.barge_in_ms = round((self._now() - barge.onset_at) * 1000.0, 1)
+            speech.account_heard(self.context)
+            if reason in INTERRUPTIONS:
+                heard, full = speech.heard_text, speech.text
                 cut = full[len(heard):].strip() if full.startswith(heard) else full
                 self._emit(ev.AgentSpeechInterrupted,
                            segment_id=out.current_segment_id() if out else "",
@@ -1025,33 +768,17 @@ class Conversation:
                 self._gate.set()
             speech.stopped.set_result(None)
 
-    def _account_heard(self, speech: SpeechHandle, *, assume_written_plays: bool = False) -> None:
-        """Truncate this speech's context messages to what the caller heard."""
-        out = speech.output
-        if out is None:
-            return
-        for part in speech.parts:
-            heard = out.heard_text(part.index, assume_written_plays=assume_written_plays)
-            if part.item is not None:
-                if heard != out.text(part.index):
-                    self.context.truncate_to_heard(part.item, heard)
-            elif heard and (speech.add_to_context or speech.kind == "reply"):
-                part.item = self.context.add_assistant(heard, interrupted=True)
-        speech.heard_text = out.heard_text(assume_written_plays=assume_written_plays)
-
     def _speech_failed(self, speech: SpeechHandle, stage: str, exc: BaseException) -> None:
         speech.error = stage
         self._emit_error(stage, exc)
         # Audio already handed to the sink still plays; keep exactly that in the context.
-        self._account_heard(speech, assume_written_plays=True)
+        speech.account_heard(self.context, assume_written_plays=True)
         if speech.kind not in ("apology", "goodbye") and not self._ending:
             self._enqueue_apology()
 
     def _enqueue_apology(self) -> None:
         try:
-            self._enqueue(SpeechHandle(self, "apology", text=self.settings.apology,
-                                       interruptible=self.settings.interruption.enabled),
-                          front=True)
+            self._enqueue(self._speech("apology", text=self.settings.apology), front=True)
         except RuntimeError:
             log.warning("speech queue full: apology dropped")
 
@@ -1064,34 +791,8 @@ class Conversation:
             self._emit(ev.TurnCompleted, turn_id=turn.id, user_text=turn.user_text,
                        agent_text=speech.text, heard_text=speech.heard_text,
                        interrupted=speech.interrupted)
-            self._emit_metrics(turn, out)
-        speech._resolve()
-
-    def _emit_metrics(self, turn: _Turn, out: SpeechOutput | None) -> None:
-        base = turn.speech_end_at
-        tts_ttfb = _ms(out.tts_request_at, out.tts_first_chunk_at) if out else None
-        first_audio = _ms(base, out.first_audio_at) if out else None
-        stt_wait = _ms(turn.eou_at, turn.final_at)
-        llm_wait = _ms(turn.llm_request_at, turn.first_sentence_at)
-        server_added = None
-        if first_audio is not None and None not in (stt_wait, llm_wait, tts_ttfb):
-            server_added = round(first_audio - (stt_wait or 0) - (llm_wait or 0)
-                                 - (tts_ttfb or 0), 1)
-        self._emit(
-            ev.TurnMetrics,
-            turn_id=turn.id,
-            vad_stop_to_eou_ms=_ms(base, turn.eou_at),
-            eou_to_stt_final_ms=stt_wait,
-            llm_ttft_ms=_ms(turn.llm_request_at, turn.llm_first_at),
-            tts_ttfb_ms=tts_ttfb,
-            first_audio_out_ms=first_audio,
-            played_ack_ms=_ms(base, out.first_played_at) if out else None,
-            server_added_ms=server_added,
-        )
-
-    async def _stop_thinking_audio(self) -> None:
-        if self._thinking is not None:
-            await self._thinking.stop()
+            self._emit(ev.TurnMetrics, turn_id=turn.id, **turn_metrics(turn, out))
+        speech.resolve()
 
     # =========================================================================================
     # Timers: watchdog, idle, max duration
@@ -1135,7 +836,7 @@ class Conversation:
             self._user_speaking
             or (self._eou_task is not None and not self._eou_task.done())
             or self._barge is not None
-            or self._finals
+            or not self._words.empty
             or self._dtmf_digits
         )
 
@@ -1148,8 +849,7 @@ class Conversation:
         if self._idle_prompts < idle.max_prompts:
             self._idle_prompts += 1
             self._emit(ev.UserIdle, prompts_sent=self._idle_prompts)
-            self._enqueue(SpeechHandle(self, "idle", text=idle.prompt,
-                                       interruptible=self.settings.interruption.enabled))
+            self._enqueue(self._speech("idle", text=idle.prompt))
         else:
             self._emit(ev.UserIdle, prompts_sent=self._idle_prompts)
             self.hangup("idle", goodbye=idle.goodbye)
@@ -1178,28 +878,37 @@ class Conversation:
                 await self._stop_speech(cur, "hangup", clear=True)
             else:
                 try:
-                    await asyncio.wait_for(asyncio.shield(cur._done), GOODBYE_GRACE_S)
+                    await asyncio.wait_for(cur.wait(), GOODBYE_GRACE_S)
                 except TimeoutError:
                     await self._stop_speech(cur, "hangup", clear=True)
             await cur  # the speech loop has let go of it
         if goodbye and goodbye.strip():
-            handle = SpeechHandle(self, "goodbye", text=goodbye, interruptible=False)
-            self._queue.append(handle)
+            handle = self._speech("goodbye", text=goodbye, interruptible=False)
+            self._queue.append(handle)  # not _enqueue: the queue is closed to everyone else
             self._queue_ready.set()
             budget = 10.0 + len(goodbye) * 0.1
             try:
-                await asyncio.wait_for(asyncio.shield(handle._done), budget)
+                await asyncio.wait_for(handle.wait(), budget)
             except TimeoutError:
                 log.warning("goodbye did not finish within %.0fs", budget)
         await self._shutdown(reason)
 
     async def _shutdown(self, reason: str) -> None:
+        """Tear everything down once; concurrent callers (stop during a hangup) share it."""
         if self._ended is None or self._ended.done():
             return
+        if self._shutting_down is None:
+            # Not tracked in _tasks, so cancelling the tracked tasks cannot cut it short.
+            self._shutting_down = self._require_loop().create_task(
+                self._teardown(reason), name="conversation-teardown"
+            )
+        await asyncio.shield(self._shutting_down)
+
+    async def _teardown(self, reason: str) -> None:
+        assert self._ended is not None
         if not self._ending:
             self._begin_ending()
-        me = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not me]
+        tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -1208,7 +917,7 @@ class Conversation:
         for h in [*self._queue, *([self._current] if self._current else [])]:
             if h.stop_reason is None:
                 h.stop_reason = "shutdown"
-            h._resolve()
+            h.resolve()
         self._queue.clear()
         self._current = None
         if self._stt_stream is not None:
@@ -1250,7 +959,9 @@ class Conversation:
             log.exception("event callback failed for %s", cls.type)
 
     def _emit_error(self, stage: str, exc: BaseException) -> None:
-        self._emit(ev.SessionError, code=_code(exc), message=_message(exc), stage=stage)
+        code = getattr(exc, "code", None) or type(exc).__name__
+        # Provider errors never carry credentials (providers/base.py); cap the size anyway.
+        self._emit(ev.SessionError, code=str(code), message=str(exc)[:500], stage=stage)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = self._require_loop().create_task(coro, name=f"conversation-{name}")
@@ -1276,27 +987,3 @@ class Conversation:
     def _cancel(task: asyncio.Task[Any] | None) -> None:
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
-
-
-async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    if not task.done():
-        task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-def _ms(start: float | None, end: float | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start) * 1000.0, 1)
-
-
-def _code(exc: BaseException | None) -> str:
-    if exc is None:
-        return ""
-    code = getattr(exc, "code", None)
-    return str(code) if code else type(exc).__name__
-
-
-def _message(exc: BaseException | None) -> str:
-    # Provider errors never carry credentials (providers/base.py); cap the size anyway.
-    return str(exc)[:500] if exc is not None else ""

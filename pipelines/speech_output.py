@@ -8,8 +8,9 @@ confirms it was heard.
 - Latency: the next sentence is synthesised while the current one is being written
   (`lookahead` segments ahead), so TTS time-to-first-byte does not open gaps between sentences.
 - Hold: before every 20 ms write the writer waits on `gate`. Closing the gate is the soft pause of
-  barge-in: nothing new reaches the sink (which keeps ≤ max_ahead_ms queued itself, since `write`
-  applies backpressure), and opening it resumes exactly where the writer stopped.
+  barge-in: nothing new reaches the sink, and opening it resumes exactly where the writer stopped.
+  For the hold to be audible quickly, the writer stays at most `max_ahead_ms` ahead of real-time
+  playout, even if the sink would buffer more locally.
 - Heard text: a segment acknowledged as played was heard in full; of the segment playing when the
   caller barged in, the share `played_ms / duration` of its text (cut back to a word boundary).
   That is what the assistant's context message is truncated to.
@@ -56,8 +57,9 @@ class Segment:
     text: str
     part: int = 0  # which assistant message (LLM round) this sentence belongs to
     audio: tuple[np.ndarray, int] | None = None  # pre-rendered clip instead of TTS
-    written_ms: float = 0.0
-    synth_done: bool = False
+    audio_ms: float = 0.0  # synthesised so far
+    synth_done: bool = False  # TTS finished: audio_ms is the segment's duration
+    written_ms: float = 0.0  # handed to the sink
     started: bool = False  # first audio written
     ended: bool = False  # end_segment sent
     played: bool = False  # far end confirmed playout
@@ -67,7 +69,7 @@ class Segment:
             return 1.0
         if not self.started:
             return 0.0
-        total = self.written_ms
+        total = self.audio_ms
         if not self.synth_done:
             total = max(total, len(self.text) * MS_PER_CHAR_ESTIMATE)
         return 1.0 if total <= 0 else min(1.0, played_ms / total)
@@ -100,6 +102,10 @@ class _Pending:
 
 
 class SpeechOutput:
+    """One speech's playout. `lookahead`: segments synthesised ahead of the one being written;
+    `max_sentences` (0 = unbounded) / `max_chunks`: queue bounds; `max_ahead_ms`: how far the
+    writer may run ahead of real-time playout (None: rely on the sink's backpressure)."""
+
     def __init__(
         self,
         sink: PlayoutSink,
@@ -114,6 +120,7 @@ class SpeechOutput:
         lookahead: int = 1,
         max_sentences: int = 64,
         max_chunks: int = 64,
+        max_ahead_ms: float | None = 250.0,
     ) -> None:
         self._sink = sink
         self._tts = tts
@@ -126,6 +133,8 @@ class SpeechOutput:
         self._max_chunks = max_chunks
         self._sentences: asyncio.Queue[Segment | None] = asyncio.Queue(max_sentences)
         self._ready: asyncio.Queue[_Pending | None] = asyncio.Queue(max(1, lookahead))
+        self._max_ahead_ms = max_ahead_ms
+        self._play_head = 0.0  # loop time at which everything written so far has played
         self._played_tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._frozen = False
@@ -222,6 +231,9 @@ class SpeechOutput:
             pending = _Pending(seg, asyncio.Queue(self._max_chunks))
             await self._ready.put(pending)
             if seg.audio is not None:
+                samples, rate = seg.audio
+                seg.audio_ms = len(samples) * 1000.0 / rate
+                seg.synth_done = True
                 await pending.chunks.put(seg.audio)
                 await pending.chunks.put(None)
                 continue
@@ -236,14 +248,17 @@ class SpeechOutput:
                 async for chunk in stream:
                     if self.tts_first_chunk_at is None:
                         self.tts_first_chunk_at = loop.time()
-                    await pending.chunks.put(_decode(chunk))
+                    samples, rate = _decode(chunk)
+                    seg.audio_ms += len(samples) * 1000.0 / rate
+                    await pending.chunks.put((samples, rate))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a vendor failure becomes a typed speech error
                 await pending.chunks.put(_Failure(exc))
                 return
             finally:
-                await _aclose(stream)
+                await aclose_stream(stream)
+            seg.synth_done = True
             await pending.chunks.put(None)
         await self._ready.put(None)
 
@@ -257,6 +272,9 @@ class SpeechOutput:
             step = max(1, rate // 50)  # 20 ms at the chunk's own rate
             for off in range(0, len(samples), step):
                 await self._gate.wait()
+                if self._max_ahead_ms is not None:
+                    await self._pace(self._max_ahead_ms)
+                    await self._gate.wait()  # the hold may have begun while pacing
                 piece = samples[off : off + step]
                 if not seg.started:
                     if self.first_audio_at is None and self._before_first_audio is not None:
@@ -267,14 +285,25 @@ class SpeechOutput:
                         self.first_audio_at = loop.time()
                     self._on_started(seg)
                 await self._sink.write(piece, rate)
-                seg.written_ms += len(piece) * 1000.0 / rate
-        seg.synth_done = True
+                piece_ms = len(piece) * 1000.0 / rate
+                seg.written_ms += piece_ms
+                self._play_head = max(self._play_head, loop.time()) + piece_ms / 1000.0
         if seg.started:
             await self._sink.end_segment()
             seg.ended = True
             self._played_tasks.append(
                 asyncio.create_task(self._track_played(seg), name=f"played-{seg.id}")
             )
+
+    async def _pace(self, limit_ms: float) -> None:
+        """Stay at most `limit_ms` ahead of real-time playout, whatever the sink buffers on
+        its own: closing the gate must silence the agent within that much audio. A local play
+        head (like the transport's feeder) rather than the sink's played position, so pacing
+        never depends on how promptly a sink reports progress."""
+        loop = asyncio.get_running_loop()
+        ahead_ms = (self._play_head - loop.time()) * 1000.0
+        if ahead_ms > limit_ms:
+            await asyncio.sleep((ahead_ms - limit_ms) / 1000.0)
 
     async def _track_played(self, seg: Segment) -> None:
         await self._sink.wait_played(seg.id)
@@ -303,7 +332,7 @@ def _decode(chunk: Any) -> tuple[np.ndarray, int]:
     return as_int16(chunk.samples), int(chunk.sample_rate)
 
 
-async def _aclose(stream: AsyncIterator[Any]) -> None:
+async def aclose_stream(stream: AsyncIterator[Any]) -> None:
     """Close a provider stream promptly (async generators otherwise linger until GC)."""
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:

@@ -231,5 +231,5 @@ class TTSProvider(Provider):
         the vendor stream promptly."""
 
     def prefers_mulaw(self) -> bool:
-        """True when the adapter was asked to output μ-law 8 kHz directly (telephony passthrough)."""
+        """True when asked to output μ-law 8 kHz directly (telephony passthrough)."""
         return False

@@ -152,13 +152,11 @@ class _Chain:
             except Exception:
                 log.exception("on_switch callback failed")
 
-    def give_up(self, link: Link, error: BaseException | None, nxt: Link | None,
+    def give_up(self, link: Link, error: BaseException, nxt: Link | None,
                 *, partial: bool = False) -> bool:
         """Decide what a failure of `link` means. Returns True when the error must surface (no
         next provider, a non-retryable error, or `partial` output already delivered); otherwise
         the switch to `nxt` is recorded and the caller retries there."""
-        if error is None:
-            error = ProviderError(_name(link), "failed without an error")
         if _fatal(error):
             return True  # the input is at fault, not the provider: no cool-down either
         if nxt is None or partial:
@@ -255,8 +253,9 @@ class FallbackLLM(_Wrapper):
             finally:
                 if it is not None:
                     await _aclose_quietly(it)
+            assert failure is not None  # the loop only falls through after a failure
             if self._chain.give_up(link, failure, nxt, partial=produced):
-                raise failure  # type: ignore[misc]
+                raise failure
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,8 +304,9 @@ class FallbackTTS(_Wrapper):
             finally:
                 if it is not None:
                     await _aclose_quietly(it)
+            assert failure is not None  # the loop only falls through after a failure
             if self._chain.give_up(link, failure, nxt):
-                raise failure  # type: ignore[misc]
+                raise failure
 
 
 # ---------------------------------------------------------------------------------------------

@@ -196,7 +196,9 @@ _WS_LOGGER = _RedactingLogger(logging.getLogger("websockets.client"), {})
 # ---------------------------------------------------------------------------------------------
 
 
-def vendor_message(body: bytes | str | Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+def vendor_message(
+    body: bytes | bytearray | str | Mapping[str, Any] | None,
+) -> tuple[str | None, str | None]:
     """(message, code) from a vendor error body, whatever its shape:
 
     OpenAI `{"error": {"message", "type", "code"}}`, Anthropic `{"type": "error", "error":
@@ -206,6 +208,8 @@ def vendor_message(body: bytes | str | Mapping[str, Any] | None) -> tuple[str | 
     """
     if body is None:
         return None, None
+    if isinstance(body, (bytearray, memoryview)):
+        body = bytes(body)
     data: Any = body
     if isinstance(body, (bytes, str)):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
@@ -251,7 +255,7 @@ def _s(v: Any) -> str | None:
 def http_error(
     provider: str,
     status: int,
-    body: bytes | str | None,
+    body: bytes | bytearray | str | None,
     *,
     fallback_message: str | None = None,
 ) -> ProviderError:

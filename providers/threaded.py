@@ -7,8 +7,9 @@ executor, because a generation can last seconds and would starve the short jobs 
 
 Back-pressure: the producer may run at most `max_ahead` items ahead of the consumer (a counting
 semaphore the consumer refills), so a stalled consumer never lets a producer buffer a whole
-answer. Cancellation: when the consumer stops early (aclose, cancellation, break + aclose) the
-`stop` event is set and `on_cancel` runs, so the producer can abandon its work at the next check.
+answer. Cancellation: when iteration ends for any reason (the end, an error, aclose, the
+consumer's cancellation) the `stop` event is set and `on_cancel` runs, so a producer whose
+consumer left can abandon its work at its next check (or have it interrupted by `on_cancel`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,13 @@ from tests.api.providers import (
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _restore_config_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--config PATH` exports PHONEBOOTH_CONFIG (as the real process would); undo it afterwards.
+    monkeypatch.setenv(CONFIG_ENV, "")
+    monkeypatch.delenv(CONFIG_ENV)
+
+
 @pytest.fixture
 def config_file(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     register_test_providers()
@@ -81,9 +88,9 @@ def test_migrate(capsys, blank_database_url, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"database": {"url": blank_database_url}}))
     code, out, _ = run(capsys, "--config", str(cfg), "migrate")
-    assert code == 0 and out.strip() == "database migrated from empty to 0001"
+    assert code == 0 and out.strip() == "database migrated from empty to 0002"
     code, out, _ = run(capsys, "migrate", "--config", str(cfg))
-    assert code == 0 and out.strip() == "database already at revision 0001"
+    assert code == 0 and out.strip() == "database already at revision 0002"
 
 
 def test_keys(capsys, config_file):
@@ -265,3 +272,24 @@ def test_serve_starts_and_stops_on_sigterm(tmp_path, database_url):
     assert any("ready on" in m for m in messages)
     assert "stopped" in messages
     assert "pb_admin_123456" not in json.dumps(logs)
+
+
+def test_unreachable_database_is_one_line(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"database": {"url": "postgresql+asyncpg://pb@127.0.0.1:1/pb"}}))
+    code, _, err = run(capsys, "--config", str(cfg), "agents", "list")
+    assert code == 1
+    assert err.startswith("error: database or file access failed:")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_concurrent_migrate_processes(blank_database_url, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"database": {"url": blank_database_url}}))
+    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "--config", str(cfg), "migrate"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(o.strip() for o, _ in outs) == [
+        "database already at revision 0002", "database migrated from empty to 0002"]

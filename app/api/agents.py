@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from app.agent_config import AgentConfig
 from app.agent_validation import Problem, check_config, dry_run
 from app.api.deps import DbSession, State
+from app.api.openapi import json_body
 from app.api.problems import ApiProblem, not_found, unprocessable
 from app.api.schemas import (
     AgentList,
@@ -30,6 +30,10 @@ from app.db.repos import numbers as numbers_repo
 from app.merge_patch import apply_merge_patch
 
 router = APIRouter(prefix="/agents", tags=["agents"])
+
+# Taken as a raw object (documented as AgentConfig in OpenAPI) so schema and provider problems
+# are reported together in one 422.
+ConfigBody = Annotated[dict[str, Any], Body()]
 
 MergePatch = Annotated[
     dict[str, Any],
@@ -67,10 +71,14 @@ async def _get_agent(s: DbSession, agent_id: str) -> Agent:
     return agent
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=AgentOut)
-async def create_agent(config: AgentConfig, s: DbSession, response: Response) -> AgentOut:
-    """Create an agent; its config becomes version 1."""
-    data = _validated(config.model_dump(mode="json"))
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=AgentOut,
+    openapi_extra=json_body(),
+)
+async def create_agent(config: ConfigBody, s: DbSession, response: Response) -> AgentOut:
+    """Create an agent; its config (an AgentConfig) becomes version 1. An invalid config gets
+    422 with every failing field in `errors`."""
+    data = _validated(config)
     agent, version = await agents_repo.create(s, data)
     await s.commit()
     response.headers["Location"] = f"/v1/agents/{agent.id}"
@@ -101,12 +109,8 @@ async def _dry_run(state: State, s: DbSession, data: Any) -> ValidationResult:
     )
 
 
-@router.post("/validate", response_model=ValidationResult)
-async def validate_new_agent(
-    state: State,
-    s: DbSession,
-    config: Annotated[dict[str, Any], Body(description="An AgentConfig to check, not saved")],
-) -> ValidationResult:
+@router.post("/validate", response_model=ValidationResult, openapi_extra=json_body())
+async def validate_new_agent(state: State, s: DbSession, config: ConfigBody) -> ValidationResult:
     """Dry-run an unsaved config: schema, provider names and options, referenced credentials,
     model files. Always 200; `problems` lists what is wrong."""
     return await _dry_run(state, s, config)

@@ -133,6 +133,7 @@ class SessionOut(_Out):
     from_number: str
     to_number: str
     status: str
+    node_id: str | None = Field(description="Replica that hosted the call")
     end_reason: str | None
     hangup_cause: str | None
     created_at: datetime

@@ -1,9 +1,10 @@
 """Live control of a call this replica hosts: `POST /v1/sessions/{id}/say|hangup|transfer|inject`.
 
-The call is looked up in the process's live-call registry (`state.calls.get(session_id)`, a
-`CallControl`). Not there: 404 "session not live on this replica" if the session is still live
-elsewhere, 404 "not found" if it never existed, 409 if it has ended. All actions answer 202:
-`say` is queued (progress shows up as agent.speech_* events), the others are done by then.
+The call is looked up in the process's live-call registry (`app.calls.registry.live_calls`:
+the call host at `state.calls`, or its `.live` LiveCalls), which yields a `CallControl`. Not
+there: 404 "session not live on this replica" if the session is still live elsewhere, 404 "not
+found" if it never existed, 409 if it has ended. All actions answer 202: `say` is queued
+(progress shows up as agent.speech_* events), the others are done by then.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.deps import State
 from app.api.problems import ApiProblem, not_found, unprocessable
+from app.calls.registry import live_calls
 from app.calls.transfer import normalize_target
 from app.db.repos import sessions as sessions_repo
 from app.state import AppState
@@ -64,8 +66,8 @@ class Accepted(BaseModel):
 
 
 async def _live_call(state: AppState, session_id: str) -> CallControl:
-    registry = state.calls
-    control = registry.get(session_id) if hasattr(registry, "get") else None
+    registry = live_calls(state)
+    control = registry.get(session_id) if registry is not None else None
     if control is not None and not control.ended:
         return control
     async with state.db.sessionmaker() as s:

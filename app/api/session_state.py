@@ -15,29 +15,15 @@ from fastapi import APIRouter, Request
 
 from app.api.deps import State
 from app.api.problems import ApiProblem, not_found, unprocessable
-from app.calls.state_store import SessionNotFound, SessionStateStore, StateError
-from app.state import AppState
+from app.calls.state_store import SessionNotFound, StateError, shared_state_store
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
-
-_STORE_KEY = "app.calls.state_store"
-
-
-def state_store(state: AppState) -> SessionStateStore:
-    """The process-wide store (one per process, so its per-session locks are shared)."""
-    store: SessionStateStore | None = state.extras.get(_STORE_KEY)
-    if store is None:
-        store = state.extras[_STORE_KEY] = SessionStateStore(state.db.sessionmaker)
-    if store.live is None and hasattr(state.calls, "get"):
-        # The call host fills state.calls at start-up; pick it up once it exists.
-        store.live = state.calls
-    return store
 
 
 @router.get("/{session_id}/state", response_model=dict[str, Any])
 async def get_state(session_id: str, state: State) -> dict[str, Any]:
     try:
-        return await state_store(state).get(session_id)
+        return await shared_state_store(state).get(session_id)
     except SessionNotFound:
         raise not_found("session", session_id) from None
 
@@ -58,7 +44,7 @@ async def patch_state(session_id: str, request: Request, state: State) -> dict[s
     if not isinstance(patch, dict):
         raise unprocessable([{"field": "body", "message": "a merge patch must be a JSON object"}])
     try:
-        return await state_store(state).patch(session_id, patch)
+        return await shared_state_store(state).patch(session_id, patch)
     except SessionNotFound:
         raise not_found("session", session_id) from None
     except StateError as exc:

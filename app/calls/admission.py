@@ -13,6 +13,7 @@ finish on their own until `limits.drain_timeout_s`, then each is ended politely 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 EndCallback = Callable[[str], Awaitable[None]]
+# While draining, an answered call whose stream has not connected after this long never will.
+DRAIN_RESERVATION_S = 10.0
 
 
 @dataclass(slots=True)
@@ -77,7 +80,8 @@ class CallAdmission:
         return True
 
     def attach(self, session_id: str, end: EndCallback) -> bool:
-        """The call's stream is up. Re-admits a slot that expired if there is still room."""
+        """The call's stream is up (allowed while draining: the call was already admitted).
+        Re-admits a slot that expired if there is still room."""
         slot = self._slots.get(session_id)
         if slot is None:
             if self._draining or self.in_use >= self.max_calls:
@@ -94,28 +98,33 @@ class CallAdmission:
 
     def _expire(self) -> None:
         now = self._clock()
-        stale = [sid for sid, s in self._slots.items()
-                 if not s.live and now - s.reserved_at > s.ttl_s]
+        stale = [sid for sid, s in self._slots.items() if not s.live and now - s.reserved_at
+                 > (min(s.ttl_s, DRAIN_RESERVATION_S) if self._draining else s.ttl_s)]
         for sid in stale:
             log.info("call slot for session %s expired: its stream never connected", sid)
             self.release(sid)
 
     async def drain(self, timeout_s: float, *, end_grace_s: float = 5.0) -> int:
-        """Stop admitting and wait for live calls; end stragglers. Returns how many were ended."""
+        """Stop admitting and wait for live calls; end stragglers. Returns how many were ended.
+
+        Calls answered just before the drain keep their slot: their stream is still allowed to
+        connect (within `DRAIN_RESERVATION_S`), and the drain waits for them like any call."""
         self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         self._expire()
-        for sid in [sid for sid, s in self._slots.items() if not s.live]:
-            self.release(sid)  # answered but never streamed: nothing to wait for
+        if self._slots:
+            log.info("draining: waiting up to %.0f s for %d call(s)", timeout_s,
+                     len(self._slots))
+        while self._slots and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._empty.wait(), min(0.25, deadline - loop.time()))
+            self._expire()
         if not self._slots:
+            log.info("draining: no calls left")
             return 0
-        log.info("draining: waiting up to %.0f s for %d live call(s)", timeout_s,
-                 len(self._slots))
-        try:
-            await asyncio.wait_for(self._empty.wait(), timeout_s)
-            log.info("draining: all calls finished")
-            return 0
-        except TimeoutError:
-            pass
+        for sid in [sid for sid, s in self._slots.items() if not s.live]:
+            self.release(sid)  # answered but never streamed: nothing to end
         stragglers = [(sid, s.end) for sid, s in self._slots.items() if s.end is not None]
         log.warning("draining: ending %d call(s) still live after %.0f s", len(stragglers),
                     timeout_s)

@@ -32,8 +32,12 @@ class GreetingEchoRunner:
             keys.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keys
-        if keys.done() and not keys.cancelled() and keys.exception() is None:
-            reason = keys.result() or reason
+        if keys.done() and not keys.cancelled():
+            if keys.exception() is None:
+                reason = keys.result() or reason
+            else:
+                log.warning("session %s: keypad handling failed: %s", info.session_id,
+                            keys.exception())
         return transport.end_reason or reason
 
     async def _echo(self, transport: CallTransport) -> str:

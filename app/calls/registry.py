@@ -7,7 +7,13 @@ the two apart from the database.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from app.tools.control import CallControl
+
+
+class LiveCallLookup(Protocol):
+    def get(self, session_id: str) -> CallControl | None: ...
 
 
 class LiveCalls:
@@ -34,3 +40,18 @@ class LiveCalls:
 
     def session_ids(self) -> list[str]:
         return list(self._calls)
+
+
+def live_calls(state: Any) -> LiveCallLookup | None:
+    """The live-call lookup of an AppState.
+
+    `state.calls` is the call host (the edge's `CallRunner`); it either is a lookup itself
+    (has `get(session_id)`) or carries a `LiveCalls` as `.live`.
+    """
+    calls = getattr(state, "calls", None)
+    if calls is None:
+        return None
+    if callable(getattr(calls, "get", None)):
+        return calls  # type: ignore[no-any-return]
+    live = getattr(calls, "live", None)
+    return live if callable(getattr(live, "get", None)) else None

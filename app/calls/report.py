@@ -243,3 +243,23 @@ async def summarize(
         log.warning("post-call summary failed: %s", exc)
         return None
     return "".join(parts).strip() or None
+
+
+async def final_report(
+    collector: ReportCollector,
+    *,
+    duration_s: float | None,
+    llm: Any = None,
+    summary_prompt: str | None = None,
+    timeout_s: float = 30.0,
+    on_usage: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """The report for `session.ended`: collected inputs plus, when the agent has a
+    `post_call.summary_prompt` and an LLM is given, a summary (bounded by `timeout_s`)."""
+    report = collector.build(duration_s=duration_s)
+    if llm is not None and summary_prompt:
+        summary = await summarize(llm, summary_prompt, report["transcript"],
+                                  timeout_s=timeout_s, on_usage=on_usage)
+        if summary is not None:
+            report["summary"] = summary
+    return report

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.calls.registry import LiveCalls
+from app.calls.registry import LiveCallLookup, live_calls
 from app.db.models import Session
 from app.merge_patch import apply_merge_patch
 
@@ -48,7 +48,7 @@ class SessionStateStore:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        live: LiveCalls | None = None,
+        live: LiveCallLookup | None = None,
         *,
         max_bytes: int = MAX_STATE_BYTES,
     ) -> None:
@@ -106,3 +106,18 @@ class SessionStateStore:
                 raise StateError(f"state would be {size} bytes; the limit is {self.max_bytes}")
             row.state = new_state
         return new_state
+
+
+_SHARED_KEY = "app.calls.state_store"
+
+
+def shared_state_store(app_state: Any) -> SessionStateStore:
+    """The process-wide store of an AppState (kept in `extras`), so every writer — REST, tools,
+    transfers — shares its per-session locks and reaches live calls' state dicts."""
+    store: SessionStateStore | None = app_state.extras.get(_SHARED_KEY)
+    if store is None:
+        store = app_state.extras[_SHARED_KEY] = SessionStateStore(app_state.db.sessionmaker)
+    if store.live is None:
+        # The call host fills state.calls at start-up; pick it up once it exists.
+        store.live = live_calls(app_state)
+    return store

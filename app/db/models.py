@@ -117,6 +117,9 @@ class Session(Base):
     to_number: Mapped[str] = mapped_column(String(64), default="")
     # ringing | active | ended | failed | interrupted
     status: Mapped[str] = mapped_column(String(16), default="ringing")
+    # The replica hosting the call while it is live; on restart a replica closes only its own
+    # leftovers (others' live calls on a shared Postgres are not its business).
+    node_id: Mapped[str | None] = mapped_column(String(64), default=None)
     end_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     hangup_cause: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -5,9 +5,9 @@ Header `X-Phonebooth-Signature: t=<unix seconds>,v1=<hex>` where
 
 The signing secret is derived from `security.secret_key` (HKDF-SHA256, purpose
 "phonebooth/webhook-signing/v1"), so operators never hand out the master key itself:
-`signing_secret = "whsec_" + HKDF(secret_key, info=purpose).hex()`. Get it with
-`derive_signing_secret(secret_key)` and configure it at the receiver, which verifies like this
-(Python; any language with HMAC works):
+`signing_secret = "whsec_" + HKDF(secret_key, info=purpose).hex()`. Print it for the server's
+configuration with `python -m app.events.signing` (same config file / environment as the server)
+and configure it at the receiver, which verifies like this (any language with HMAC works):
 
     parts = dict(p.split("=", 1) for p in header.split(","))   # {"t": ..., "v1": ...}
     mac = hmac.new(secret.encode(), f"{parts['t']}.".encode() + body, "sha256").hexdigest()
@@ -109,3 +109,19 @@ def verify_signature(
     if not any(hmac.compare_digest(expected, c) for c in candidates):
         raise SignatureError("signature mismatch")
     return timestamp
+
+
+def _print_configured_secret() -> None:
+    """`python -m app.events.signing`: the signing secret of the configured server."""
+    from app.config import ConfigError, load_settings
+    from app.security.secret_key import load_or_create_secret_key
+
+    try:
+        settings = load_settings()
+        print(derive_signing_secret(load_or_create_secret_key(settings.security)))
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+if __name__ == "__main__":
+    _print_configured_secret()

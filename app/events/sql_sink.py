@@ -366,9 +366,17 @@ class SqlSink:
             values = {"status": status if status in TOOL_STATUSES else "error",
                       "error": str(d.get("error") or "") or None}
         values["latency_ms"] = float(d.get("latency_ms") or 0.0)
-        res = await db.execute(update(ToolCallRecord).where(ToolCallRecord.id == rid)
-                               .values(**values))
-        if not res.rowcount:  # type: ignore[attr-defined]
+        # The first outcome wins, except that a failure may correct an "ok" (a builtin whose
+        # hang-up/transfer step failed after its result was reported). This also keeps the
+        # record right if both the executor and the engine report the same call.
+        replaceable = ("running",) if ev.type == "tool.completed" else ("running", "ok")
+        res = await db.execute(
+            update(ToolCallRecord)
+            .where(ToolCallRecord.id == rid, ToolCallRecord.status.in_(replaceable))
+            .values(**values)
+        )
+        updated = bool(res.rowcount)  # type: ignore[attr-defined]
+        if not updated and await db.get(ToolCallRecord, rid) is None:
             # No tool.called seen (e.g. dropped): still record the outcome.
             db.add(ToolCallRecord(
                 id=rid, session_id=ev.session_id, name=str(d.get("name") or ""),

@@ -28,7 +28,13 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from app.api.auth import authenticate
 from app.db.models import Session
-from app.events.bus import Envelope, EventBus, Subscription, SubscriptionClosed
+from app.events.bus import (
+    CLOSE_SHUTDOWN,
+    Envelope,
+    EventBus,
+    Subscription,
+    SubscriptionClosed,
+)
 from app.events.webhooks import event_matches
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["events"])
 
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # server shutting down
 CLOSE_POLICY = 1008  # unauthorized
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013  # dropped as a slow consumer
@@ -114,7 +121,8 @@ async def _stream(ws: WebSocket, bus: EventBus, sub: Subscription, types: list[s
                 code, reason = pump_task.result()
                 await _close(ws, code, reason)
             elif isinstance(exc, SubscriptionClosed):
-                await _close(ws, CLOSE_TRY_AGAIN, exc.reason)
+                code = CLOSE_GOING_AWAY if exc.reason == CLOSE_SHUTDOWN else CLOSE_TRY_AGAIN
+                await _close(ws, code, exc.reason)
             elif isinstance(exc, TimeoutError):
                 sub.close("send timeout")
                 bus.dropped_subscribers_total += 1
@@ -156,7 +164,8 @@ async def session_events(ws: WebSocket, session_id: str) -> None:
         return
     # Subscribe (with replay) before anything else can be published: no gap, no duplicate.
     sub = bus.subscribe(session_id, since_seq=since)
-    if status in ENDED_STATUSES and not bus.session_ended(session_id) and sub.qsize() == 0:
+    if (status in ENDED_STATUSES or bus.session_ended(session_id)) and sub.qsize() == 0:
+        # Over, and nothing (more) to replay: say so instead of waiting forever.
         sub.close("session ended")
         await _hello(ws, session_id, bus.last_seq(session_id))
         await _close(ws, CLOSE_NORMAL, "session ended")

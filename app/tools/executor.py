@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -111,6 +111,11 @@ def _parse_arguments(raw: Any) -> tuple[dict[str, Any], str | None]:
 
 
 class ToolExecutor:
+    # The executor emits tool.called/completed/failed itself (with status and the tool's own
+    # latency); an engine that also reports tool calls should skip its own events when this is
+    # set, or consumers see each tool call twice.
+    reports_events: ClassVar[bool] = True
+
     def __init__(
         self,
         tools: list[ToolConfig],
@@ -120,7 +125,7 @@ class ToolExecutor:
         self._tools = {t.name: t for t in tools}
         self.ctx = session_ctx
         self._on_event = on_event
-        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._running: set[asyncio.Task[Any]] = set()
         self._hold_tasks: set[asyncio.Task[Any]] = set()
         self._collecting = 0
         self._own_http: httpx.AsyncClient | None = None
@@ -140,7 +145,7 @@ class ToolExecutor:
 
     def cancel_all(self) -> int:
         """Cancel every running tool (barge-in); returns how many were cancelled."""
-        tasks = [t for t in self._running.values() if not t.done()]
+        tasks = [t for t in self._running if not t.done()]
         for t in tasks:
             t.cancel()
         return len(tasks)
@@ -175,7 +180,7 @@ class ToolExecutor:
                 errors=errors))
 
         inner = asyncio.create_task(self._run(tool, arguments, rec), name=f"tool-{call_id}")
-        self._running[call_id] = inner
+        self._running.add(inner)
         try:
             return await inner
         except asyncio.CancelledError:
@@ -186,8 +191,7 @@ class ToolExecutor:
                 raise  # our caller was cancelled: propagate
             return CANCELLED_RESULT  # cancel_all(): tell the caller, don't kill it
         finally:
-            if self._running.get(call_id) is inner:
-                del self._running[call_id]
+            self._running.discard(inner)
 
     async def _run(self, tool: ToolConfig, arguments: dict[str, Any], rec: _Record) -> Any:
         hold = self._start_hold(tool) if tool.webhook is not None else None

@@ -38,6 +38,7 @@ from pydantic import Field
 from providers.base import ProviderError, SecretRef, STTProvider, STTStream, Transcript
 from providers.http import (
     CloudConfig,
+    RetryPolicy,
     resolve_api_key,
     ws_close_quietly,
     ws_closed_error,
@@ -72,6 +73,9 @@ class DeepgramSTTConfig(CloudConfig):
     extra_params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     keepalive_interval_s: float = Field(4.0, gt=0.05, le=9.0)
     reconnect_attempts: int = Field(3, ge=0, le=10)
+    # Wall-clock cap on one reconnection episode: past it the stream fails so a fallback STT can
+    # take over instead of the caller talking into a void.
+    reconnect_budget_s: float = Field(3.0, gt=0, le=60)
     replay_max_s: float = Field(30.0, ge=1.0, le=120.0)
     finalize_timeout_s: float = Field(1.5, gt=0, le=10.0)
     connect_timeout_s: float = Field(5.0, gt=0, le=60)
@@ -147,10 +151,14 @@ class _DeepgramStream(STTStream):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def _connect(self) -> ClientConnection:
+    async def _connect(self, open_timeout: float | None = None,
+                       retries: bool = True) -> ClientConnection:
+        policy = self._cfg.retry_policy()
+        if not retries:
+            policy = RetryPolicy(max_retries=0)  # the reconnect loop does its own retrying
         return await ws_connect(
-            self._url, provider=self._p.name, headers=self._headers,
-            policy=self._cfg.retry_policy(), open_timeout=self._cfg.connect_timeout_s,
+            self._url, provider=self._p.name, headers=self._headers, policy=policy,
+            open_timeout=open_timeout or self._cfg.connect_timeout_s,
         )
 
     async def start(self) -> None:
@@ -370,17 +378,24 @@ class _DeepgramStream(STTStream):
             self._connected = False
             if self._closing:
                 return
-            log.warning("deepgram: connection lost (%s); reconnecting", err.message)
+            log.warning("deepgram: connection lost (%s)", err.message)
+            lost_at = time.monotonic()
+            budget = self._cfg.reconnect_budget_s
             while True:
                 failures += 1
-                if failures > self._cfg.reconnect_attempts:
+                left = budget - (time.monotonic() - lost_at)
+                if failures > self._cfg.reconnect_attempts or left <= 0:
+                    log.error("deepgram: giving up after %d reconnect attempts", failures - 1)
                     self._fail(err)
                     return
-                await asyncio.sleep(self._cfg.retry_policy().backoff(failures))
+                await asyncio.sleep(min(left / 2, self._cfg.retry_policy().backoff(failures)))
                 if self._closing:
                     return
+                left = budget - (time.monotonic() - lost_at)
                 try:
-                    new_ws = await self._connect()
+                    new_ws = await self._connect(
+                        open_timeout=max(0.1, min(self._cfg.connect_timeout_s, left)),
+                        retries=False)
                 except ProviderError as exc:
                     err = exc
                     continue

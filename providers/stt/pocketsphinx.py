@@ -66,6 +66,10 @@ class PocketsphinxConfig(ProviderConfig):
     max_utterance_s: float = Field(30.0, gt=1.0, le=300.0)
     # Audio waiting to be decoded beyond this is dropped (the machine is overloaded).
     max_backlog_s: float = Field(10.0, gt=0.5, le=120.0)
+    # pocketsphinx's flat-lexicon second pass re-decodes the whole utterance at end_utt: it adds
+    # 30-100 ms between the end of the user's turn and the final transcript, for transcripts
+    # that were identical on our test speech. Off by default (pocketsphinx itself defaults to on).
+    second_pass: bool = False
 
     @model_validator(mode="after")
     def _language_supported(self) -> PocketsphinxConfig:
@@ -85,12 +89,17 @@ _CLOSE = object()
 
 
 class _DecoderPool:
-    """Idle decoders for one model, created on demand on the calling (worker) thread."""
+    """Idle decoders for one model configuration, created on demand on the calling thread.
+
+    A reused decoder gets its cepstral mean reset: pocketsphinx adapts it to the speaker and
+    channel as it decodes, which helps within a call but must not carry over to the next caller.
+    """
 
     def __init__(self, kwargs: dict[str, Any]) -> None:
         self._kwargs = kwargs
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        self._fresh_cmn: str | None = None
 
     def acquire(self) -> Any:
         with self._lock:
@@ -98,9 +107,14 @@ class _DecoderPool:
                 return self._idle.pop()
         from pocketsphinx import Decoder  # heavy native module: imported only when used
 
-        return Decoder(**self._kwargs)
+        decoder = Decoder(**self._kwargs)
+        if self._fresh_cmn is None:
+            self._fresh_cmn = decoder.get_cmn()
+        return decoder
 
     def release(self, decoder: Any) -> None:
+        if self._fresh_cmn is not None:
+            decoder.set_cmn(self._fresh_cmn)
         with self._lock:
             if len(self._idle) < _MAX_IDLE_DECODERS:
                 self._idle.append(decoder)
@@ -114,7 +128,9 @@ class PocketsphinxSTT(STTProvider):
     @classmethod
     def model_files(cls, config: ProviderConfig) -> list[str]:
         assert isinstance(config, PocketsphinxConfig)
-        return [p for p in (config.hmm, config.lm, config.dictionary) if p]
+        # `hmm` is a directory; its model definition file stands for it (checks want files).
+        files = [f"{config.hmm.rstrip('/')}/mdef"] if config.hmm else []
+        return files + [p for p in (config.lm, config.dictionary) if p]
 
     @property
     def model_name(self) -> str:
@@ -127,7 +143,8 @@ class PocketsphinxSTT(STTProvider):
         return str(p if p.is_absolute() else Path(self.ctx.models_dir) / p)
 
     def _pool(self) -> _DecoderPool:
-        kwargs: dict[str, Any] = {"loglevel": "FATAL", "samprate": RATE}
+        kwargs: dict[str, Any] = {"loglevel": "FATAL", "samprate": RATE,
+                                  "fwdflat": self.config.second_pass}
         for key, value in (("hmm", self.config.hmm), ("lm", self.config.lm),
                            ("dict", self.config.dictionary)):
             if value:
@@ -135,6 +152,11 @@ class PocketsphinxSTT(STTProvider):
         pools: dict[tuple[Any, ...], _DecoderPool] = self.ctx.shared.setdefault(NAME, {})
         key = tuple(sorted(kwargs.items()))
         return pools.setdefault(key, _DecoderPool(kwargs))
+
+    async def warm(self) -> None:
+        """Create a decoder now (startup) so the first call does not wait for one."""
+        pool = self._pool()
+        pool.release(await asyncio.to_thread(pool.acquire))
 
     async def open(self, sample_rate: int, language: str) -> STTStream:
         lang = self.config.language or language

@@ -165,6 +165,9 @@ class CartesiaTTS(TTSProvider):
                 await self._reader
         await ws_close_quietly(self._ws)
         self._ws = None
+        closed = ProviderError(self.name, "provider closed", code="closed")
+        for c in self._contexts.values():
+            c.queue.put_nowait(closed)  # wake any synthesize() still waiting
         self._contexts.clear()
 
     # -- requests -----------------------------------------------------------------------------
@@ -213,12 +216,14 @@ class CartesiaTTS(TTSProvider):
             return
         voice_id = voice or self.config.voice_id
         clock = FirstResultClock(self.ctx, self.name)
+        await self._socket()  # (re)connecting resets the continuation context, so go first
         ctx = self._context_for(voice_id)
         try:
             async for chunk in self._generate(ctx, text, clock):
                 yield chunk
         except _StaleContext:
             # The continued context had expired server-side before any audio: start afresh.
+            await self._socket()
             async for chunk in self._generate(self._context_for(voice_id), text, clock):
                 yield chunk
 

@@ -55,6 +55,7 @@ class PiperTTSConfig(ProviderConfig):
 class _Voice:
     voice: Any  # piper.PiperVoice
     sample_rate: int
+    name: str  # the voice file's stem, e.g. en_US-joe-medium (reported as the usage model)
 
 
 def _bundled_voice() -> Path:
@@ -137,7 +138,7 @@ class PiperTTS(TTSProvider):
                 raise ProviderError(NAME, f"piper-tts is not installed: {exc}") from exc
             except Exception as exc:
                 raise ProviderError(NAME, f"could not load voice {path.name}: {exc}") from exc
-            loaded = _Voice(voice, int(piper_config.sample_rate))
+            loaded = _Voice(voice, int(piper_config.sample_rate), path.stem)
             voices[key] = loaded
             log.info("loaded Piper voice %s (%d Hz)", path.name, loaded.sample_rate)
             return loaded
@@ -160,7 +161,7 @@ class PiperTTS(TTSProvider):
                 if first:
                     first = False
                     clock.mark()
-                    report_usage(self.ctx, NAME, self.model_name, "characters", len(text))
+                    report_usage(self.ctx, NAME, loaded.name, "characters", len(text))
                 yield chunk
         except ProviderError:
             raise

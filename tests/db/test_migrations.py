@@ -60,5 +60,25 @@ async def test_upgrade_downgrade_upgrade(blank_database_url: str):
 
 def test_migrations_found_outside_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert migrate.head_revision() == "0001"
+    assert migrate.head_revision() == "0002"
     assert (migrate.MIGRATIONS_DIR / "alembic.ini").is_file()
+
+
+async def test_concurrent_start_migrates_once(blank_database_url: str):
+    import asyncio
+
+    dbs = [open_database(DatabaseSettings(url=blank_database_url)) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate.upgrade(db) for db in dbs),
+                                       return_exceptions=True)
+    finally:
+        for db in dbs:
+            await db.dispose()
+    head = migrate.head_revision()
+    assert sorted(results, key=str) == sorted([(None, head), (head, head), (head, head)],
+                                              key=str)
+    db = open_database(DatabaseSettings(url=blank_database_url))
+    try:
+        assert await migrate.current_revision(db) == head
+    finally:
+        await db.dispose()

@@ -42,6 +42,7 @@ async def test_foreign_keys_enforced(database: Database):
 async def test_agent_versions_are_append_only(database: Database):
     async with database.transaction() as s:
         agent, v1 = await agents.create(s, {"name": "a", "prompt": "one"})
+    assert v1.version == 1
     async with database.transaction() as s:
         agent = await agents.get_for_update(s, agent.id)
         v2 = await agents.add_version(s, agent, {"name": "b", "prompt": "two"})
@@ -146,6 +147,33 @@ async def test_mark_interrupted(database: Database):
     async with database.session() as s:
         got = [(await sessions.get(s, i)).status for i in ids]
     assert got == ["interrupted", "interrupted", "ended", "failed"]
+
+
+async def test_mark_interrupted_leaves_other_replicas_live_calls(database: Database):
+    old = datetime.now(UTC) - timedelta(hours=2)
+    async with database.transaction() as s:
+        mine = (await sessions.create(s, status="active", node_id="a")).id
+        theirs = (await sessions.create(s, status="active", node_id="b")).id
+        abandoned = (await sessions.create(s, status="ringing", node_id="c", created_at=old)).id
+        default = (await sessions.create(s, status="ringing")).id
+        moved = (await sessions.create(s, status="ringing", node_id="b")).id
+        # The stream landed on this replica: activating claims the session.
+        previous = sessions.current_node_id()
+        sessions.set_node_id("a")
+        try:
+            await sessions.set_status(s, moved, "active")
+        finally:
+            sessions.set_node_id(previous)
+    async with database.transaction() as s:
+        closed = await sessions.mark_interrupted(
+            s, node_id="a", stale_before=datetime.now(UTC) - timedelta(hours=1))
+    assert closed == 3
+    async with database.session() as s:
+        got = {i: (await sessions.get(s, i)).status
+               for i in (mine, theirs, abandoned, default, moved)}
+        assert (await sessions.get(s, default)).node_id == sessions.current_node_id()
+    assert got == {mine: "interrupted", theirs: "active", abandoned: "interrupted",
+                   default: "ringing", moved: "interrupted"}
 
 
 async def test_usage_aggregate_respects_range(database: Database):

@@ -80,7 +80,8 @@ class LocalHttpServer:
                     raise
                 time.sleep(0.05)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
 
     @property
     def port(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+from fastapi import FastAPI
 from sqlalchemy import select
 
 from app.db.engine import Database
@@ -115,3 +117,66 @@ async def test_failures_voicemail_and_one_bad_event(
         assert row.status == "failed" and row.end_reason == "error"
         assert (await s.execute(select(Turn))).first() is None
     assert events.sql.errors_total == 1
+
+
+async def test_rest_api_shows_what_the_events_said(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    """After a call: GET /v1/sessions/{id} has every turn with heard text, interruption flag
+    and latency; /v1/usage totals equal the usage the adapters reported."""
+    state = app.state.pb
+    sid, agent_id = await make_session(state.db)
+    seq = call_events(sid, agent_id)
+    for e in seq:
+        state.events.publish(e)
+    await state.events.flush()
+
+    r = await client.get(f"/v1/sessions/{sid}", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ended" and body["end_reason"] == "caller_hangup"
+    turns = body["turns"]
+    assert [(t["role"], t["text"], t["heard_text"], t["interrupted"]) for t in turns] == [
+        ("assistant", "Hello!", "Hello!", False),
+        ("user", "what's the weather", None, False),
+        ("assistant", "It is 21 degrees.", "It is 21", True),
+        ("user", "thanks bye", None, False),
+        ("assistant", "Goodbye!", "Goodbye!", False),
+    ]
+    assert turns[2]["latency"]["first_audio_out_ms"] == 640
+    assert [(t["name"], t["status"]) for t in body["tool_calls"]] == [("weather", "ok")]
+
+    reported: dict[tuple[str, str], float] = {}
+    for e in seq:
+        if isinstance(e, ev.SessionUsage):
+            key = (e.provider, e.metric)
+            reported[key] = reported.get(key, 0.0) + e.quantity
+    r = await client.get("/v1/usage", params={"group_by": "provider"}, headers=admin_headers)
+    assert r.status_code == 200, r.text
+    totals = {(i["key"], i["metric"]): i["quantity"] for i in r.json()["items"]}
+    assert totals == reported
+    r = await client.get("/v1/usage", params={"group_by": "agent"}, headers=admin_headers)
+    assert {i["key"] for i in r.json()["items"]} == {agent_id}
+
+
+async def test_first_tool_outcome_wins_but_a_failure_corrects_ok(
+    database: Database, events: EventsService
+) -> None:
+    """The engine may report a call the executor already reported; records stay right."""
+    sid, _ = await make_session(database, status="active")
+    for e in (
+        ev.ToolCalled(session_id=sid, call_id="a", name="t"),
+        ev.ToolCalled(session_id=sid, call_id="a", name="t"),
+        ev.ToolFailed(session_id=sid, call_id="a", name="t", status="timeout", error="slow"),
+        ev.ToolCompleted(session_id=sid, call_id="a", name="t", result={"error": "slow"}),
+        ev.ToolCalled(session_id=sid, call_id="b", name="end_call"),
+        ev.ToolCompleted(session_id=sid, call_id="b", name="end_call", result={"ok": 1}),
+        ev.ToolFailed(session_id=sid, call_id="b", name="end_call", error="hangup failed"),
+    ):
+        events.publish(e)
+    await events.flush()
+    async with database.session() as s:
+        rows = {r.id.split(":")[1]: r for r in await sessions_repo.list_tool_calls(s, sid)}
+    assert len(rows) == 2
+    assert (rows["a"].status, rows["a"].error) == ("timeout", "slow")
+    assert (rows["b"].status, rows["b"].error) == ("error", "hangup failed")

@@ -82,6 +82,10 @@ class FakeAnthropic(FakeVendor):
         assert self._http is not None, "start() the fake first"
         return f"http://127.0.0.1:{self._http.port}"
 
+    def reset(self) -> None:
+        super().reset()
+        self.replies.clear()
+
     def queue_reply(self, *replies: Reply | str) -> None:
         for r in replies:
             self.replies.append(Reply(text=r) if isinstance(r, str) else r)
@@ -196,9 +200,10 @@ class FakeAnthropic(FakeVendor):
         n = self.json_fragment_chars
         for tu in reply.tool_uses:
             raw = json.dumps(tu.input)
+            tool_id = tu.id or f"toolu_{uuid.uuid4().hex[:22]}"
             ev.append(("content_block_start", {
                 "type": "content_block_start", "index": index,
-                "content_block": {"type": "tool_use", "id": tu.id or f"toolu_{uuid.uuid4().hex[:22]}",
+                "content_block": {"type": "tool_use", "id": tool_id,
                                   "name": tu.name, "input": {}}}))
             for j in range(0, len(raw), n):
                 output_tokens += 1

@@ -6,9 +6,10 @@
   `sample_rate` of the query. While speech (energy above a threshold) arrives, interim `Results`
   reveal the current scripted utterance word by word, every `interim_every_s` of audio. `Finalize`
   answers with a final `Results` marked `from_finalize` (the utterance, or "" if only silence
-  came; nothing at all if no audio came since the last final — as the real service may do).
-  `KeepAlive` is counted (`rec.note("KeepAlive")`); `CloseStream` gets a last final (if audio is
-  pending), a `Metadata` message and a 1000 close. No audio or KeepAlive for `idle_timeout_s`
+  came; nothing at all if no audio came since the last final — as the real service may do;
+  `respond_to_finalize = False` ignores Finalize altogether). Control messages are recorded in
+  `rec.messages` and `rec.events`; `CloseStream` gets a last final (if audio is pending), a
+  `Metadata` message and a 1000 close. No audio or KeepAlive for `idle_timeout_s`
   closes with 1011 "NET-0001". Failures: "status" (refused upgrade), "drop" (abort after `after`
   audio frames), "close" (close code/reason after `after` audio frames), "hang" (swallow all).
 - TTS (`http_base_url` + `/v1/speak`, endpoint "speak"): query `model`, `encoding`
@@ -22,8 +23,8 @@ Script utterances with `queue_transcript("...")` (else `default_transcript`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from tests.fakes.vendor_base import (
     FakeVendor,
     HttpExchange,
     Recorded,
+    Render,
     UvicornServer,
     WsServer,
     abort,
@@ -45,6 +47,7 @@ from tests.fakes.vendor_base import (
     read_body,
     speech_samples,
     tone,
+    watch_close,
     ws_reject,
     ws_request_info,
 )
@@ -57,9 +60,13 @@ class FakeDeepgram(FakeVendor):
 
     def __init__(self, *, default_transcript: str = "hello world",
                  interim_every_s: float = 0.2, idle_timeout_s: float = 10.0,
-                 tts_ms_per_char: float = 40.0, tts_chunk_ms: int = 100, **kw: Any) -> None:
+                 tts_ms_per_char: float = 40.0, tts_chunk_ms: int = 100,
+                 render: Render | None = None, **kw: Any) -> None:
         super().__init__(**kw)
+        self.render = render
         self.default_transcript = default_transcript
+        # False: Finalize is silently ignored (a case clients must survive).
+        self.respond_to_finalize = True
         self.interim_every_s = interim_every_s
         self.idle_timeout_s = idle_timeout_s
         self.tts_ms_per_char = tts_ms_per_char
@@ -85,11 +92,19 @@ class FakeDeepgram(FakeVendor):
         assert self._http is not None, "start() the fake first"
         return f"http://127.0.0.1:{self._http.port}"
 
+    def reset(self) -> None:
+        super().reset()
+        self.transcripts.clear()
+        self.respond_to_finalize = True
+
     def queue_transcript(self, *texts: str) -> None:
         self.transcripts.extend(texts)
 
     def speak_audio(self, text: str, encoding: str, sample_rate: int) -> bytes:
-        pcm = tone(speech_samples(text, sample_rate, self.tts_ms_per_char), sample_rate)
+        if self.render is not None:
+            pcm = np.asarray(self.render(text, sample_rate), dtype=np.int16)
+        else:
+            pcm = tone(speech_samples(text, sample_rate, self.tts_ms_per_char), sample_rate)
         return ulaw_encode(pcm) if encoding == "mulaw" else pcm.astype("<i2").tobytes()
 
     # -- STT ----------------------------------------------------------------------------------
@@ -128,6 +143,7 @@ class FakeDeepgram(FakeVendor):
     async def _listen(self, ws: Any) -> None:
         rec: Recorded = ws.fake_rec
         failure: Failure | None = ws.fake_failure
+        watcher = watch_close(ws, rec)
         encoding = rec.q("encoding", "linear16")
         rate = int(rec.q("sample_rate") or 16000)
         bps = rate * (1 if encoding == "mulaw" else 2)
@@ -172,7 +188,7 @@ class FakeDeepgram(FakeVendor):
                 kind = ctrl.get("type")
                 rec.note(kind)
                 if kind == "Finalize":
-                    if st.pending_s > 0:
+                    if st.pending_s > 0 and self.respond_to_finalize:
                         await ws.send(json.dumps(self._results(st, final=True,
                                                                from_finalize=True)))
                 elif kind == "CloseStream":
@@ -189,19 +205,20 @@ class FakeDeepgram(FakeVendor):
         except Exception as exc:  # the client went away
             rec.note("client-gone", type(exc).__name__)
         finally:
-            rec.closed_at = rec.closed_at or time.monotonic()
-            rec.close_code = ws.close_code
+            with contextlib.suppress(Exception):
+                await ws.close()
+            await watcher
 
-    def _utterance(self, st: _SttState) -> str:
-        if st.utterance is None:
-            st.utterance = self.transcripts.popleft() if self.transcripts else \
-                self.default_transcript
-        return st.utterance
+    def _utterance(self, final: bool) -> str:
+        # Interims only peek: audio replayed on a new connection is recognised as the same words.
+        if not self.transcripts:
+            return self.default_transcript
+        return self.transcripts.popleft() if final else self.transcripts[0]
 
     def _results(self, st: _SttState, *, final: bool, from_finalize: bool = False
                  ) -> dict[str, Any]:
         if st.speech_s > 0:
-            words = self._utterance(st).split()
+            words = self._utterance(final).split()
             if not final:
                 shown = max(1, min(len(words) - 1, int(st.speech_s / 0.3)))
                 words = words[:shown]
@@ -224,7 +241,6 @@ class FakeDeepgram(FakeVendor):
             st.final_end_s += duration
             st.pending_s = 0.0
             st.speech_s = 0.0
-            st.utterance = None
         return msg
 
     # -- TTS ----------------------------------------------------------------------------------
@@ -297,7 +313,6 @@ class _SttState:
         self.speech_s = 0.0  # loud audio since the last final
         self.final_end_s = 0.0
         self.since_interim = 0.0
-        self.utterance: str | None = None
 
     def add(self, samples: np.ndarray, seconds: float) -> None:
         self.total_s += seconds

@@ -42,6 +42,7 @@ from tests.fakes.vendor_base import (
     FakeVendor,
     HttpExchange,
     Recorded,
+    Render,
     UvicornServer,
     WsServer,
     parse_multipart,
@@ -94,8 +95,10 @@ class FakeOpenAI(FakeVendor):
     def __init__(self, *, default_reply: str = "Hello from the fake model.",
                  default_transcript: str = "hello world", tts_ms_per_char: float = 40.0,
                  tts_chunk_ms: int = 100, arg_fragment_chars: int = 7,
-                 interleave_tool_calls: bool = False, **kw: Any) -> None:
+                 interleave_tool_calls: bool = False, render: Render | None = None,
+                 **kw: Any) -> None:
         super().__init__(**kw)
+        self.render = render
         self.default_reply = default_reply
         self.default_transcript = default_transcript
         self.tts_ms_per_char = tts_ms_per_char
@@ -124,6 +127,11 @@ class FakeOpenAI(FakeVendor):
     def azure_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def reset(self) -> None:
+        super().reset()
+        self.chat_replies.clear()
+        self.transcripts.clear()
+
     def queue_chat(self, *replies: ChatReply | str) -> None:
         for r in replies:
             self.chat_replies.append(ChatReply(text=r) if isinstance(r, str) else r)
@@ -132,6 +140,8 @@ class FakeOpenAI(FakeVendor):
         self.transcripts.extend(texts)
 
     def speech_audio(self, text: str) -> np.ndarray:
+        if self.render is not None:
+            return np.asarray(self.render(text, SPEECH_RATE), dtype=np.int16)
         return tone(speech_samples(text, SPEECH_RATE, self.tts_ms_per_char), SPEECH_RATE)
 
     # -- ASGI ---------------------------------------------------------------------------------
@@ -324,7 +334,8 @@ class FakeOpenAI(FakeVendor):
                 frames = w.readframes(w.getnframes())
         except (wave.Error, EOFError):
             raise _BadRequest("Invalid file format. Supported formats: ['flac', 'm4a', 'mp3', "
-                              "'mp4', 'mpeg', 'mpga', 'oga', 'ogg', 'wav', 'webm']", "file") from None
+                              "'mp4', 'mpeg', 'mpga', 'oga', 'ogg', 'wav', 'webm']",
+                              "file") from None
         samples = np.frombuffer(frames, dtype="<i2")
         seconds = len(samples) / rate if rate else 0.0
         if self.first_byte_delay_s:

@@ -72,10 +72,10 @@ def all_logs_at_debug(caplog: Any) -> Iterator[None]:
         yield
 
 
-async def wait_until(predicate: Any, timeout: float = 3.0) -> None:
+async def wait_until(predicate: Any, within_s: float = 3.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within_s
     while not predicate():
         if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {within_s}s")
         await asyncio.sleep(0.005)

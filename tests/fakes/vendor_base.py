@@ -14,6 +14,8 @@ and it can be used from sync or async code alike:
 
 Common knobs: `api_key` (what the fake accepts), `first_byte_delay_s`, `chunk_delay_s`; scripted
 failures per endpoint with `fail_next(endpoint, Failure(...), times=1)` / `fail_always(...)`.
+TTS fakes speak a deterministic tone unless given `render=fn(text, sample_rate) -> int16 array`
+(e.g. Piper), so an end-to-end test can have the "vendor" produce real, transcribable speech.
 Timestamps are `time.monotonic()` so tests can compare them with their own clock.
 """
 
@@ -38,12 +40,16 @@ import numpy as np
 
 FAKE_API_KEY = "sk-fake-0123456789abcdefSECRET"
 
-# The fakes' own loggers stay out of the captured test logs: the vendor side legitimately sees
-# the API key (e.g. the websockets server logs handshake headers at DEBUG) and a leak test must
-# only see what *our* code logs.
+# The fakes' own logger is silenced: the vendor side legitimately sees the API key (the websockets
+# server logs handshake headers at DEBUG) and a leak test must only see what *our* code logs.
+# (`propagate = False` alone is not enough: pytest attaches its capture handlers to such loggers.)
 _FAKE_LOG = logging.getLogger("tests.fakes.vendor")
 _FAKE_LOG.propagate = False
-_FAKE_LOG.addHandler(logging.NullHandler())
+_FAKE_LOG.setLevel(logging.CRITICAL)
+_FAKE_LOG.disabled = True
+
+# (text, sample_rate) -> mono int16 samples: what a TTS fake "says" for a text.
+Render = Callable[[str, int], np.ndarray]
 
 FailureKind = Literal["status", "hang", "drop", "close", "error_event"]
 
@@ -145,10 +151,11 @@ def parse_query(qs: str) -> dict[str, list[str]]:
     return parse_qs(qs, keep_blank_values=True)
 
 
-def tone(n: int, sample_rate: int, start: int = 0, freq: float = 220.0,
+def tone(n: int, sample_rate: int, start: int = 0, freq: float = 233.0,
          amplitude: int = 8000) -> np.ndarray:
     """A deterministic sine (phase-continuous from sample `start`): audio whose order and
-    completeness a test can check by comparing with `tone(total, rate)`."""
+    completeness a test can check by comparing with `tone(total, rate)`. 233 Hz shares no
+    period with the usual rates and chunk sizes, so a restart or a gap never matches by luck."""
     t = (np.arange(start, start + n, dtype=np.float64)) / sample_rate
     return (amplitude * np.sin(2 * math.pi * freq * t)).astype(np.int16)
 
@@ -200,9 +207,18 @@ class FakeVendor(abc.ABC):
     def stop(self) -> None:
         if self._lt is not None:
             with contextlib.suppress(Exception):
-                self._lt.run(self._stop())
+                self._lt.run(self._shutdown())
             self._lt.stop()
             self._lt = None
+
+    async def _shutdown(self) -> None:
+        await self._stop()
+        # Whatever is still running (handlers of clients that never closed) ends here, so the
+        # loop closes clean.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -243,12 +259,12 @@ class FakeVendor(abc.ABC):
     def for_endpoint(self, endpoint: str) -> list[Recorded]:
         return [r for r in self.requests if r.endpoint == endpoint]
 
-    async def until(self, predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    async def until(self, predicate: Callable[[], bool], within_s: float = 3.0) -> None:
         """Wait (without blocking the caller's loop) until `predicate()` holds."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError("condition not met within %.1fs" % timeout)
+                raise AssertionError(f"condition not met within {within_s:.1f}s")
             await asyncio.sleep(0.005)
 
     def _record(self, rec: Recorded) -> Recorded:
@@ -384,8 +400,9 @@ class UvicornServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False, interface="asgi3",
-                                log_level="warning", timeout_graceful_shutdown=1)
+        config = uvicorn.Config(app, log_config=None, lifespan="off", access_log=False,
+                                interface="asgi3", log_level="warning",
+                                timeout_graceful_shutdown=1)
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -423,7 +440,8 @@ class WsServer:
 
         self._server = await serve(
             self._handler, "127.0.0.1", 0, process_request=self._process_request,
-            compression=None, logger=_FAKE_LOG, max_size=None, ping_interval=None,
+            compression=None, logger=_FAKE_LOG, max_size=None, max_queue=None,
+            ping_interval=None, close_timeout=1,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -466,3 +484,15 @@ def ws_request_info(connection: Any) -> tuple[str, dict[str, list[str]], dict[st
 def abort(connection: Any) -> None:
     """Cut a WebSocket without a close frame (the client sees 1006)."""
     connection.transport.abort()
+
+
+def watch_close(connection: Any, rec: Recorded) -> asyncio.Task[None]:
+    """Timestamp the moment the client's close (or abort) reaches the server, independently of
+    whatever the handler is awaiting — the basis of the cancellation-latency checks."""
+
+    async def watch() -> None:
+        await connection.wait_closed()
+        rec.closed_at = rec.closed_at or time.monotonic()
+        rec.close_code = connection.close_code
+
+    return asyncio.create_task(watch())

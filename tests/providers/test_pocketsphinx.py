@@ -119,7 +119,7 @@ def test_only_us_english_without_custom_models() -> None:
     custom = registry.parse_config("stt", "pocketsphinx",
                                    {"language": "fr-FR", "hmm": "fr/hmm", "lm": "fr.lm.bin",
                                     "dict": "fr.dict"})
-    assert PocketsphinxSTT.model_files(custom) == ["fr/hmm", "fr.lm.bin", "fr.dict"]
+    assert PocketsphinxSTT.model_files(custom) == ["fr/hmm/mdef", "fr.lm.bin", "fr.dict"]
 
 
 async def test_agent_language_is_checked_at_open(ctx) -> None:
@@ -132,3 +132,47 @@ async def test_missing_custom_model_is_a_provider_error(ctx) -> None:
     stt = PocketsphinxSTT(PocketsphinxConfig(hmm="/nonexistent/hmm"), ctx)
     with pytest.raises(ProviderError, match="could not create the decoder"):
         await stt.open(16000, "en-US")
+
+
+async def test_turn_survives_a_failing_primary_through_fallback(ctx) -> None:
+    """A cloud STT dies mid-sentence; the fallback chain replays the utterance into pocketsphinx
+    and the turn is transcribed whole."""
+    from providers.fallback import Cooldowns, FallbackSTT
+
+    class DyingStream(STTStream):
+        def __init__(self) -> None:
+            self.n = 0
+            self.closed = asyncio.Event()
+
+        async def push(self, frame: np.ndarray) -> None:
+            self.n += 1
+            if self.n == 60:  # 1.2 s into the utterance
+                raise ProviderError("cloud", "connection lost")
+
+        async def flush(self) -> None:
+            pass
+
+        async def events(self) -> AsyncIterator[Transcript]:
+            await self.closed.wait()
+            return
+            yield  # an async generator that ends when the stream is closed
+
+        async def aclose(self) -> None:
+            self.closed.set()
+
+    class DyingSTT:
+        name = "cloud"
+
+        async def open(self, sample_rate: int, language: str) -> STTStream:
+            return DyingStream()
+
+    switches: list[tuple[str, str, str]] = []
+    stt = FallbackSTT([(DyingSTT(), 5.0), (PocketsphinxSTT(PocketsphinxConfig(), ctx), 10.0)],
+                      on_switch=lambda k, f, t, e: switches.append((k, f, t)),
+                      cooldowns=Cooldowns())
+    stream = await stt.open(16000, "en-US")
+    _, final = await run_utterance(stream, stream.events(),
+                                   with_silence(synthesize(QUESTION), 300, 300))
+    await stream.aclose()
+    assert switches == [("stt", "cloud", "pocketsphinx")]
+    assert {"what", "opening", "hours"} <= set(final.text.split()), final.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,19 @@ from app.db.models import Session, ToolCallRecord, Turn, utcnow
 
 STATUSES = ("ringing", "active", "ended", "failed", "interrupted")
 LIVE_STATUSES = ("ringing", "active")
+
+# This process's replica name, stamped on sessions it creates or activates (see
+# Session.node_id). The service sets it at start from server.node_id.
+_node_id: str = socket.gethostname()[:64]
+
+
+def set_node_id(node_id: str) -> None:
+    global _node_id
+    _node_id = node_id[:64]
+
+
+def current_node_id() -> str:
+    return _node_id
 
 
 class BadCursor(ValueError):
@@ -46,7 +60,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def create(s: AsyncSession, **fields: Any) -> Session:
-    """Insert a session. Accepts any Session column (`metadata_` for metadata)."""
+    """Insert a session. Accepts any Session column (`metadata_` for metadata); `node_id`
+    defaults to this replica."""
+    fields.setdefault("node_id", _node_id)
     row = Session(**fields)
     s.add(row)
     await s.flush()
@@ -117,9 +133,13 @@ async def update_fields(s: AsyncSession, session_id: str, **fields: Any) -> Sess
 async def set_status(
     s: AsyncSession, session_id: str, status: str, **fields: Any
 ) -> Session | None:
-    """Change status (and any other columns, e.g. `answered_at`, `stream_id`)."""
+    """Change status (and any other columns, e.g. `answered_at`, `stream_id`). Moving to a
+    live status claims the session for this replica (the stream may land on another replica
+    than the one that answered)."""
     if status not in STATUSES:
         raise ValueError(f"unknown session status {status!r}")
+    if status in LIVE_STATUSES:
+        fields.setdefault("node_id", _node_id)
     return await update_fields(s, session_id, status=status, **fields)
 
 
@@ -157,13 +177,26 @@ async def end(
     return row
 
 
-async def mark_interrupted(s: AsyncSession, *, reason: str = "server_restart") -> int:
-    """Sessions a crash left ringing/active can no longer be live: close them as interrupted."""
+async def mark_interrupted(
+    s: AsyncSession,
+    *,
+    node_id: str | None = None,
+    stale_before: datetime | None = None,
+    reason: str = "server_restart",
+) -> int:
+    """Close sessions a crash left ringing/active as `interrupted`; returns how many.
+
+    Without arguments every live session is closed (single node). With `node_id`, only this
+    replica's sessions are, plus any other live session created before `stale_before` (its
+    replica is gone for good: no call lasts that long).
+    """
     now = utcnow()
+    stmt = update(Session).where(Session.status.in_(LIVE_STATUSES))
+    if node_id is not None:
+        mine = Session.node_id == node_id
+        stmt = stmt.where(or_(mine, Session.created_at < stale_before) if stale_before else mine)
     result = await s.execute(
-        update(Session)
-        .where(Session.status.in_(LIVE_STATUSES))
-        .values(status="interrupted", end_reason=reason, ended_at=now)
+        stmt.values(status="interrupted", end_reason=reason, ended_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -346,9 +346,11 @@ class PlivoPlayout:
                                                      self.codec.sample_rate))
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # A dead socket ends the call elsewhere; playout just stops.
-            log.warning("playout feeder stopped: send failed", exc_info=True)
+        except Exception as exc:
+            # A closed socket ends the call elsewhere (the stream reader sees it); playout
+            # just stops.
+            log.info("stream %s: playout stopped, send failed (%s)", self.stream_id,
+                     type(exc).__name__)
             self._closed = True
             for seg in self._segments.values():
                 seg.finish()

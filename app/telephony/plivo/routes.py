@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/plivo", tags=["plivo"])
 
+MAX_FORM_BYTES = 64 * 1024
 UNKNOWN_NUMBER_APOLOGY = "Sorry, this number is not in service. Goodbye."
 UNAVAILABLE_APOLOGY = "Sorry, we cannot take your call right now. Please try again later."
 TRANSFER_FAILED_APOLOGY = "Sorry, I could not transfer your call. Goodbye."
@@ -71,10 +73,13 @@ async def _request_params(request: Request) -> tuple[dict[str, list[str]] | None
     flat: dict[str, str] = dict(request.query_params)
     if request.method == "GET":
         return None, flat
-    form = await request.form()
+    # Plivo posts application/x-www-form-urlencoded; parsed here directly (no multipart
+    # dependency), with values decoded exactly as the V3 base string expects.
     signed: dict[str, list[str]] = {}
-    for k, v in form.multi_items():
-        if isinstance(v, str):  # Plivo never uploads files; ignore any that appear
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("", "application/x-www-form-urlencoded"):
+        body = (await request.body())[:MAX_FORM_BYTES].decode("utf-8", errors="replace")
+        for k, v in parse_qsl(body, keep_blank_values=True):
             signed.setdefault(k, []).append(v)
     flat.update({k: v[0] for k, v in signed.items()})
     return signed, flat

@@ -211,12 +211,13 @@ async def _run_call(ws: WebSocket, state: AppState, edge: PlivoEdge, session_id:
         status, reason = await _supervise(ws, state, info, transport, playout, codec, skip)
     finally:
         await playout.close()
-        edge.admission.release(session_id)
         try:
             async with state.db.transaction() as s:
                 await sessions_repo.end(s, session_id, status=status, end_reason=reason)
         except Exception:
             log.exception("session %s: could not record the end of the call", session_id)
+        # Released last, so a drain waiting on this call also waits for its record.
+        edge.admission.release(session_id)
         log.info("session %s: ended (%s, %s); %d frames in, %d dropped, %d messages skipped, "
                  "%d playout underruns", session_id, status, reason, transport.stats.frames_in,
                  transport.stats.frames_dropped, skip.count, playout.stats.underruns)
@@ -230,7 +231,7 @@ async def _supervise(ws: WebSocket, state: AppState, info: CallInfo, transport: 
                                  name=f"stream-reader-{info.session_id}")
     running = asyncio.create_task(runner.run(info, transport),
                                   name=f"call-runner-{info.session_id}")
-    status = "ended"
+    status, reason = "ended", "stream_closed"
     try:
         await asyncio.wait({reader, running}, return_when=asyncio.FIRST_COMPLETED)
         if reader.done():
@@ -238,13 +239,6 @@ async def _supervise(ws: WebSocket, state: AppState, info: CallInfo, transport: 
             # The runner sees its frames end; give it a moment to wrap up.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(running), RUNNER_EXIT_GRACE_S)
-        else:
-            # The runner finished first (it hung up or transferred): Plivo closes the socket
-            # once the call is gone; if it does not, we do.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reader), FAR_END_CLOSE_GRACE_S)
-            transport.finish(_result(reader, "runner_finished") if reader.done()
-                             else "runner_finished")
         if running.done() and not running.cancelled() and running.exception() is None:
             reason = running.result() or transport.end_reason or "ended"
         elif running.done() and not running.cancelled():
@@ -252,12 +246,24 @@ async def _supervise(ws: WebSocket, state: AppState, info: CallInfo, transport: 
             log.error("session %s: call runner failed: %r", info.session_id, exc,
                       exc_info=exc)
             status, reason = "failed", "runner_error"
-            with contextlib.suppress(Exception):
-                await transport.hangup("runner_error")
         else:
             log.warning("session %s: runner did not finish %.0f s after the stream ended",
                         info.session_id, RUNNER_EXIT_GRACE_S)
             reason = transport.end_reason or "stream_closed"
+        if not reader.done():
+            # The runner is done but the call is not: end it through the REST API (never by
+            # just closing the socket, which would run the rest of the XML), then wait for
+            # Plivo to close the stream; if it does not, we close it.
+            if not transport.hangup_requested:
+                try:
+                    await transport.hangup(reason)
+                except Exception as exc:
+                    log.warning("session %s: hangup after the runner ended failed: %s",
+                                info.session_id, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), FAR_END_CLOSE_GRACE_S)
+            transport.finish(_result(reader, "runner_finished") if reader.done()
+                             else "runner_finished")
         return status, str(reason)[:64]
     finally:
         for task in (reader, running):

@@ -65,6 +65,11 @@ class PlivoTransport:
         return self._closed
 
     @property
+    def hangup_requested(self) -> bool:
+        """A hangup or transfer was asked for (the call is ending on our initiative)."""
+        return self._hangup_reason is not None
+
+    @property
     def end_reason(self) -> str | None:
         if not self._closed:
             return None

@@ -1,0 +1,24 @@
+"""sessions.node_id: the replica hosting a live call
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-22
+"""
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = '0002'
+down_revision: str | None = '0001'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column('sessions', sa.Column('node_id', sa.String(length=64), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('sessions') as batch_op:
+        batch_op.drop_column('node_id')

@@ -1,0 +1,606 @@
+"""Scripted stand-ins for everything outside the conversation engine, for deterministic tests.
+
+All of them run on the event-loop clock, so under `virtual_clock.run_virtual` a whole call runs
+in a fraction of a second with exact, repeatable timings.
+
+- `Caller` feeds 20 ms frames in real (loop) time: speech frames are a constant non-zero level,
+  silence is zeros — so the fakes below can tell speech from silence without a model.
+- `EnergyVad` is a VadStream built on the real start/stop hysteresis (pipelines.vad.segmenter)
+  with "speech = any non-zero sample" as the classifier.
+- `FakeSTT` assigns the next scripted text to each run of speech frames: interim words while the
+  caller talks (streaming) and a final on `flush()` (or after `endpoint_ms` of silence).
+- `ScriptedEndpointing` mirrors EndpointingPolicy (threshold, re-check, max wait) with scripted
+  probabilities and a fixed model time.
+- `FakeLLM` yields scripted text / tool calls / usage, can hang or fail; records every request.
+- `FakeTTS` produces a tone whose duration is proportional to the text length.
+- `FakePlayoutSink` plays audio out in real time with ≤ max_ahead_ms queued (write blocks beyond
+  that, like the Plivo writer), acks each segment once played, and supports clear().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines import events as ev
+from pipelines.conversation import Conversation
+from pipelines.settings import ConversationSettings, TurnSettings, VadSettings
+from pipelines.turn.base import EndOfTurnDecision
+from pipelines.vad.base import VadEvent
+from pipelines.vad.segmenter import SpeechSegmenter
+from providers.base import AudioChunk, ProviderError, TextDelta, ToolCall, Transcript, Usage
+
+FRAME = 320
+SR = 16000
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+# ---------------------------------------------------------------------------------------------
+# Caller audio + VAD
+# ---------------------------------------------------------------------------------------------
+
+
+class Caller:
+    """Pushes one frame every 20 ms: silence, or speech while `speak()` is running."""
+
+    def __init__(self, conv: Conversation, level: int = 3000) -> None:
+        self.conv = conv
+        self._speech = np.full(FRAME, level, dtype=np.int16)
+        self._silence = np.zeros(FRAME, dtype=np.int16)
+        self._left = 0
+        self._done: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.speech_ended_at: float | None = None  # loop time the last speech frame was sent
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def speak(self, ms: int) -> None:
+        """Speak for `ms` (a multiple of 20); returns when the last speech frame was sent."""
+        assert self._left == 0, "already speaking"
+        self._left = ms // 20
+        self._done = asyncio.get_running_loop().create_future()
+        await self._done
+
+    async def pause(self, ms: int) -> None:
+        await asyncio.sleep(ms / 1000)
+
+    async def _run(self) -> None:
+        # Like a real transport, a frame arrives when the 20 ms it covers are over.
+        while True:
+            await asyncio.sleep(0.02)
+            if self._left > 0:
+                await self.conv.push_audio(self._speech)
+                self._left -= 1
+                if self._left == 0:
+                    self.speech_ended_at = _now()
+                    assert self._done is not None
+                    self._done.set_result(None)
+            else:
+                await self.conv.push_audio(self._silence)
+
+
+class EnergyVad:
+    """VadStream: the real hysteresis (start_ms/stop_ms) over "any non-zero sample" frames."""
+
+    def __init__(self, settings: VadSettings) -> None:
+        self._seg = SpeechSegmenter(settings.start_ms, settings.stop_ms, SR)
+        self._clock = 0
+        self.speaking = False
+        self.probability = 0.0
+        self.closed = False
+
+    async def process(self, frame: np.ndarray) -> VadEvent | None:
+        voiced = bool(frame.any())
+        self.probability = 1.0 if voiced else 0.0
+        event = self._seg.update(voiced, self._clock, len(frame))
+        self._clock += len(frame)
+        self.speaking = self._seg.speaking
+        return event
+
+    def reset(self) -> None:
+        self._seg.reset()
+        self.speaking = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+# ---------------------------------------------------------------------------------------------
+# STT
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeSTT:
+    """Recognises the i-th run of speech frames as `utterances[i]` ("" = nothing understood).
+
+    streaming: interim results grow by one word every `word_ms` of speech; the final comes on
+    `flush()` (or by itself after `endpoint_ms` of silence when set). Not streaming (a batch
+    engine): nothing at all until `flush()`. Results arrive `latency_ms` after their cause.
+    """
+
+    def __init__(self, utterances: list[str], *, streaming: bool = True, word_ms: int = 150,
+                 latency_ms: int = 40, endpoint_ms: int | None = None,
+                 fail_streams: int = 0) -> None:
+        self.utterances = deque(utterances)
+        self.fail_streams = fail_streams  # this many streams break (events() raises) at once
+        self.streaming = streaming
+        self.word_ms = word_ms
+        self.latency_ms = latency_ms
+        self.endpoint_ms = endpoint_ms
+        self.streams: list[FakeSTTStream] = []
+        self.opened_with: list[tuple[int, str]] = []
+
+    async def open(self, sample_rate: int, language: str) -> FakeSTTStream:
+        self.opened_with.append((sample_rate, language))
+        stream = FakeSTTStream(self, broken=len(self.streams) < self.fail_streams)
+        self.streams.append(stream)
+        return stream
+
+    @property
+    def flushes(self) -> int:
+        return sum(s.flushes for s in self.streams)
+
+
+class FakeSTTStream:
+    def __init__(self, stt: FakeSTT, broken: bool = False) -> None:
+        self._stt = stt
+        self.broken = broken
+        self._q: asyncio.Queue[Transcript | None] = asyncio.Queue()
+        self._pending: list[str] = []  # words of finished runs not finalised yet
+        self._words: list[str] | None = None  # the run being spoken
+        self._shown = 0
+        self._speech_ms = 0
+        self._silence_ms = 0
+        self.frames = 0
+        self.flushes = 0
+        self.closed = False
+
+    async def push(self, frame: np.ndarray) -> None:
+        self.frames += 1
+        if frame.any():
+            if self._words is None:
+                text = self._stt.utterances.popleft() if self._stt.utterances else ""
+                self._words = text.split()
+                self._shown = 0
+                self._speech_ms = 0
+            self._silence_ms = 0
+            self._speech_ms += 20
+            if self._stt.streaming:
+                n = min(len(self._words), self._speech_ms // self._stt.word_ms)
+                if n > self._shown:
+                    self._shown = n
+                    self._send(" ".join(self._pending + self._words[:n]), final=False)
+            return
+        if self._words is not None:
+            # A run ended: its words wait for the final (a streaming engine shows them all).
+            self._pending += self._words
+            if self._stt.streaming and self._shown < len(self._words) and self._pending:
+                self._send(" ".join(self._pending), final=False)
+            self._words = None
+        if self._pending and self._stt.endpoint_ms is not None:
+            self._silence_ms += 20
+            if self._silence_ms >= self._stt.endpoint_ms:
+                self._finalise()
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        if self._words is not None:
+            self._pending += self._words
+            self._words = None
+        self._finalise()
+
+    def _finalise(self) -> None:
+        text = " ".join(self._pending)
+        self._pending = []
+        self._send(text, final=True)
+
+    def _send(self, text: str, *, final: bool) -> None:
+        t = Transcript(text=text, is_final=final)
+        asyncio.get_running_loop().call_later(self._stt.latency_ms / 1000, self._q.put_nowait, t)
+
+    async def events(self) -> AsyncIterator[Transcript]:
+        if self.broken:
+            await asyncio.sleep(0.1)
+            raise ProviderError("fakestt", "connection reset", code="ws_closed")
+        while (t := await self._q.get()) is not None:
+            yield t
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._q.put_nowait(None)
+
+
+# ---------------------------------------------------------------------------------------------
+# End of turn
+# ---------------------------------------------------------------------------------------------
+
+
+class ScriptedEndpointing:
+    """EndpointingPolicy's algorithm on the loop clock, with scripted model probabilities.
+
+    `script[i]` is used for the i-th decide() call: one probability per model check (the last
+    repeats). The model takes `model_ms` per check."""
+
+    def __init__(self, settings: TurnSettings, script: list[list[float]] | None = None,
+                 model_ms: int = 60) -> None:
+        self.settings = settings
+        self.script = deque(script or [])
+        self.model_ms = model_ms
+        self.calls = 0
+        self.cancelled = 0
+        self.audio_ms: list[float] = []
+
+    async def decide(self, get_audio: Callable[[], np.ndarray],
+                     silence_ms_at_start: float = 0) -> EndOfTurnDecision:
+        self.calls += 1
+        probs = self.script.popleft() if self.script else [0.9]
+        s = self.settings
+        t0 = _now()
+        deadline = t0 + max(0.0, s.max_wait_ms - silence_ms_at_start) / 1000
+
+        def elapsed() -> float:
+            return (_now() - t0) * 1000
+
+        k = 0
+        p: float | None = None
+        try:
+            while True:
+                self.audio_ms.append(len(get_audio()) / SR * 1000)
+                await asyncio.sleep(self.model_ms / 1000)
+                p = probs[min(k, len(probs) - 1)]
+                k += 1
+                if p >= s.threshold:
+                    return EndOfTurnDecision("model", p, elapsed())
+                pause = min(s.recheck_ms / 1000, deadline - _now())
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                if _now() >= deadline:
+                    return EndOfTurnDecision("max_wait", p, elapsed())
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Hang:
+    """The LLM stream stops responding (until cancelled)."""
+
+
+@dataclass
+class Fail:
+    error: Exception = field(
+        default_factory=lambda: ProviderError("fakellm", "upstream 503", status=503)
+    )
+
+
+@dataclass
+class Pause:
+    ms: float
+
+
+Step = str | ToolCall | Usage | Hang | Fail | Pause
+
+
+class FakeLLM:
+    """Each stream() call plays the next script: text is yielded word by word (`token_ms`
+    apart) after `ttft_ms`; ToolCall/Usage are yielded as they are."""
+
+    def __init__(self, scripts: list[list[Step]] | None = None, *, ttft_ms: int = 200,
+                 token_ms: int = 20, default: list[Step] | None = None) -> None:
+        self.scripts = deque(scripts or [])
+        self.default = default if default is not None else ["Okay."]
+        self.ttft_ms = ttft_ms
+        self.token_ms = token_ms
+        self.requests: list[dict[str, Any]] = []
+        self.cancelled = 0
+
+    def stream(self, messages: list[dict[str, Any]], tools: list[Any] | None = None,
+               settings: dict[str, Any] | None = None) -> AsyncIterator[Any]:
+        self.requests.append({"messages": copy.deepcopy(messages), "tools": tools})
+        script = self.scripts.popleft() if self.scripts else list(self.default)
+        return self._play(script)
+
+    async def _play(self, script: list[Step]) -> AsyncIterator[Any]:
+        try:
+            await asyncio.sleep(self.ttft_ms / 1000)
+            first = True
+            for step in script:
+                if isinstance(step, str):
+                    for token in re.findall(r"\S+\s*", step):
+                        if not first:
+                            await asyncio.sleep(self.token_ms / 1000)
+                        first = False
+                        yield TextDelta(token)
+                elif isinstance(step, Hang):
+                    await asyncio.Future()
+                elif isinstance(step, Fail):
+                    raise step.error
+                elif isinstance(step, Pause):
+                    await asyncio.sleep(step.ms / 1000)
+                else:
+                    yield step
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# TTS
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeTTS:
+    """A 300 Hz tone of `ms_per_char` per character, in `chunk_ms` chunks after `ttfb_ms`."""
+
+    def __init__(self, *, ms_per_char: float = 50, ttfb_ms: int = 60, chunk_ms: int = 200,
+                 sample_rate: int = SR, fail_on: str | None = None) -> None:
+        self.ms_per_char = ms_per_char
+        self.ttfb_ms = ttfb_ms
+        self.chunk_ms = chunk_ms
+        self.sample_rate = sample_rate
+        self.fail_on = fail_on
+        self.requests: list[str] = []
+
+    def duration_ms(self, text: str) -> float:
+        return len(text) * self.ms_per_char
+
+    async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[AudioChunk]:
+        self.requests.append(text)
+        await asyncio.sleep(self.ttfb_ms / 1000)
+        if self.fail_on is not None and self.fail_on in text:
+            raise ProviderError("faketts", "synthesis failed", status=500)
+        total = int(self.duration_ms(text) * self.sample_rate / 1000)
+        step = int(self.chunk_ms * self.sample_rate / 1000)
+        t = np.arange(total) / self.sample_rate
+        audio = (2000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+        for off in range(0, total, step):
+            yield AudioChunk(audio[off : off + step], self.sample_rate)
+            await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Playout
+# ---------------------------------------------------------------------------------------------
+
+
+class FakePlayoutSink:
+    """Real-time playout: audio plays in 20 ms ticks; `write` blocks while more than
+    `max_ahead_ms` is queued; a segment is acked (`wait_played`) `ack_delay_ms` after its last
+    audio played; `clear()` drops the queue and returns what was heard of the playing segment."""
+
+    def __init__(self, max_ahead_ms: float = 200.0, ack_delay_ms: float = 0.0) -> None:
+        self.max_ahead_ms = max_ahead_ms
+        self.ack_delay_ms = ack_delay_ms
+        self._queue: deque[list[Any]] = deque()  # [segment id, ms left]
+        self._writing: str | None = None
+        self.written: dict[str, float] = {}
+        self.played: dict[str, float] = {}
+        self.ended: set[str] = set()
+        self.acked: set[str] = set()
+        self.segments: list[str] = []
+        self.clears: list[tuple[float, float]] = []  # (time, ms heard of the playing segment)
+        self.play_log: list[tuple[float, str]] = []  # (tick end time, segment) per 20 ms
+        self.dtmf: list[str] = []
+        self._acks: dict[str, asyncio.Future[None]] = {}
+        self._space = asyncio.Event()
+        self._work = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- PlayoutSink ---------------------------------------------------------------------------
+    async def start_segment(self, segment_id: str) -> None:
+        assert segment_id not in self.written, f"segment id reused: {segment_id}"
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._playout())
+        self._writing = segment_id
+        self.written[segment_id] = 0.0
+        self.played[segment_id] = 0.0
+        self.segments.append(segment_id)
+
+    async def write(self, samples: np.ndarray, sample_rate: int) -> None:
+        seg = self._writing
+        assert seg is not None, "write outside a segment"
+        ms = len(samples) * 1000 / sample_rate
+        if self._queue and self._queue[-1][0] == seg:
+            self._queue[-1][1] += ms
+        else:
+            self._queue.append([seg, ms])
+        self.written[seg] += ms
+        self._work.set()
+        while self.queued_ms() > self.max_ahead_ms:
+            self._space.clear()
+            await self._space.wait()
+
+    async def end_segment(self) -> None:
+        seg = self._writing
+        assert seg is not None, "end_segment outside a segment"
+        self._writing = None
+        self.ended.add(seg)
+        self._maybe_ack(seg)
+
+    async def wait_played(self, segment_id: str) -> None:
+        await asyncio.shield(self._ack(segment_id))
+
+    def played_ms(self, segment_id: str) -> float:
+        return self.played.get(segment_id, 0.0)
+
+    async def clear(self) -> float:
+        heard = self.played_ms(self._queue[0][0]) if self._queue else 0.0
+        self._queue.clear()
+        self.clears.append((_now(), heard))
+        for seg, fut in self._acks.items():  # cleared segments will never play: release waiters
+            if not fut.done():
+                fut.set_result(None)
+                self.acked.add(seg)
+        self._space.set()
+        return heard
+
+    def is_idle(self) -> bool:
+        return not self._queue
+
+    async def send_dtmf(self, digits: str) -> None:
+        self.dtmf.append(digits)
+
+    # -- inspection ----------------------------------------------------------------------------
+    def queued_ms(self) -> float:
+        return sum(q[1] for q in self._queue)
+
+    def fully_played(self, segment_id: str) -> bool:
+        return self.played[segment_id] >= self.written[segment_id] - 1e-6
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _ack(self, seg: str) -> asyncio.Future[None]:
+        fut = self._acks.get(seg)
+        if fut is None:
+            fut = self._acks[seg] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def _maybe_ack(self, seg: str) -> None:
+        if seg not in self.ended or any(q[0] == seg for q in self._queue):
+            return
+        fut = self._ack(seg)
+        if fut.done():
+            return
+
+        def resolve() -> None:
+            if not fut.done():
+                self.acked.add(seg)
+                fut.set_result(None)
+
+        asyncio.get_running_loop().call_later(self.ack_delay_ms / 1000, resolve)
+
+    async def _playout(self) -> None:
+        while True:
+            while not self._queue:
+                self._work.clear()
+                await self._work.wait()
+            await asyncio.sleep(0.02)
+            budget = 20.0
+            while budget > 1e-9 and self._queue:
+                seg, left = self._queue[0]
+                take = min(left, budget)
+                self._queue[0][1] -= take
+                self.played[seg] += take
+                budget -= take
+                self.play_log.append((_now(), seg))
+                if self._queue[0][1] <= 1e-9:
+                    self._queue.popleft()
+                    self._maybe_ack(seg)
+            self._space.set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Harness
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    conv: Conversation
+    caller: Caller
+    sink: FakePlayoutSink
+    stt: FakeSTT
+    llm: FakeLLM
+    tts: FakeTTS
+    vad: EnergyVad
+    endpointing: ScriptedEndpointing
+    events: list[ev.Event]
+    tool_calls: list[Any]
+    _arrived: asyncio.Event
+
+    def of(self, type_: str) -> list[Any]:
+        return [e for e in self.events if e.type == type_]
+
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
+
+    def states(self) -> list[str]:
+        return [e.new_state for e in self.of("agent.state_changed")]
+
+    async def wait_for(self, type_: str, pred: Callable[[Any], bool] = lambda e: True,
+                       *, count: int = 1, within: float = 60.0) -> Any:
+        """The count-th event of this type matching pred (waits in loop time)."""
+        async def find() -> Any:
+            while True:
+                hits = [e for e in self.of(type_) if pred(e)]
+                if len(hits) >= count:
+                    return hits[count - 1]
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        return await asyncio.wait_for(find(), within)
+
+    async def close(self) -> None:
+        await self.conv.stop("test_done")
+        await self.caller.stop()
+        await self.sink.aclose()
+
+
+async def start_call(
+    settings: ConversationSettings | None = None,
+    *,
+    utterances: list[str] | None = None,
+    llm_scripts: list[list[Step]] | None = None,
+    eot_script: list[list[float]] | None = None,
+    greeting: str | None = None,
+    prompt: str = "You are a helpful receptionist.",
+    streaming_stt: bool = True,
+    stt: FakeSTT | None = None,
+    llm: FakeLLM | None = None,
+    tts: FakeTTS | None = None,
+    sink: FakePlayoutSink | None = None,
+    tool_executor: Callable[[Any], Any] | None = None,
+    tools: list[Any] | None = None,
+) -> Harness:
+    """Build and start a conversation on fakes, with the caller already sending silence."""
+    settings = settings or ConversationSettings()
+    events: list[ev.Event] = []
+    arrived = asyncio.Event()
+    tool_calls: list[Any] = []
+
+    def on_event(e: ev.Event) -> None:
+        events.append(e)
+        arrived.set()
+
+    stt = stt or FakeSTT(utterances or [], streaming=streaming_stt)
+    llm = llm or FakeLLM(llm_scripts)
+    tts = tts or FakeTTS()
+    sink = sink or FakePlayoutSink()
+    vad = EnergyVad(settings.vad)
+    endpointing = ScriptedEndpointing(settings.turn, eot_script)
+    conv = Conversation(
+        settings, prompt=prompt, greeting=greeting, vad=vad, endpointing=endpointing, stt=stt,
+        llm=llm, tts=tts, sink=sink, on_event=on_event, tool_executor=tool_executor,
+        tools=tools, session_id="test",
+    )
+    caller = Caller(conv)
+    h = Harness(conv, caller, sink, stt, llm, tts, vad, endpointing, events, tool_calls,
+                arrived)
+    await conv.start()
+    caller.start()
+    return h

@@ -1,0 +1,247 @@
+"""Soft barge-in: coughs and backchannels resume the agent, real interruptions cut it off and
+the assistant message keeps only what the caller heard."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.settings import ConversationSettings, InterruptionSettings
+from pipelines.speech_output import text_prefix
+from tests.pipelines.fakes import FakeLLM, FakePlayoutSink, FakeSTT, Harness, start_call
+from tests.pipelines.virtual_clock import run_virtual
+
+# ~5.8 s of agent speech with the fake TTS (50 ms per character), in three sentences.
+GREETING = (
+    "Thanks for calling Luigi's, the best pizza in town. "
+    "We are open from nine in the morning until ten at night. "
+    "How can I help you today?"
+)
+
+
+def expected_heard(h: Harness, text_of: dict[str, str]) -> str:
+    """What the caller heard according to the sink: whole segments, plus the played share of
+    the segment that was cut (its duration is known from the fake TTS)."""
+    parts = []
+    for seg in h.sink.segments:
+        if seg not in text_of:
+            continue
+        text = text_of[seg]
+        fraction = h.sink.played[seg] / h.tts.duration_ms(text)
+        piece = text_prefix(text, fraction)
+        if piece:
+            parts.append(piece)
+    return " ".join(parts)
+
+
+def segment_texts(h: Harness) -> dict[str, str]:
+    return {e.segment_id: e.text for e in h.of("agent.speech_started")}
+
+
+def test_a_250ms_cough_during_agent_speech_resumes_playout() -> None:
+    async def scenario() -> None:
+        h = await start_call(greeting=GREETING, utterances=[""])
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(1000)
+        await h.caller.speak(260)
+        fi = await h.wait_for("agent.false_interruption")
+        assert fi.speech_ms < 300
+        await h.wait_for("agent.state_changed", lambda e: e.new_state == "listening")
+
+        assert not h.of("agent.speech_interrupted")
+        assert h.sink.clears == []
+        # The agent was held, then resumed where it stopped: every sentence played in full.
+        assert h.states() == ["speaking", "paused", "speaking", "listening"]
+        texts = segment_texts(h)
+        assert " ".join(texts[s] for s in h.sink.segments) == GREETING
+        assert all(h.sink.fully_played(s) for s in h.sink.segments)
+        total = sum(h.sink.played.values())
+        assert total == pytest.approx(h.tts.duration_ms(GREETING) - 2 * 50, abs=1)  # 2 spaces
+        assert h.conv.context.messages()[1] == {"role": "assistant", "content": GREETING}
+        assert h.llm.requests == [] and not h.of("user.turn_completed")
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_stop_wait_interrupts_clears_playout_and_truncates_to_what_was_heard() -> None:
+    async def scenario() -> None:
+        h = await start_call(greeting=GREETING, utterances=["stop, wait"],
+                             llm_scripts=[["Sure, take your time."]])
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(2500)
+        await h.caller.speak(700)
+        intr = await h.wait_for("agent.speech_interrupted")
+        onset = h.of("user.speech_started")[0].mono  # the true onset (VAD edges are backdated)
+
+        assert len(h.sink.clears) == 1
+        cleared_at = h.sink.clears[0][0]
+        # Committed after min_speech_ms (300) with a recognised word; audio stopped at once.
+        assert 300 <= intr.barge_in_ms <= 400
+        assert intr.barge_in_ms == pytest.approx((cleared_at - onset) * 1000, abs=1)
+        texts = segment_texts(h)
+        greeting_segments = [s for s in h.sink.segments if s in texts]
+        assert not [t for t, seg in h.sink.play_log if seg in texts and t > cleared_at]
+
+        heard = intr.heard_text
+        assert heard == expected_heard(h, texts)
+        assert heard and GREETING.startswith(heard) and len(heard) < len(GREETING)
+        assert intr.interrupted_text == GREETING[len(heard):].strip()
+        assert intr.segment_id in greeting_segments
+
+        # The caller's words become their turn; the LLM sees only what was heard.
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "stop, wait"
+        await h.wait_for("turn.completed")
+        assert h.llm.requests[0]["messages"][1:] == [
+            {"role": "assistant", "content": heard},
+            {"role": "user", "content": "stop, wait"},
+        ]
+        item = h.conv.context.items[0]
+        assert item.interrupted and item.generated == GREETING
+        assert not h.of("agent.false_interruption")
+        await h.close()
+
+    run_virtual(scenario())
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streaming-stt", "batch-stt"])
+def test_mhm_never_interrupts(streaming: bool) -> None:
+    async def scenario() -> None:
+        stt = FakeSTT(["mhm", "uh huh yeah"], streaming=streaming)
+        h = await start_call(greeting=GREETING, stt=stt)
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(800)
+        await h.caller.speak(600)  # long enough to count as speech, but only a backchannel
+        await h.wait_for("agent.false_interruption")
+        await h.caller.pause(600)
+        await h.caller.speak(900)
+        await h.wait_for("agent.false_interruption", count=2)
+        await h.wait_for("agent.state_changed", lambda e: e.new_state == "listening")
+
+        assert [e.text for e in h.of("agent.false_interruption")] == ["mhm", "uh huh yeah"]
+        assert not h.of("agent.speech_interrupted") and h.sink.clears == []
+        assert all(h.sink.fully_played(s) for s in h.sink.segments)
+        assert not h.of("user.turn_completed") and h.llm.requests == []
+        assert h.conv.context.messages()[1]["content"] == GREETING
+        await h.caller.pause(1000)
+        assert not h.of("user.turn_completed")  # late finals of the backchannel are dropped
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_interrupting_with_a_batch_stt_commits_on_the_flushed_final() -> None:
+    async def scenario() -> None:
+        # No interim words: the decision waits for the final requested at speech end.
+        stt = FakeSTT(["no that's wrong"], streaming=False, latency_ms=150)
+        h = await start_call(greeting=GREETING, stt=stt, llm_scripts=[["Sorry about that."]])
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(1000)
+        await h.caller.speak(700)
+        intr = await h.wait_for("agent.speech_interrupted")
+        assert intr.heard_text and GREETING.startswith(intr.heard_text)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "no that's wrong"
+        assert stt.flushes == 1  # the barge-in flush served the end of turn too
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_sustained_speech_without_any_transcript_commits_at_the_window_end() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings(
+            interruption=InterruptionSettings(false_interruption_timeout_ms=1000)
+        )
+        stt = FakeSTT(["I have a question about my order"], streaming=False)
+        h = await start_call(s, greeting=GREETING, stt=stt)
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(500)
+        onset = h.conv._now()
+        await h.caller.speak(2000)
+        intr = await h.wait_for("agent.speech_interrupted")
+        assert intr.barge_in_ms == pytest.approx(1000, abs=25)
+        assert (intr.mono - onset) < 1.1
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "I have a question about my order"
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_speech_while_the_agent_thinks_is_held_then_resumed_or_committed() -> None:
+    async def scenario() -> None:
+        llm = FakeLLM([["Our address is 5 Main Street."], ["Yes, we do."],
+                       ["Yes, and it is free."]], ttft_ms=1500)
+        h = await start_call(
+            utterances=["Where are you?", "", "Do you have parking?", "and is it free"], llm=llm
+        )
+        await h.caller.speak(800)
+        await h.wait_for("user.turn_completed")
+        # A cough while the LLM is still thinking: held, then the answer comes normally.
+        await h.caller.pause(300)
+        await h.caller.speak(240)
+        await h.wait_for("agent.false_interruption")
+        done = await h.wait_for("turn.completed")
+        assert done.agent_text == "Our address is 5 Main Street." and not done.interrupted
+        # Real speech while it thinks the next time: that answer is dropped before any audio
+        # and the caller's two turns reach the LLM as one message.
+        await h.caller.speak(1000)
+        await h.wait_for("user.turn_completed", count=2)
+        await h.caller.pause(200)
+        await h.caller.speak(800)
+        intr = await h.wait_for("agent.speech_interrupted")
+        assert intr.heard_text == ""
+        await h.wait_for("turn.completed", count=3)
+        assert llm.cancelled == 1
+        last = llm.requests[-1]["messages"]
+        assert [m["role"] for m in last] == ["system", "user", "assistant", "user"]
+        assert last[-1]["content"] == "Do you have parking? and is it free"
+        assert h.of("turn.completed")[1].interrupted
+        assert h.of("turn.completed")[2].agent_text == "Yes, and it is free."
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_interruption_disabled_never_holds() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings(interruption=InterruptionSettings(enabled=False))
+        h = await start_call(s, greeting=GREETING, utterances=["stop right now please"],
+                             llm_scripts=[["Okay."]])
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(500)
+        await h.caller.speak(1200)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "stop right now please"
+        await h.wait_for("turn.completed")
+        assert not h.of("agent.speech_interrupted") and h.sink.clears == []
+        assert "paused" not in h.states()
+        # The answer waited for the greeting to finish.
+        first_answer = next(e for e in h.of("agent.speech_started") if e.text == "Okay.")
+        greeting_done = h.of("agent.speech_completed")[2]
+        assert first_answer.mono >= greeting_done.mono - 0.25
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_barge_in_works_with_a_sink_that_buffers_locally() -> None:
+    async def scenario() -> None:
+        # The sink would take 5 s without pushing back; the conversation's own pacing keeps the
+        # hold and the clear effective.
+        h = await start_call(greeting=GREETING, utterances=["", "hold on"],
+                             sink=FakePlayoutSink(max_ahead_ms=5000),
+                             llm_scripts=[["Sure."]])
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(800)
+        await h.caller.speak(260)
+        await h.wait_for("agent.false_interruption")
+        await h.caller.pause(800)
+        await h.caller.speak(700)
+        intr = await h.wait_for("agent.speech_interrupted")
+        assert intr.heard_text == expected_heard(h, segment_texts(h))
+        assert len(intr.heard_text) < len(GREETING)
+        await h.close()
+
+    run_virtual(scenario())

@@ -1,0 +1,211 @@
+"""Turn-taking: when does the caller's turn end, and what does the agent answer?
+
+Everything runs on fakes under virtual time (see fakes.py / virtual_clock.py), so timings are
+exact: they check the engine's logic, not the machine's speed.
+"""
+
+from __future__ import annotations
+
+from pipelines.settings import ConversationSettings, TurnSettings
+from tests.pipelines.fakes import FakeSTT, Pause, start_call
+from tests.pipelines.virtual_clock import run_virtual
+
+FRAME_MS = 20
+
+
+def test_complete_question_ends_the_turn_within_stop_ms_plus_model_time() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings()
+        h = await start_call(s, utterances=["What time do you open tomorrow?"],
+                             llm_scripts=[["We open at nine."]])
+        await h.caller.pause(300)
+        await h.caller.speak(1500)
+        spoke_until = h.caller.speech_ended_at
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "What time do you open tomorrow?"
+        assert turn.trigger == "model" and turn.eou_probability == 0.9
+        # VAD stop hysteresis + one model run + the STT's final after the flush (+ ≤1 frame).
+        budget_ms = s.vad.stop_ms + h.endpointing.model_ms + h.stt.latency_ms + FRAME_MS
+        assert (turn.mono - spoke_until) * 1000 <= budget_ms
+        # The speech edges are reported at the true edge, not when the hysteresis fired.
+        stopped = h.of("user.speech_stopped")[0]
+        assert abs(stopped.mono - spoke_until) * 1000 <= FRAME_MS
+        assert stopped.speech_ms == 1500
+
+        done = await h.wait_for("turn.completed")
+        assert done.turn_id == turn.turn_id
+        assert done.agent_text == done.heard_text == "We open at nine."
+        assert not done.interrupted
+        m = h.of("turn.metrics")[0]
+        assert m.turn_id == turn.turn_id
+        assert abs(m.vad_stop_to_eou_ms - (s.vad.stop_ms + h.endpointing.model_ms)) <= FRAME_MS
+        assert m.eou_to_stt_final_ms == h.stt.latency_ms
+        assert m.llm_ttft_ms == h.llm.ttft_ms
+        assert m.tts_ttfb_ms == h.tts.ttfb_ms
+        assert m.first_audio_out_ms is not None and m.played_ack_ms is not None
+        assert m.played_ack_ms > m.first_audio_out_ms
+        # Only the end-of-turn wait is ours; the rest is time spent waiting on providers.
+        assert m.server_added_ms is not None and m.server_added_ms <= m.vad_stop_to_eou_ms + 1
+
+        assert h.stt.opened_with == [(16000, "en-US")]
+        assert h.conv.context.messages() == [
+            {"role": "system", "content": "You are a helpful receptionist."},
+            {"role": "user", "content": "What time do you open tomorrow?"},
+            {"role": "assistant", "content": "We open at nine."},
+        ]
+        assert all(h.sink.fully_played(seg) for seg in h.sink.segments)
+        assert h.states() == ["listening", "thinking", "speaking", "listening"]
+        # The end-of-turn model saw the turn's audio (with a little pre-roll), not 8 s of past.
+        assert 1500 <= h.endpointing.audio_ms[0] <= 1500 + 300 + s.vad.stop_ms + 100
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_unfinished_sentence_with_a_400ms_pause_does_not_end_the_turn() -> None:
+    async def scenario() -> None:
+        # The model says "incomplete" on the first part; the caller carries on after 400 ms.
+        h = await start_call(
+            utterances=["I'd like to book a table for", "four people at eight."],
+            eot_script=[[0.1], [0.95]],
+            llm_scripts=[["Sure, a table for four at eight."]],
+        )
+        await h.caller.pause(200)
+        await h.caller.speak(1400)
+        await h.caller.pause(400)
+        await h.caller.speak(1200)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "I'd like to book a table for four people at eight."
+        await h.wait_for("turn.completed")
+        await h.caller.pause(2000)
+        assert len(h.of("user.turn_completed")) == 1
+        assert h.endpointing.calls == 2 and h.endpointing.cancelled == 1
+        assert len(h.llm.requests) == 1
+        assert len(h.of("user.speech_started")) == 2
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_incomplete_turn_ends_at_max_wait() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings(turn=TurnSettings(max_wait_ms=2000))
+        h = await start_call(s, utterances=["and then I"], eot_script=[[0.2]])
+        await h.caller.speak(1000)
+        spoke_until = h.caller.speech_ended_at
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.trigger == "max_wait" and turn.text == "and then I"
+        waited_ms = (turn.mono - spoke_until) * 1000
+        assert s.turn.max_wait_ms <= waited_ms <= s.turn.max_wait_ms + 200
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_noise_without_words_goes_back_to_listening_without_calling_the_llm() -> None:
+    async def scenario() -> None:
+        h = await start_call(utterances=[""])
+        await h.caller.speak(600)
+        await h.caller.pause(2000)
+        assert h.of("user.speech_stopped")
+        assert not h.of("user.turn_completed")
+        assert h.llm.requests == []
+        assert h.conv.state == "listening"
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_batch_stt_is_flushed_and_its_final_awaited() -> None:
+    async def scenario() -> None:
+        # A batch engine says nothing until flush(); the turn waits for its final.
+        stt = FakeSTT(["Do you deliver?"], streaming=False, latency_ms=300)
+        h = await start_call(stt=stt, llm_scripts=[["We do."]])
+        await h.caller.speak(1000)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "Do you deliver?"
+        assert stt.flushes == 1
+        assert not [t for t in h.of("user.transcription") if not t.is_final]
+        m = await h.wait_for("turn.metrics")
+        assert m.eou_to_stt_final_ms == 300
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_missing_final_transcript_falls_back_to_the_last_interim() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings(turn=TurnSettings(stt_final_timeout_ms=500))
+        stt = FakeSTT(["Is anyone there"], latency_ms=40)
+        h = await start_call(s, stt=stt)
+
+        async def no_final() -> None:  # a flush the engine never answers
+            return None
+
+        await h.caller.speak(1000)
+        h.stt.streams[0].flush = no_final  # type: ignore[method-assign]
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "Is anyone there"
+        m = await h.wait_for("turn.metrics")
+        assert m.eou_to_stt_final_ms == 500
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_greeting_is_spoken_first_and_kept_in_context() -> None:
+    async def scenario() -> None:
+        h = await start_call(greeting="Hello! How can I help?")
+        await h.wait_for("agent.state_changed", lambda e: e.new_state == "listening")
+        assert h.tts.requests == ["Hello!", "How can I help?"]
+        assert h.states() == ["speaking", "listening"]
+        assert h.conv.context.messages()[1:] == [
+            {"role": "assistant", "content": "Hello! How can I help?"}
+        ]
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_answer_is_streamed_sentence_by_sentence() -> None:
+    async def scenario() -> None:
+        # The second sentence only arrives 2 s later: the first must already be playing.
+        h = await start_call(utterances=["Tell me about your menu."],
+                             llm_scripts=[["We have pizza. ", Pause(2000), "And pasta too."]])
+        await h.caller.speak(1000)
+        turn = await h.wait_for("user.turn_completed")
+        first = await h.wait_for("agent.speech_started")
+        assert first.text == "We have pizza."
+        assert (first.mono - turn.mono) * 1000 < 1000
+        second = await h.wait_for("agent.speech_started", count=2)
+        assert second.text == "And pasta too."
+        done = await h.wait_for("turn.completed")
+        assert done.agent_text == "We have pizza. And pasta too."
+        assert h.conv.context.messages()[-1] == {
+            "role": "assistant", "content": "We have pizza. And pasta too."
+        }
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_consecutive_turns_and_context_cap() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings(max_context_items=5)
+        questions = [f"Question number {i}." for i in range(4)]
+        h = await start_call(s, utterances=questions,
+                             llm_scripts=[[f"Answer {i}."] for i in range(4)])
+        for i in range(4):
+            await h.caller.speak(800)
+            await h.wait_for("turn.completed", count=i + 1)
+        msgs = h.conv.context.messages()
+        assert len(msgs) == 5
+        assert msgs[0]["role"] == "system"
+        assert [m["content"] for m in msgs[1:]] == [
+            "Question number 2.", "Answer 2.", "Question number 3.", "Answer 3."
+        ]
+        # Each request carried the context as it stood (bounded too).
+        assert all(len(r["messages"]) <= 5 for r in h.llm.requests)
+        await h.close()
+
+    run_virtual(scenario())

@@ -1,0 +1,144 @@
+"""SpeechOutput: segments, hold/resume through the gate, heard-text accounting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from pipelines.speech_output import SpeechError, SpeechOutput, text_prefix
+from tests.pipelines.fakes import FakePlayoutSink, FakeTTS
+from tests.pipelines.virtual_clock import run_virtual
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected"),
+    [(1.0, "We open at nine today."), (0.0, ""), (0.5, "We open at"), (0.52, "We open at"),
+     (0.2, "We"), (0.05, ""), (0.999, "We open at nine today.")],
+)
+def test_text_prefix_cuts_back_to_whole_words(fraction: float, expected: str) -> None:
+    assert text_prefix("We open at nine today.", fraction) == expected
+
+
+def make(sink: FakePlayoutSink, tts: FakeTTS, gate: asyncio.Event) -> SpeechOutput:
+    ids = iter(range(1, 100))
+    return SpeechOutput(sink, tts, gate=gate, next_segment_id=lambda: f"s{next(ids)}",
+                        max_sentences=0)
+
+
+def test_sentences_become_segments_and_prefetch_hides_tts_latency() -> None:
+    async def scenario() -> None:
+        sink, tts, gate = FakePlayoutSink(), FakeTTS(ttfb_ms=150), asyncio.Event()
+        gate.set()
+        out = make(sink, tts, gate)
+        run = asyncio.create_task(out.run())
+        await out.add_text("First sentence here.")
+        await out.add_text("Second one.")
+        await out.close()
+        await run
+        assert sink.segments == ["s1", "s2"]
+        assert all(sink.fully_played(s) for s in sink.segments)
+        assert out.heard_text() == "First sentence here. Second one."
+        # The second sentence was synthesised while the first played: no gap between them.
+        s2_first = min(t for t, seg in sink.play_log if seg == "s2")
+        s1_last = max(t for t, seg in sink.play_log if seg == "s1")
+        assert s2_first - s1_last <= 0.02 + 1e-9
+        await sink.aclose()
+
+    run_virtual(scenario())
+
+
+def test_closed_gate_holds_and_reopening_resumes_where_it_stopped() -> None:
+    async def scenario() -> None:
+        sink, tts, gate = FakePlayoutSink(), FakeTTS(), asyncio.Event()
+        gate.set()
+        out = make(sink, tts, gate)
+        run = asyncio.create_task(out.run())
+        text = "A sentence that lasts a couple of seconds."
+        await out.add_text(text)
+        await out.close()
+        await asyncio.sleep(1.0)
+        gate.clear()
+        await asyncio.sleep(1.0)
+        held = sink.played["s1"]
+        # Only what was already queued (≤ max_ahead_ms) played during the hold.
+        assert sink.written["s1"] - held < 1
+        assert 1000 <= held <= 1000 + sink.max_ahead_ms + 20
+        gate.set()
+        await run
+        assert sink.fully_played("s1")
+        assert sink.written["s1"] == pytest.approx(tts.duration_ms(text))
+        await sink.aclose()
+
+    run_virtual(scenario())
+
+
+def test_hold_is_quick_even_when_the_sink_buffers_seconds_locally() -> None:
+    async def scenario() -> None:
+        # A sink that would accept 5 s before pushing back (like a transport's local buffer).
+        sink, tts, gate = FakePlayoutSink(max_ahead_ms=5000), FakeTTS(), asyncio.Event()
+        gate.set()
+        out = make(sink, tts, gate)
+        run = asyncio.create_task(out.run())
+        await out.add_text("A sentence that lasts a couple of seconds.")
+        await out.add_text("And a second one after it.")
+        await out.close()
+        await asyncio.sleep(1.0)
+        slack = 40  # one 20 ms piece beyond the limit + the fake's 20 ms playout tick
+        assert sink.queued_ms() <= 250 + slack
+        gate.clear()
+        at_hold = sink.played["s1"]
+        await asyncio.sleep(1.0)
+        assert sink.played["s1"] - at_hold <= 250 + slack  # silent within max_ahead_ms
+        gate.set()
+        await run
+        assert all(sink.fully_played(s) for s in sink.segments)
+        await sink.aclose()
+
+    run_virtual(scenario())
+
+
+def test_heard_text_after_a_clear_is_the_played_share() -> None:
+    async def scenario() -> None:
+        sink, tts, gate = FakePlayoutSink(), FakeTTS(), asyncio.Event()
+        gate.set()
+        out = make(sink, tts, gate)
+        run = asyncio.create_task(out.run())
+        await out.add_text("One two three four five six seven eight.")  # 2 s
+        await out.add_text("Never played at all.")
+        await out.close()
+        await asyncio.sleep(1.0)
+        out.freeze()
+        await sink.clear()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        fraction = sink.played["s1"] / tts.duration_ms("One two three four five six seven eight.")
+        assert 0.45 < fraction < 0.6
+        assert out.heard_text() == "One two three four"
+        # Counting audio handed to the sink (≤ max_ahead_ms more) as heard gives at least as much.
+        written = out.heard_text(assume_written_plays=True)
+        assert written.startswith("One two three four") and len(written) >= len(out.heard_text())
+        assert out.text() == "One two three four five six seven eight. Never played at all."
+        assert out.current_segment_id() == "s1"
+        await sink.aclose()
+
+    run_virtual(scenario())
+
+
+def test_tts_failure_surfaces_as_speech_error_and_audio_clips_play() -> None:
+    async def scenario() -> None:
+        sink, gate = FakePlayoutSink(), asyncio.Event()
+        gate.set()
+        out = make(sink, FakeTTS(fail_on="boom"), gate)
+        run = asyncio.create_task(out.run())
+        await out.add_audio(np.zeros(4000, dtype=np.int16), 8000, text="clip")
+        await out.add_text("boom goes the tts.")
+        await out.close()
+        with pytest.raises(SpeechError) as err:
+            await run
+        assert err.value.stage == "tts"
+        assert sink.written["s1"] == pytest.approx(500)
+        await sink.aclose()
+
+    run_virtual(scenario())

@@ -1,0 +1,196 @@
+"""TTS `elevenlabs` (stream-input WebSocket) against the local ElevenLabs fake."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from providers.base import ProviderContext, ProviderError
+from providers.tts.elevenlabs import ElevenLabsTTS
+from tests.fakes.fake_elevenlabs import FakeElevenLabs
+from tests.fakes.harness import KEY_REF, Collected, all_logs_at_debug, collect, context
+from tests.fakes.vendor_base import FAKE_API_KEY, Failure
+
+CANCEL_BUDGET_S = 0.1
+TEXT = "Thanks for calling the bakery, how can I help you today?"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeElevenLabs]:
+    with FakeElevenLabs() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server: FakeElevenLabs) -> Iterator[FakeElevenLabs]:
+    server.reset()
+    server.first_byte_delay_s = server.chunk_delay_s = 0.0
+    server.inactivity_timeout_s = 20.0
+    yield server
+    server.reset()
+
+
+@pytest.fixture
+async def cx() -> AsyncIterator[tuple[ProviderContext, Collected]]:
+    async with context() as pair:
+        yield pair
+
+
+def eleven(fake: FakeElevenLabs, ctx: ProviderContext, **opts: Any) -> ElevenLabsTTS:
+    cfg = {"base_url": fake.ws_base_url, "api_key": KEY_REF, **opts}
+    return ElevenLabsTTS(ElevenLabsTTS.Config.model_validate(cfg), ctx)
+
+
+async def test_pcm_audio_arrives_complete_and_in_order(fake: FakeElevenLabs, cx: Any) -> None:
+    ctx, got = cx
+    tts = eleven(fake, ctx, stability=0.4, speed=1.1)
+    assert tts.sample_rate == 16000 and not tts.prefers_mulaw()
+    chunks = await collect(tts.synthesize(TEXT))
+    assert len(chunks) > 3
+    assert all(c.sample_rate == 16000 and c.encoding == "pcm16" for c in chunks)
+    assert np.array_equal(np.concatenate([c.samples for c in chunks]),
+                          fake.expected_audio(TEXT, "pcm_16000"))
+    rec = fake.requests[-1]
+    assert rec.path == "/v1/text-to-speech/21m00Tcm4TlvDq8ikWAM/stream-input"
+    assert rec.headers["xi-api-key"] == FAKE_API_KEY
+    assert (rec.q("model_id"), rec.q("output_format"), rec.q("auto_mode")) == (
+        "eleven_flash_v2_5", "pcm_16000", "true")
+    assert rec.messages == [
+        {"text": " ", "voice_settings": {"stability": 0.4, "similarity_boost": 0.75,
+                                         "speed": 1.1}},
+        {"text": TEXT + " ", "flush": True},
+        {"text": ""},
+    ]
+    assert "xi_api_key" not in rec.messages[0]  # the key travels in the header only
+    await fake.until(lambda: rec.completed)  # isFinal, then a normal close
+    assert got.total("characters") == len(TEXT) and len(got.ttfb("elevenlabs")) == 1
+
+
+async def test_mulaw_8000_passthrough(fake: FakeElevenLabs, cx: Any) -> None:
+    ctx, _ = cx
+    tts = eleven(fake, ctx, output="mulaw_8000")
+    assert tts.prefers_mulaw() and tts.sample_rate == 8000
+    chunks = await collect(tts.synthesize("Goodbye!", voice="pNInz6obpgDQGcFmaJgB"))
+    assert all(c.encoding == "mulaw" and c.sample_rate == 8000 and c.samples.dtype == np.uint8
+               for c in chunks)
+    assert np.array_equal(np.concatenate([c.samples for c in chunks]),
+                          fake.expected_audio("Goodbye!", "ulaw_8000"))
+    rec = fake.requests[-1]
+    assert rec.q("output_format") == "ulaw_8000"
+    assert rec.path == "/v1/text-to-speech/pNInz6obpgDQGcFmaJgB/stream-input"
+    assert rec.messages[0] == {"text": " "}  # no voice settings configured
+
+
+async def test_cancel_closes_the_socket_promptly(fake: FakeElevenLabs, cx: Any) -> None:
+    ctx, _ = cx
+    fake.chunk_delay_s = 0.4
+    gen = eleven(fake, ctx).synthesize(TEXT)
+    await anext(gen)
+    t0 = time.monotonic()
+    await gen.aclose()  # barge-in
+    rec = fake.requests[-1]
+    await fake.until(lambda: rec.closed_at is not None)
+    assert rec.closed_at is not None and rec.closed_at - t0 < CANCEL_BUDGET_S
+    assert not rec.completed
+
+
+async def test_cancel_by_task_cancellation(fake: FakeElevenLabs, cx: Any) -> None:
+    ctx, _ = cx
+    fake.chunk_delay_s = 0.4
+    started = asyncio.Event()
+
+    async def play() -> None:
+        async for _ in eleven(fake, ctx).synthesize(TEXT):
+            started.set()
+
+    task = asyncio.create_task(play())
+    await started.wait()
+    t0 = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rec = fake.requests[-1]
+    await fake.until(lambda: rec.closed_at is not None)
+    assert rec.closed_at is not None and rec.closed_at - t0 < CANCEL_BUDGET_S
+
+
+async def test_vendor_errors_are_mapped(fake: FakeElevenLabs, cx: Any) -> None:
+    ctx, _ = cx
+    async with context({"FAKE_VENDOR_KEY": "not-the-right-key-123"}) as (bad, _):
+        with pytest.raises(ProviderError) as exc:
+            await collect(eleven(fake, bad).synthesize("Hi."))
+    assert exc.value.message == "Invalid API key" and exc.value.code == "invalid_api_key"
+    fake.fail_next("stream-input", Failure("error_event", message="Voice not found",
+                                           code="voice_not_found"))
+    with pytest.raises(ProviderError) as exc:
+        await collect(eleven(fake, ctx).synthesize("Hi."))
+    assert exc.value.message == "Voice not found" and exc.value.code == "voice_not_found"
+    fake.fail_next("stream-input", Failure("close", after=2, close_code=1011,
+                                           close_reason="Internal server error"))
+    got: list[Any] = []
+    with pytest.raises(ProviderError) as exc:
+        async for chunk in eleven(fake, ctx).synthesize(TEXT):
+            got.append(chunk)
+    assert len(got) == 2 and exc.value.retryable
+    assert "1011" in exc.value.message and "Internal server error" in exc.value.message
+    fake.fail_next("stream-input", Failure("drop", after=1))
+    with pytest.raises(ProviderError) as exc:
+        await collect(eleven(fake, ctx).synthesize(TEXT))
+    assert "1006" in exc.value.message
+
+
+async def test_handshake_429_retried_and_hang_times_out(fake: FakeElevenLabs, cx: Any) -> None:
+    ctx, _ = cx
+    fake.fail_next("stream-input", Failure("status", status=429, message="Too many concurrent "
+                                           "requests", code="too_many_concurrent_requests",
+                                           retry_after=0.2))
+    chunks = await collect(eleven(fake, ctx).synthesize("Hello."))
+    assert chunks and [r.status for r in fake.requests] == [429, 200]
+    assert fake.requests[1].started_at - fake.requests[0].started_at >= 0.2
+    fake.fail_next("stream-input", Failure("status", status=429, message="Too many concurrent "
+                                           "requests", code="too_many_concurrent_requests",
+                                           retry_after=30))
+    with pytest.raises(ProviderError) as exc:
+        await collect(eleven(fake, ctx).synthesize("Hello."))
+    assert exc.value.status == 429 and exc.value.code == "too_many_concurrent_requests"
+    fake.fail_next("stream-input", Failure("hang"))
+    with pytest.raises(ProviderError) as exc:
+        await collect(eleven(fake, ctx, read_timeout_s=0.3).synthesize("Hello."))
+    assert exc.value.code == "timeout"
+
+
+async def test_api_key_never_reaches_the_logs(fake: FakeElevenLabs, cx: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    ctx, _ = cx
+    with all_logs_at_debug(caplog):
+        await collect(eleven(fake, ctx).synthesize("Hello there."))
+        fake.fail_next("stream-input", Failure("status", status=500, message=FAKE_API_KEY))
+        await collect(eleven(fake, ctx).synthesize("Hello there."))
+    assert "> xi-api-key: ***" in caplog.text
+    assert FAKE_API_KEY not in caplog.text
+    for r in caplog.records:
+        assert FAKE_API_KEY not in r.getMessage()
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        ElevenLabsTTS.Config.model_validate({"api_key": KEY_REF, "output": "mp3_44100"})
+    with pytest.raises(ValueError):
+        ElevenLabsTTS.Config.model_validate({"output": "pcm_16000"})  # no key
+
+
+async def test_render_hook_lets_the_fake_speak_real_audio() -> None:
+    """End-to-end tests plug a real synthesiser into the fake vendor (here: a stand-in)."""
+
+    def render(text: str, rate: int) -> np.ndarray:
+        return np.arange(len(text) * rate // 100, dtype=np.int16)
+
+    with FakeElevenLabs(render=render) as fake:
+        async with context() as (ctx, _):
+            chunks = await collect(eleven(fake, ctx).synthesize("Hi there."))
+    assert np.array_equal(np.concatenate([c.samples for c in chunks]), render("Hi there.", 16000))

@@ -1,0 +1,82 @@
+"""Fixtures for the Plivo edge: a fake Plivo REST API, the real server pointed at it, an agent
+with a number, and the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from app.config import Settings
+from app.db.repos import agents as agents_repo
+from app.db.repos import numbers as numbers_repo
+from app.telephony.plivo.simulator import PlivoSimulator
+from tests.fakes.plivo_rest import FakePlivoRest, run_fake_plivo_rest
+from tests.live_server import LiveServer, run_live_server
+
+AGENT_NUMBER = "+14155550199"
+CALLER = "+14155550100"
+AGENT_CONFIG = {"name": "Edge test", "prompt": "You are a test agent."}
+
+
+@dataclass
+class Edge:
+    server: LiveServer
+    rest: FakePlivoRest
+    sim: PlivoSimulator
+    agent_id: str
+
+    @property
+    def auth_token(self) -> str:
+        return self.rest.auth_token
+
+
+@pytest.fixture
+async def plivo_rest() -> AsyncIterator[FakePlivoRest]:
+    async with run_fake_plivo_rest() as fake:
+        yield fake
+
+
+async def seed_agent(server: LiveServer, number: str = AGENT_NUMBER) -> str:
+    async with server.state.db.transaction() as s:
+        agent, _ = await agents_repo.create(s, dict(AGENT_CONFIG))
+        await numbers_repo.put(s, number, agent.id)
+        return agent.id
+
+
+@pytest.fixture
+def edge_settings(settings_factory: Callable[..., Settings],
+                  plivo_rest: FakePlivoRest) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "plivo": {"auth_id": plivo_rest.auth_id, "auth_token": plivo_rest.auth_token,
+                      "api_base_url": plivo_rest.api_base},
+        }
+        for k, v in overrides.items():
+            base[k] = {**base.get(k, {}), **v}
+        return settings_factory(**base)
+
+    return make
+
+
+@pytest.fixture
+async def edge_factory(edge_settings: Callable[..., Settings], plivo_rest: FakePlivoRest):
+    """`async with edge_factory(**settings_overrides) as edge:` a server + agent + simulator."""
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def make(**overrides: Any) -> AsyncIterator[Edge]:
+        async with run_live_server(edge_settings(**overrides)) as server:
+            agent_id = await seed_agent(server)
+            sim = PlivoSimulator(server.base_url, plivo_rest.auth_token)
+            yield Edge(server, plivo_rest, sim, agent_id)
+
+    return make
+
+
+@pytest.fixture
+async def edge(edge_factory) -> AsyncIterator[Edge]:
+    async with edge_factory() as e:
+        yield e

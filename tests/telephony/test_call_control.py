@@ -1,0 +1,102 @@
+"""Call control from a runner: transfer (REST + our <Dial> XML), hangup, Plivo's `stop`."""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from app.db.repos import sessions as sessions_repo
+from tests.telephony.conftest import AGENT_NUMBER, Edge
+from tests.telephony.scripted import ScriptRunner
+
+
+async def _row(edge: Edge, call_uuid: str):
+    async with edge.server.state.db.session() as s:
+        return await sessions_repo.get_by_call_uuid(s, call_uuid)
+
+
+async def test_transfer_fetches_dial_xml_then_stream_ends(edge: Edge):
+    async def script(info, transport, out):
+        await transport.transfer("+1 415 555 0123")
+        return "transferred"
+
+    edge.server.state.calls = ScriptRunner(script)
+    fetched = {}
+
+    async def on_transfer(call_uuid, body):
+        # Plivo fetches the new XML for the caller's leg, signed like any callback
+        resp = await edge.sim.request("POST", body["aleg_url"],
+                                      {"CallUUID": call_uuid, "Event": "Transfer"})
+        fetched["status"], fetched["xml"] = resp.status_code, resp.text
+
+    edge.rest.on_transfer = on_transfer
+    call = edge.sim.call(to=AGENT_NUMBER)
+    async with call:
+        edge.rest.live_calls.add(call.call_uuid)
+        await call.wait_closed(within_s=10)
+        await call.wait_for(lambda: "xml" in fetched, within_s=5)
+    assert call.result.closed_by == "server" and call.result.close_code == 1000
+    body = edge.rest.calls_to("POST", f"/Call/{call.call_uuid}/")[0].body
+    assert body["legs"] == "aleg" and "/plivo/transfer/" in body["aleg_url"]
+    assert fetched["status"] == 200
+    dial = etree.fromstring(fetched["xml"].encode()).find("Dial")
+    assert dial.find("Number").text == "14155550123"
+    row = await _row(edge, call.call_uuid)
+    assert row.end_reason == "transferred"
+
+
+async def test_warm_transfer_brief(edge: Edge):
+    async def script(info, transport, out):
+        await transport.transfer("sip:desk@pbx.example.com", "warm", "Caller asks about refunds.")
+        return "transferred"
+
+    edge.server.state.calls = ScriptRunner(script)
+    docs = {}
+
+    async def on_transfer(call_uuid, body):
+        r = await edge.sim.request("POST", body["aleg_url"], {"CallUUID": call_uuid})
+        docs["dial"] = r.text
+        confirm = etree.fromstring(r.text.encode()).find("Dial").get("confirmSound")
+        docs["brief"] = (await edge.sim.request("POST", confirm, {"CallUUID": "b-leg"})).text
+
+    edge.rest.on_transfer = on_transfer
+    call = edge.sim.call(to=AGENT_NUMBER)
+    async with call:
+        edge.rest.live_calls.add(call.call_uuid)
+        await call.wait_for(lambda: "brief" in docs, within_s=10)
+    assert etree.fromstring(docs["dial"].encode()).find("Dial/User").text == (
+        "sip:desk@pbx.example.com")
+    assert etree.fromstring(docs["brief"].encode()).find("Speak").text == (
+        "Caller asks about refunds.")
+
+
+async def test_transfer_xml_without_pending_transfer_apologises(edge: Edge):
+    r = await edge.sim.request("POST", edge.server.base_url + "/plivo/transfer/nosuch",
+                               {"CallUUID": "x"})
+    assert r.status_code == 200
+    root = etree.fromstring(r.text.encode())
+    assert root.find("Speak") is not None and root.find("Hangup") is not None
+
+
+async def test_plivo_stop_event_ends_the_stream(edge: Edge):
+    call = edge.sim.call(to=AGENT_NUMBER)
+    async with call:
+        await call.send_json({"event": "stop", "streamId": call.stream_id})
+        await call.wait_closed(within_s=10)
+    assert call.result.closed_by == "server"
+    row = await _row(edge, call.call_uuid)
+    assert (row.status, row.end_reason) == ("ended", "stream_stopped")
+
+
+async def test_runner_crash_hangs_up_and_marks_failed(edge: Edge):
+    async def script(info, transport, out):
+        raise RuntimeError("boom")
+
+    edge.server.state.calls = ScriptRunner(script)
+    call = edge.sim.call(to=AGENT_NUMBER)
+    edge.rest.on_hangup = lambda uuid: call.remote_hangup()
+    async with call:
+        edge.rest.live_calls.add(call.call_uuid)
+        await call.wait_closed(within_s=10)
+    assert edge.rest.calls_to("DELETE", f"/Call/{call.call_uuid}/")
+    row = await _row(edge, call.call_uuid)
+    assert (row.status, row.end_reason) == ("failed", "runner_error")

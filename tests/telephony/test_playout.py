@@ -1,0 +1,222 @@
+"""Paced playout: at most max_ahead_ms queued at Plivo, ordered checkpoint acks, and clear().
+
+First against the simulator's playout model in a loopback (no sockets, one clock), then end to
+end through the real server and the simulator with a scripted call runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+
+import numpy as np
+
+from app.telephony.plivo.codec import StreamCodec
+from app.telephony.plivo.playout import PlivoPlayout
+from app.telephony.plivo.sim_playout import FarEndPlayout
+from pipelines.ports import PlayoutSink
+from tests.telephony.audio_checks import heard_ms, last_heard_ms, tone
+from tests.telephony.conftest import AGENT_NUMBER, Edge
+from tests.telephony.scripted import ScriptRunner
+
+MULAW = StreamCodec("audio/x-mulaw", 8000)
+
+# The writer guarantees max_ahead_ms on its own clock at send time. The far end measures at
+# arrival; when the far buffer had run dry, a frame that arrives late (network, or here this
+# shared 2-core machine descheduling the process between the two clock reads) starts playing
+# later than the writer assumed, and that lateness shows up as extra queue. The checks allow
+# one frame of such jitter; the writer's own accounting is checked exactly.
+JITTER_MS = 20.0
+
+
+class Loopback:
+    """PlivoPlayout wired straight into a FarEndPlayout (Plivo's buffer) on one clock."""
+
+    def __init__(self, max_ahead_ms: int = 200, codec: StreamCodec = MULAW) -> None:
+        self.codec = codec
+        self.far = FarEndPlayout(codec.sample_rate)
+        self.sent: list[dict] = []
+        self.playout = PlivoPlayout(self.send, codec, "stream-1", max_ahead_ms=max_ahead_ms)
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def send(self, text: str) -> None:
+        msg = json.loads(text)
+        self.sent.append(msg)
+        now = time.monotonic()
+        acks: list[str] = []
+        if msg["event"] == "playAudio":
+            assert msg["media"]["contentType"] == self.codec.encoding
+            assert msg["media"]["sampleRate"] == self.codec.sample_rate
+            payload = base64.b64decode(msg["media"]["payload"])
+            assert len(payload) == self.codec.frame_bytes  # 20 ms per message
+            acks = self.far.enqueue(self.codec.decode(payload), now)
+        elif msg["event"] == "checkpoint":
+            acks = self.far.checkpoint(msg["name"], now)
+        elif msg["event"] == "clearAudio":
+            _, acks, _ = self.far.clear(now)
+            self.playout.on_cleared()
+        for name in acks:
+            self.playout.on_played(name)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            for name in self.far.advance():
+                self.playout.on_played(name)
+
+    async def close(self) -> None:
+        self._ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._ticker
+        await self.playout.close()
+
+
+async def _write_chunked(sink: PlayoutSink, x: np.ndarray, rate: int, chunk_ms: int = 100):
+    n = rate * chunk_ms // 1000
+    for i in range(0, len(x), n):
+        await sink.write(x[i : i + n], rate)
+
+
+async def test_playout_is_a_playout_sink():
+    lb = Loopback()
+    assert isinstance(lb.playout, PlayoutSink)
+    await lb.close()
+
+
+async def test_pacing_acks_and_resampling_loopback():
+    lb = Loopback(max_ahead_ms=200)
+    p = lb.playout
+    segments = [("a", 1000, 1.0, 24000), ("b", 500, 0.4, 16000), ("c", 1500, 0.2, 8000)]
+    for name, freq, secs, rate in segments:
+        await p.start_segment(name)
+        await _write_chunked(p, tone(freq, secs, rate), rate)
+        await p.end_segment()
+    assert not p.is_idle()
+    for name, *_ in segments:
+        await asyncio.wait_for(p.wait_played(name), 10)
+    await asyncio.sleep(0.05)
+    assert p.is_idle()
+    assert lb.far.max_queued_ms <= 200.0 + JITTER_MS
+    assert p.stats.max_ahead_ms_seen <= 200.0 + 1e-6
+    assert p.stats.acked_order == ["a", "b", "c"]
+    assert [p.played_ms(n) for n, *_ in segments] == [1000.0, 400.0, 200.0]
+    # checkpoints went out right after each segment's last frame
+    events = [m["event"] if m["event"] != "checkpoint" else m["name"] for m in lb.sent]
+    assert events.count("playAudio") == 50 + 20 + 10
+    assert events.index("a") == 50 and events.index("b") == 71 and events[-1] == "c"
+    rec = lb.far.recording()
+    for _name, freq, secs, _ in segments:
+        assert abs(heard_ms(rec, 8000, freq) - secs * 1000) <= 30
+    await lb.close()
+
+
+async def test_clear_stops_within_a_frame_and_reports_heard_ms():
+    lb = Loopback(max_ahead_ms=200)
+    p = lb.playout
+    await p.start_segment("long")  # TTS still streaming into it when the caller barges in
+    await _write_chunked(p, tone(1000, 3.0, 16000), 16000)
+    await asyncio.sleep(0.7)
+    heard = await p.clear()
+    await asyncio.wait_for(p.wait_played("long"), 1)  # resolved by the clear, not hanging
+    await p.write(tone(1000, 0.5, 16000), 16000)  # late TTS audio for the cleared segment
+    await p.end_segment()  # ...and no checkpoint for it
+    await asyncio.sleep(0.3)
+    rec = lb.far.recording()
+    assert 500 <= heard <= 1000
+    assert abs(last_heard_ms(rec, 8000, 1000) - (lb.far.played_ms)) <= 20
+    assert abs(heard_ms(rec, 8000, 1000) - heard) <= 20
+    assert p.played_ms("long") == heard
+    assert "long" not in p.stats.acked_order
+    assert p.stats.clears == 1 and p.stats.clears_acked == 1
+    sent_after_clear = lb.sent[[m["event"] for m in lb.sent].index("clearAudio") + 1 :]
+    assert sent_after_clear == []
+    # the next segment plays normally
+    await p.start_segment("next")
+    await _write_chunked(p, tone(500, 0.3, 16000), 16000)
+    await p.end_segment()
+    await asyncio.wait_for(p.wait_played("next"), 5)
+    assert p.stats.acked_order == ["next"] and p.played_ms("next") == 300.0
+    assert await p.clear() == 0.0  # nothing playing: nothing to clear
+    await lb.close()
+
+
+async def test_smaller_max_ahead_is_respected():
+    lb = Loopback(max_ahead_ms=60)
+    await lb.playout.start_segment("s")
+    await lb.playout.write(tone(700, 0.5, 22050), 22050)
+    await lb.playout.end_segment()
+    await asyncio.wait_for(lb.playout.wait_played("s"), 5)
+    assert lb.far.max_queued_ms <= 60.0 + JITTER_MS
+    assert lb.playout.stats.max_ahead_ms_seen <= 60.0 + 1e-6
+    await lb.close()
+
+
+# --- end to end -----------------------------------------------------------------------------
+async def test_pacing_and_acks_through_the_server(edge: Edge):
+    async def script(info, transport, out):
+        p = transport.playout
+        for name, freq, secs in (("s1", 1000, 1.2), ("s2", 500, 0.4), ("s3", 1500, 0.3)):
+            await p.start_segment(name)
+            await _write_chunked(p, tone(freq, secs, 22050), 22050)
+            await p.end_segment()
+        for name in ("s1", "s2", "s3"):
+            await p.wait_played(name)
+        out["played"] = [p.played_ms(n) for n in ("s1", "s2", "s3")]
+        await transport.hangup("script_done")
+        return "script_done"
+
+    runner = ScriptRunner(script)
+    edge.server.state.calls = runner
+    call = edge.sim.call(to=AGENT_NUMBER)
+    edge.rest.on_hangup = lambda uuid: call.remote_hangup()
+    async with call:
+        edge.rest.live_calls.add(call.call_uuid)
+        await call.wait_closed(within_s=15)
+    r = call.result
+    assert r.checkpoints_received == ["s1", "s2", "s3"]
+    assert r.checkpoints_acked == ["s1", "s2", "s3"]
+    assert runner.result["played"] == [1200.0, 400.0, 300.0]
+    assert 150 <= r.max_queued_ms <= 200 + JITTER_MS
+    assert all(q <= 200 + JITTER_MS for _, q in r.queued_samples)
+    assert abs(heard_ms(r.heard, 8000, 1000) - 1200) <= 30
+    assert r.play_errors == []
+
+
+async def test_clear_through_the_server(edge: Edge):
+    async def script(info, transport, out):
+        p = transport.playout
+        await p.start_segment("long")
+        await _write_chunked(p, tone(1000, 3.0, 24000), 24000)
+        await p.end_segment()
+        await asyncio.sleep(0.8)
+        out["heard"] = await p.clear()
+        await asyncio.sleep(0.4)
+        await p.start_segment("after")
+        await _write_chunked(p, tone(500, 0.3, 24000), 24000)
+        await p.end_segment()
+        await p.wait_played("after")
+        out["cleared_acks"] = p.stats.clears_acked
+        await transport.hangup("script_done")
+        return "script_done"
+
+    runner = ScriptRunner(script)
+    edge.server.state.calls = runner
+    call = edge.sim.call(to=AGENT_NUMBER)
+    edge.rest.on_hangup = lambda uuid: call.remote_hangup()
+    async with call:
+        edge.rest.live_calls.add(call.call_uuid)
+        await call.wait_closed(within_s=15)
+    r = call.result
+    heard = runner.result["heard"]
+    assert len(r.clears) == 1
+    _, dropped = r.clears[0]
+    assert 0 < dropped <= 200 + JITTER_MS  # only what was queued ahead had to be dropped
+    # the caller heard what the server says they heard, to within one frame (+ jitter)
+    assert abs(heard_ms(r.heard, 8000, 1000) - heard) <= 20 + JITTER_MS
+    # its checkpoint was still queued behind unsent audio, so it never went out
+    assert r.checkpoints_received == ["after"] and r.checkpoints_acked == ["after"]
+    assert runner.result["cleared_acks"] == 1
+    assert abs(heard_ms(r.heard, 8000, 500) - 300) <= 30

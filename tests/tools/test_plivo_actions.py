@@ -1,0 +1,129 @@
+"""end_call and transfer_call against a local fake of Plivo's REST API, with the real REST
+client, state store, event sinks and transfer XML endpoint — the pieces a call host wires up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.agent_config import ToolConfig
+from app.calls.state_store import SessionStateStore
+from app.calls.transfer import TRANSFER_KEY, transfer_url, transfer_via_plivo
+from app.config import Settings
+from app.db.models import Session
+from app.events.service import EventsService
+from app.telephony.plivo.rest import PlivoRestClient
+from app.tools.control import TransferMode
+from app.tools.executor import ToolExecutor, ToolSession
+from pipelines import events as ev
+from providers.base import ToolCall
+from tests.events.conftest import make_session
+from tests.fakes.plivo_rest import FakePlivoRest, run_fake_plivo_rest
+from tests.tools.conftest import RecordingControl
+
+PUBLIC_URL = "http://testserver"
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory(security={"verify_plivo_signatures": False},
+                            server={"public_url": PUBLIC_URL})
+
+
+class PlivoControl(RecordingControl):
+    """CallControl the way a host implements it on Plivo: REST hangup/transfer + events."""
+
+    def __init__(self, sid: str, call_uuid: str, rest: PlivoRestClient,
+                 store: SessionStateStore, events: EventsService) -> None:
+        super().__init__(sid, call_uuid)
+        self.rest, self.store, self.events = rest, store, events
+
+    async def hangup(self, reason: str) -> None:
+        await self.rest.hangup(self.call_uuid)
+        self.events.publish(ev.SessionEnded(session_id=self.session_id, reason=reason))
+        self._ended = True
+
+    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
+        await transfer_via_plivo(rest=self.rest, store=self.store, public_url=PUBLIC_URL,
+                                 session_id=self.session_id, call_uuid=self.call_uuid,
+                                 target=target, mode=mode, brief=brief,
+                                 on_event=self.events.publish)
+        self.events.publish(ev.SessionEnded(session_id=self.session_id, reason="transferred"))
+        self._ended = True
+
+
+async def _setup(app: FastAPI, fake: FakePlivoRest, tools: list[ToolConfig]) -> Any:
+    state = app.state.pb
+    sid, _ = await make_session(state.db, status="active")
+    call_uuid = "3b8a6a4e-0000-4000-8000-000000000001"
+    fake.live_calls.add(call_uuid)
+    rest = PlivoRestClient(fake.api_base, fake.auth_id, fake.auth_token, backoff_s=0.01)
+    store = SessionStateStore(state.db.sessionmaker)
+    control = PlivoControl(sid, call_uuid, rest, store, state.events)
+    executor = ToolExecutor(tools, ToolSession(session_id=sid, call_uuid=call_uuid,
+                                               control=control),
+                            state.events.publish)
+    return sid, call_uuid, rest, executor
+
+
+async def test_end_call_hangs_up_through_plivo_rest(app: FastAPI) -> None:
+    async with run_fake_plivo_rest() as fake:
+        sid, call_uuid, rest, executor = await _setup(
+            app, fake, [ToolConfig(name="end_call", builtin="end_call")])
+        fake.fail_next(503)  # Plivo hiccups once; the client retries
+        result = await executor(ToolCall(id="c", name="end_call", arguments={}))
+        await rest.aclose()
+    assert result == {"status": "ending call"}
+    deletes = fake.calls_to("DELETE", f"/Call/{call_uuid}/")
+    assert [r.status for r in deletes] == [503, 204]
+    assert call_uuid not in fake.live_calls
+    await app.state.pb.events.flush()
+    async with app.state.pb.db.session() as s:
+        row = await s.get(Session, sid)
+        assert row is not None and row.status == "ended" and row.end_reason == "agent_ended"
+
+
+async def test_transfer_call_posts_plivo_transfer_and_serves_dial_xml(
+    app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    tool = ToolConfig(name="transfer_call", builtin="transfer_call",
+                      options={"targets": {"sales": "+14155550100"}, "mode": "warm"})
+    async with run_fake_plivo_rest() as fake:
+        sid, call_uuid, rest, executor = await _setup(app, fake, [tool])
+        sub = app.state.pb.events.bus.subscribe(sid)
+        result = await executor(ToolCall(id="c", name="transfer_call", arguments={
+            "target": "sales", "summary": "Ada wants to upgrade her plan."}))
+        await rest.aclose()
+    assert result["status"] == "transferring"
+    seen = []
+    while (env := sub.get_nowait()) is not None:
+        seen.append((env.type, env.event.payload()))
+    assert [t for t, _ in seen] == ["tool.called", "tool.completed", "call.transferred",
+                                    "session.ended"]
+    assert seen[2][1] == {"target": "+14155550100", "mode": "warm"}
+    (post,) = fake.calls_to("POST", f"/Call/{call_uuid}/")
+    assert post.status == 202
+    assert post.body == {"legs": "aleg", "aleg_url": transfer_url(PUBLIC_URL, sid),
+                         "aleg_method": "POST"}
+
+    state = app.state.pb
+    await state.events.flush()
+    async with state.db.session() as s:
+        row = await s.get(Session, sid)
+        assert row is not None and row.end_reason == "transferred"
+        assert row.state[TRANSFER_KEY]["target"] == "+14155550100"
+    # Hidden from the public state API.
+    r = await client.get(f"/v1/sessions/{sid}/state", headers=admin_headers)
+    assert r.status_code == 200 and TRANSFER_KEY not in r.json()
+
+    # What Plivo fetches next: <Dial> the target, the brief played to them first.
+    r = await client.post(f"/plivo/transfer/{sid}")
+    assert r.status_code == 200
+    assert "<Number>14155550100</Number>" in r.text
+    assert f'confirmSound="{PUBLIC_URL}/plivo/transfer/{sid}/brief"' in r.text
+    r = await client.post(f"/plivo/transfer/{sid}/brief")
+    assert "Ada wants to upgrade her plan." in r.text
