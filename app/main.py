@@ -29,6 +29,7 @@ from app.api import (
     calls,
     credentials,
     health,
+    metrics,
     numbers,
     openapi,
     problems,
@@ -38,6 +39,7 @@ from app.api import (
     usage,
 )
 from app.api.auth import require_api_key
+from app.calls.component import call_host_component
 from app.config import Settings, load_settings
 from app.db import migrate
 from app.db.engine import Database, open_database
@@ -59,6 +61,7 @@ VERSION = "0.1.0"
 
 PUBLIC_ROUTERS: list[APIRouter] = [
     health.router,
+    metrics.router,  # Prometheus exposition
     events_ws.router,  # authenticates itself (Bearer or ?api_key=), closes 1008
     plivo_routes.router,  # Plivo signs its requests (V3) instead of an API key
 ]
@@ -78,6 +81,7 @@ V1_ROUTERS: list[APIRouter] = [
 Component = Callable[[FastAPI, AppState], AbstractAsyncContextManager[Any]]
 COMPONENTS: list[Component] = [
     events_component,
+    call_host_component,  # models + the conversation runner; before the edge so it outlives it
     plivo_edge_component,  # REST client, call admission; drains calls on SIGTERM
 ]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,7 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pipelines import events as ev
@@ -94,23 +93,35 @@ def observe_event(event: ev.Event) -> None:
 class EngineCollector(Collector):
     """Pulls numbers owned by other components at scrape time (no hot-path work).
 
-    `sources` returns name -> (help, value) pairs; components register a callable each.
+    Each source returns ready metric families (see `gauge`, `histogram`).
     """
 
     def __init__(self) -> None:
-        self._sources: list[Callable[[], Iterable[tuple[str, str, float]]]] = []
+        self._sources: dict[str, Callable[[], Iterable[Metric]]] = {}
 
-    def add(self, source: Callable[[], Iterable[tuple[str, str, float]]]) -> None:
-        self._sources.append(source)
+    def set(self, name: str, source: Callable[[], Iterable[Metric]]) -> None:
+        """Install (or replace: a new app instance supersedes the old one) a named source."""
+        self._sources[name] = source
 
-    def collect(self) -> Iterable[Any]:
-        for source in list(self._sources):
+    def collect(self) -> Iterable[Metric]:
+        for source in list(self._sources.values()):
             try:
-                items = list(source())
+                yield from list(source())
             except Exception:  # a broken source must not break the scrape
                 continue
-            for name, help_text, value in items:
-                yield GaugeMetricFamily(f"phonebooth_{name}", help_text, value=value)
+
+
+def gauge(name: str, help_text: str, value: float) -> Metric:
+    return GaugeMetricFamily(f"phonebooth_{name}", help_text, value=value)
+
+
+def histogram(name: str, help_text: str, cumulative: list[tuple[float, int]], total: float,
+              labels: dict[str, str]) -> Metric:
+    """A histogram family from (upper bound, cumulative count) pairs ending with +Inf."""
+    fam = HistogramMetricFamily(f"phonebooth_{name}", help_text, labels=list(labels))
+    buckets = [("+Inf" if b == float("inf") else repr(float(b)), n) for b, n in cumulative]
+    fam.add_metric(list(labels.values()), buckets, total)
+    return fam
 
 
 ENGINE = EngineCollector()

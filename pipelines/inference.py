@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import os
 import time
@@ -133,22 +134,29 @@ class _LoopQueue(Generic[T, R]):
 
 
 def cpu_onnx_session(path: str | os.PathLike[str]):  # -> onnxruntime.InferenceSession
-    """One onnxruntime CPU session, single-threaded by design.
+    """One onnxruntime CPU session, single-threaded by design; one per model file per process.
 
     Parallelism comes from batching and from the pool's threads running different batches, not
     from intra-op threads: on a small box those would fight the event loop and each other.
     """
-    import onnxruntime as ort
-
     if not Path(path).is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    return _load_session(str(Path(path).resolve()))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_session(path: str):  # -> onnxruntime.InferenceSession
+    # Sessions are immutable and `run` is thread-safe, so every executor (and every app
+    # instance in the process) can share one instead of paying the load again.
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # warnings about unused initializers are noise here
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def make_inference_pool(threads: int) -> ThreadPoolExecutor:

@@ -156,7 +156,15 @@ class ReplyGenerator:
         part.item = self._context.add_tool_exchange(text, records, results)
 
     async def _run_tool(self, call: Any, rec: ToolCallRecord, results: dict[str, Any]) -> None:
-        self._emit(ev.ToolCalled, call_id=rec.id, name=rec.name, arguments=rec.arguments)
+        # An executor that reports tool.* events itself (the service's) must not be echoed,
+        # or consumers would see every tool call twice.
+        reports = bool(getattr(self._execute, "reports_events", False))
+
+        def emit(event_type: type[ev.Event], **fields: Any) -> None:
+            if not reports:
+                self._emit(event_type, **fields)
+
+        emit(ev.ToolCalled, call_id=rec.id, name=rec.name, arguments=rec.arguments)
         t0 = self._clock()
 
         def latency() -> float:
@@ -168,15 +176,15 @@ class ReplyGenerator:
             raise
         except TimeoutError:
             results[rec.id] = {"error": f"the tool timed out after {self._tool_timeout_s:g}s"}
-            self._emit(ev.ToolFailed, call_id=rec.id, name=rec.name, error="timeout",
+            emit(ev.ToolFailed, call_id=rec.id, name=rec.name, error="timeout",
                        latency_ms=latency())
             return
         except Exception as exc:
             message = str(exc)[:500] or type(exc).__name__
             results[rec.id] = {"error": message}
-            self._emit(ev.ToolFailed, call_id=rec.id, name=rec.name, error=message,
+            emit(ev.ToolFailed, call_id=rec.id, name=rec.name, error=message,
                        latency_ms=latency())
             return
         results[rec.id] = result
-        self._emit(ev.ToolCompleted, call_id=rec.id, name=rec.name, result=result,
+        emit(ev.ToolCompleted, call_id=rec.id, name=rec.name, result=result,
                    latency_ms=latency())

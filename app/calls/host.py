@@ -1,0 +1,281 @@
+"""The call host: runs one agent conversation per Plivo stream.
+
+`CallHost.run(info, transport)` is the edge's `CallRunner`. For each call it builds the agent's
+providers (with fallbacks), a VAD stream and end-of-turn policy over the process-wide models, the
+tool executor, and a `Conversation`; then it pumps caller audio and keypresses into the engine
+until either side ends the call. Events go to the bus (SQL, webhooks, WebSockets), to the
+metrics, and to the call's report collector. The host also registers each live call for the
+control API (`POST /v1/sessions/{id}/say` ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from app import metrics
+from app.agent_config import AgentConfig
+from app.calls.registry import LiveCalls
+from app.calls.report import ReportCollector, final_report
+from app.calls.runner import CallInfo
+from app.calls.state_store import shared_state_store
+from app.calls.transport import CallTransport
+from app.events.signing import signing_secret_from_box
+from app.security.secrets import SecretResolver
+from app.state import AppState
+from app.tools.control import TransferMode
+from app.tools.digits import DigitCollector
+from app.tools.executor import ToolExecutor, ToolSession
+from pipelines import events as ev
+from pipelines.conversation import Conversation
+from pipelines.engine_models import EngineModels
+from providers.base import ProviderContext, Usage
+from providers.factory import build_provider
+
+log = logging.getLogger(__name__)
+
+# A call whose providers can't even be built still gets this spoken (by the echo-free path:
+# nothing else can speak), then ends with reason "setup_failed".
+SETUP_FAILED_REASON = "setup_failed"
+
+
+class CallHost:
+    """Process-wide: shared models and provider state; one `run` per call."""
+
+    def __init__(self, state: AppState, models: EngineModels) -> None:
+        self.state = state
+        self.models = models
+        self.live = LiveCalls()
+        self.secrets = SecretResolver(state.db, state.crypto)
+        # Loaded local models and pooled HTTP clients, shared by every call's adapters.
+        self.shared: dict[str, Any] = {}
+        self._signing_secret = signing_secret_from_box(state.crypto)
+
+    @property
+    def active(self) -> int:
+        return len(self.live)
+
+    async def run(self, info: CallInfo, transport: CallTransport) -> str:
+        call = _Call(self, info, transport)
+        self.live.register(info.session_id, call)
+        metrics.ACTIVE_CALLS.inc()
+        try:
+            return await call.run()
+        finally:
+            metrics.ACTIVE_CALLS.dec()
+            self.live.unregister(info.session_id, call)
+
+    def publish(self, event: ev.Event) -> None:
+        metrics.observe_event(event)
+        if self.state.events is not None:
+            self.state.events.publish(event)
+
+
+class _Call:
+    """One live call; also its `CallControl` for tools and the live-control API."""
+
+    def __init__(self, host: CallHost, info: CallInfo, transport: CallTransport) -> None:
+        self.host = host
+        self.info = info
+        self.transport = transport
+        self.session_id = info.session_id
+        self.call_uuid = info.call_uuid
+        self.state: dict[str, Any] = {}
+        self.config = AgentConfig.model_validate(info.agent_config)
+        self.report = ReportCollector()
+        self.digits = DigitCollector()
+        self.conversation: Conversation | None = None
+        self.executor: ToolExecutor | None = None
+        self.started = time.monotonic()
+        self._ended = False
+
+    # -- events ------------------------------------------------------------------------------
+    def emit(self, event: ev.Event) -> None:
+        event.session_id = self.session_id
+        if isinstance(event, ev.UserTranscription) and event.is_final:
+            self.digits.feed_transcript(event.text)
+        self.report(event)
+        self.host.publish(event)
+
+    def _context(self, kind: str) -> ProviderContext:
+        def on_usage(u: Usage) -> None:
+            self.emit(ev.SessionUsage(provider=u.provider, model=u.model, kind=kind,
+                                      metric=u.metric, quantity=u.quantity))
+
+        return ProviderContext(
+            resolve_secret=self.host.secrets,
+            models_dir=str(self.host.state.settings.models_dir),
+            on_usage=on_usage,
+            shared=self.host.shared,
+        )
+
+    def _on_switch(self, kind: str) -> Callable[..., None]:
+        def switched(kind_: str, from_name: str, to_name: str, error: Any) -> None:
+            self.emit(ev.ProviderFallback(kind=kind_ or kind, from_provider=from_name,
+                                          to_provider=to_name, error=str(error)[:300]))
+        return switched
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> str:
+        info = self.info
+        self.emit(ev.SessionStarted(
+            call_uuid=info.call_uuid, direction=info.direction, from_number=info.from_number,
+            to_number=info.to_number, agent_id=info.agent_id or "",
+            agent_version=info.agent_version or 0,
+        ))
+        try:
+            self.state.update(await shared_state_store(self.host.state).get(self.session_id))
+        except LookupError:
+            pass
+        reason = "error"
+        try:
+            self.conversation = self._build()
+            reason = await self._converse(self.conversation)
+        except Exception as exc:
+            log.exception("session %s: call failed", self.session_id)
+            self.emit(ev.SessionError(code="internal", message=str(exc)[:300], stage="host"))
+            reason = SETUP_FAILED_REASON if self.conversation is None else "error"
+            if self.conversation is None:
+                # Nothing can speak an apology without a TTS; end the call explicitly rather
+                # than leave the caller in silence.
+                with contextlib.suppress(Exception):
+                    await self.transport.hangup(reason)
+        finally:
+            self._ended = True
+            if self.executor is not None:
+                await self.executor.aclose()
+            await self._finish(reason)
+        return reason
+
+    def _build(self) -> Conversation:
+        cfg = self.config
+        stt = build_provider("stt", cfg.stt, self._context("stt"), on_switch=self._on_switch("stt"))
+        llm = build_provider("llm", cfg.llm, self._context("llm"), on_switch=self._on_switch("llm"))
+        tts = build_provider("tts", cfg.tts, self._context("tts"), on_switch=self._on_switch("tts"))
+        self._llm = llm
+        tools = None
+        if cfg.tools:
+            self.executor = ToolExecutor(
+                cfg.tools,
+                ToolSession(
+                    session_id=self.session_id,
+                    call_uuid=self.call_uuid,
+                    signing_secret=self.host._signing_secret,
+                    control=self,
+                    state_store=shared_state_store(self.host.state),
+                    settings=cfg.tool_settings,
+                ),
+                self.emit,
+            )
+            tools = self.executor.specs
+        models = self.host.models
+        return Conversation(
+            cfg,
+            prompt=cfg.prompt,
+            greeting=cfg.greeting if cfg.speaks_first else None,
+            vad=models.vad_stream(cfg.vad),
+            endpointing=models.endpointing(cfg.turn),
+            stt=stt,
+            llm=llm,
+            tts=tts,
+            sink=self.transport.playout,
+            on_event=self.emit,
+            tool_executor=self.executor,
+            tools=tools,
+            voice=cfg.voice,
+            language=cfg.language,
+            session_id=self.session_id,
+            playout_ahead_ms=float(self.host.state.settings.playout.max_ahead_ms),
+        )
+
+    async def _converse(self, conv: Conversation) -> str:
+        await conv.start()
+        pumps = [
+            asyncio.create_task(self._pump_audio(conv), name=f"audio-{self.session_id}"),
+            asyncio.create_task(self._pump_dtmf(conv), name=f"dtmf-{self.session_id}"),
+        ]
+        ended = asyncio.create_task(conv.wait_ended(), name=f"conv-{self.session_id}")
+        try:
+            await asyncio.wait([ended, pumps[0]], return_when=asyncio.FIRST_COMPLETED)
+            if not ended.done():
+                # The caller hung up (frames ended): stop the engine, keep the carrier's reason.
+                await conv.stop(self.transport.end_reason or "caller_hangup")
+            reason = await ended
+        finally:
+            for t in pumps:
+                t.cancel()
+            for t in pumps:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        if not self.transport.closed:
+            # The agent ended the call (goodbye, idle, end_call, max duration): hang up through
+            # the carrier's REST API, never by just closing the socket.
+            with contextlib.suppress(Exception):
+                await self.transport.hangup(reason)
+        return self.transport.end_reason if reason == "caller_hangup" and \
+            self.transport.end_reason else reason
+
+    async def _pump_audio(self, conv: Conversation) -> None:
+        async for frame in self.transport.frames():
+            await conv.push_audio(frame)
+
+    async def _pump_dtmf(self, conv: Conversation) -> None:
+        async for d in self.transport.dtmf():
+            if self.digits.active:
+                # A tool is collecting digits: they are its input, not a user turn.
+                self.emit(ev.UserDtmf(digit=d.digit))
+                self.digits.feed_dtmf(d.digit)
+            else:
+                conv.on_dtmf(d.digit)
+
+    async def _finish(self, reason: str) -> None:
+        duration = time.monotonic() - self.started
+        summary_llm = self._llm if self.config.post_call.summary_prompt else None
+        try:
+            report = await final_report(
+                self.report, duration_s=round(duration, 3), llm=summary_llm,
+                summary_prompt=self.config.post_call.summary_prompt,
+                on_usage=lambda u: self.emit(ev.SessionUsage(
+                    provider=u.provider, model=u.model, kind="llm", metric=u.metric,
+                    quantity=u.quantity)),
+            )
+        except Exception as exc:  # the end event must go out whatever happens
+            log.warning("session %s: report failed: %s", self.session_id, exc)
+            report = {}
+        self.emit(ev.SessionEnded(reason=reason, duration_s=round(duration, 3), report=report))
+
+    # -- CallControl -------------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def _conv(self) -> Conversation:
+        if self.conversation is None:
+            raise RuntimeError("the call is not running yet")
+        return self.conversation
+
+    async def say(self, text: str, *, interruptible: bool = True) -> None:
+        await self._conv().say(text, interruptible=interruptible)
+
+    async def hangup(self, reason: str) -> None:
+        conv = self._conv()
+        conv.hangup(reason)
+
+    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
+        await self.transport.transfer(target, mode, brief)
+        self.emit(ev.CallTransferred(target=target, mode=mode))
+        await self._conv().stop("transferred")
+
+    async def send_dtmf(self, digits: str) -> None:
+        await self.transport.playout.send_dtmf(digits)
+
+    async def collect_digits(self, num_digits: int | None, timeout_s: float,
+                             finish_on_key: str | None = "#") -> str:
+        return await self.digits.collect(num_digits, timeout_s, finish_on_key)
+
+    async def inject(self, text: str) -> None:
+        self._conv().inject(text)
