@@ -8,8 +8,8 @@ Database-backed fixtures (reuse them; override `settings` in your own conftest t
   marker, so `pytest -m postgres` runs only the Postgres half).
 - `blank_database_url`: same backends, but an empty database (no tables, no alembic version).
 - `settings_factory(**overrides)`: Settings on `database_url` with a fixed secret key, the
-  admin key TEST_ADMIN_KEY, a temp models dir and the demo agent off; overrides deep-merge,
-  e.g. `settings_factory(demo={"create_on_start": True})`.
+  admin key TEST_ADMIN_KEY, the real models dir (no fetching), the demo agent off;
+  overrides deep-merge, e.g. `settings_factory(demo={"create_on_start": True})`.
 - `settings`: `settings_factory()`.
 - `database`: an open `app.db.engine.Database` on `database_url` (for repository tests).
 - `app`: `create_app(settings)` with its lifespan running (no HTTP server).
@@ -180,7 +180,9 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings_factory(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
+def settings_factory(
+    database_url: str, tmp_path: Path, models_dir: Path
+) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         base: dict[str, Any] = {
             "database": {"url": database_url},
@@ -189,7 +191,7 @@ def settings_factory(database_url: str, tmp_path: Path) -> Callable[..., Setting
                 "admin_api_key": TEST_ADMIN_KEY,
                 "secret_key_file": str(tmp_path / "secret.key"),
             },
-            "models": {"dir": str(tmp_path / "models"), "fetch_on_start": False},
+            "models": {"dir": str(models_dir), "fetch_on_start": False},
             "demo": {"create_on_start": False},
         }
         return Settings(**deep_merge(base, overrides))

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 EndCallback = Callable[[str], Awaitable[None]]
 # While draining, an answered call whose stream has not connected after this long never will.
-DRAIN_RESERVATION_S = 10.0
+DRAIN_RESERVATION_S = 5.0
 
 
 @dataclass(slots=True)
@@ -96,6 +96,13 @@ class CallAdmission:
         if not self._slots:
             self._empty.set()
 
+    def drop_reservations(self) -> int:
+        """Give up on every admitted call whose stream has not connected; returns how many."""
+        stale = [sid for sid, s in self._slots.items() if not s.live]
+        for sid in stale:
+            self.release(sid)
+        return len(stale)
+
     def _expire(self) -> None:
         now = self._clock()
         stale = [sid for sid, s in self._slots.items() if not s.live and now - s.reserved_at
@@ -123,8 +130,7 @@ class CallAdmission:
         if not self._slots:
             log.info("draining: no calls left")
             return 0
-        for sid in [sid for sid, s in self._slots.items() if not s.live]:
-            self.release(sid)  # answered but never streamed: nothing to end
+        self.drop_reservations()  # answered but never streamed: nothing to end
         stragglers = [(sid, s.end) for sid, s in self._slots.items() if s.end is not None]
         log.warning("draining: ending %d call(s) still live after %.0f s", len(stragglers),
                     timeout_s)

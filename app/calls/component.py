@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app import metrics, model_store
+from app.agent_config import AgentConfig
 from app.calls.host import CallHost
+from app.db.repos import agents as agents_repo
 from app.state import AppState
 from pipelines.engine_models import EngineModels
 from providers.base import ProviderContext
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Embedded providers loaded in the background at start (their first load takes seconds).
 WARM = (("stt", "pocketsphinx"), ("tts", "piper"), ("llm", "llama_cpp"))
+AGENT_DEFAULTS = {k: AgentConfig.model_fields[k].default_factory().provider  # type: ignore[misc]
+                  for k in ("stt", "llm", "tts")}
 
 
 def _fetch_missing(state: AppState) -> None:
@@ -44,10 +48,27 @@ def _fetch_missing(state: AppState) -> None:
     model_store.fetch(models_dir, missing)
 
 
+async def _providers_in_use(state: AppState) -> set[tuple[str, str]]:
+    """(kind, provider) pairs named by the current version of any agent, fallbacks included."""
+    used: set[tuple[str, str]] = set()
+    async with state.db.session() as s:
+        for agent in await agents_repo.list_agents(s, limit=1000):
+            config = (await agents_repo.current_version(s, agent)).config
+            for kind in ("stt", "llm", "tts"):
+                block = config.get(kind) or {"provider": AGENT_DEFAULTS[kind]}
+                for b in (block, *block.get("fallback", ())):
+                    used.add((kind, str(b.get("provider"))))
+    return used
+
+
 async def _warm(host: CallHost) -> None:
+    """Load the embedded providers the stored agents use, so no caller waits for it."""
     from providers import registry
 
+    used = await _providers_in_use(host.state)
     for kind, name in WARM:
+        if (kind, name) not in used:
+            continue
         try:
             cls = registry.get(kind, name)
             provider = cls(cls.Config(), ProviderContext(
@@ -56,8 +77,8 @@ async def _warm(host: CallHost) -> None:
             warm = getattr(provider, "warm", None)
             if warm is not None:
                 await warm()
-        except Exception as exc:  # optional extras may be absent; the agent check says so
-            log.info("not warming %s %s: %s", kind, name, exc)
+        except Exception as exc:  # optional extras may be absent; agent validation says so
+            log.warning("could not preload %s provider %s: %s", kind, name, exc)
 
 
 def _engine_metrics(models: EngineModels) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.calls.echo import GreetingEchoRunner
 from app.config import Settings
 from app.db.repos import agents as agents_repo
 from app.db.repos import numbers as numbers_repo
@@ -62,13 +63,28 @@ def edge_settings(settings_factory: Callable[..., Settings],
 
 
 @pytest.fixture
-async def edge_factory(edge_settings: Callable[..., Settings], plivo_rest: FakePlivoRest):
+def edge_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the server without the conversation host (app.calls.component): these tests are
+    about the telephony edge, so calls use the edge-test echo runner (or a scripted runner a
+    test installs) and no engine models or providers are loaded."""
+    import app.main
+
+    kept = [c for c in app.main.COMPONENTS if c.__module__ != "app.calls.component"]
+    monkeypatch.setattr(app.main, "COMPONENTS", kept)
+
+
+@pytest.fixture
+async def edge_factory(edge_settings: Callable[..., Settings], plivo_rest: FakePlivoRest,
+                       edge_only: None):
     """`async with edge_factory(**settings_overrides) as edge:` a server + agent + simulator."""
     import contextlib
 
     @contextlib.asynccontextmanager
     async def make(**overrides: Any) -> AsyncIterator[Edge]:
         async with run_live_server(edge_settings(**overrides)) as server:
+            # Edge tests check the telephony path, not the conversation: the echo runner
+            # sends the caller's audio straight back (tests may install their own runner).
+            server.state.calls = GreetingEchoRunner()
             agent_id = await seed_agent(server)
             sim = PlivoSimulator(server.base_url, plivo_rest.auth_token)
             yield Edge(server, plivo_rest, sim, agent_id)
