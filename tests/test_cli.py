@@ -88,9 +88,9 @@ def test_migrate(capsys, blank_database_url, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"database": {"url": blank_database_url}}))
     code, out, _ = run(capsys, "--config", str(cfg), "migrate")
-    assert code == 0 and out.strip() == "database migrated from empty to 0002"
+    assert code == 0 and out.strip() == "database migrated from empty to 0001"
     code, out, _ = run(capsys, "migrate", "--config", str(cfg))
-    assert code == 0 and out.strip() == "database already at revision 0002"
+    assert code == 0 and out.strip() == "database already at revision 0001"
 
 
 def test_keys(capsys, config_file):
@@ -292,4 +292,4 @@ def test_concurrent_migrate_processes(blank_database_url, tmp_path):
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sorted(o.strip() for o, _ in outs) == [
-        "database already at revision 0002", "database migrated from empty to 0002"]
+        "database already at revision 0001", "database migrated from empty to 0001"]

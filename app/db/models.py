@@ -149,7 +149,8 @@ class Turn(Base):
 
 class ToolCallRecord(Base):
     __tablename__ = "tool_calls"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the LLM's tool call id
+    # "<session_id>:<the LLM's tool call id>": LLMs reuse ids like call_0 across calls.
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
     turn_id: Mapped[str | None] = mapped_column(String(32), default=None)
     name: Mapped[str] = mapped_column(String(100))

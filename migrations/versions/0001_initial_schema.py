@@ -104,6 +104,7 @@ def upgrade() -> None:
     sa.Column('state', sa.JSON(), nullable=False),
     sa.Column('voicemail', sa.String(length=16), nullable=True),
     sa.Column('report', sa.JSON(), nullable=True),
+    sa.Column('node_id', sa.String(length=64), nullable=True),
     sa.ForeignKeyConstraint(['agent_id'], ['agents.id'], name=op.f('fk_sessions_agent_id_agents')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sessions'))
     )
@@ -113,7 +114,7 @@ def upgrade() -> None:
     op.create_index('ix_sessions_status_created', 'sessions', ['status', 'created_at'], unique=False)
     op.create_index('ix_sessions_created', 'sessions', ['created_at'], unique=False)
     op.create_table('tool_calls',
-    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('id', sa.String(length=128), nullable=False),
     sa.Column('session_id', sa.String(length=32), nullable=False),
     sa.Column('turn_id', sa.String(length=32), nullable=True),
     sa.Column('name', sa.String(length=100), nullable=False),
