@@ -32,11 +32,12 @@ is tracked and cancelled by `stop`; every buffer is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -163,6 +164,7 @@ class Conversation:
         self._barge: _Barge | None = None
         self._dtmf_digits: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
+        self._suspended = 0  # turns_suspended() depth: caller speech is input, not turns
         # Agent speech.
         self._gate = asyncio.Event()  # open: speech may flow to the sink; closed: hold
         self._gate.set()
@@ -170,6 +172,8 @@ class Conversation:
         self._queue_ready = asyncio.Event()
         self._current: SpeechHandle | None = None
         self._segment_ids = itertools.count(1)
+        self._interjections: set[SpeechHandle] = set()
+        self._played_waiters: dict[str, asyncio.Future[None]] = {}
         self._thinking = ThinkingAudio(sink) if settings.thinking_audio else None
         # Lifecycle.
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -242,7 +246,13 @@ class Conversation:
         add_to_context: bool = True,
     ) -> SpeechHandle:
         """Speak `content` (text via TTS, or int16 audio at `sample_rate` with an optional
-        `transcript`) after whatever is playing now. Returns an awaitable, cancellable handle."""
+        `transcript`) after whatever is playing now. Returns an awaitable, cancellable handle.
+
+        While the current answer waits on a tool call, text is spoken at once as part of that
+        answer (a hold line, a tool's prompt or goodbye) instead of queued behind it: queued, it
+        would wait for the tool, and a tool awaiting its own words would never finish. Such an
+        interjection is heard and truncated like the answer's own words but stays out of the
+        LLM context; barge-in stops it with the answer (`cancel()` has no effect on it)."""
         if self._loop is None or self._ended is None or self._ended.done():
             raise RuntimeError("conversation is not running")
         if self._ending:
@@ -250,6 +260,10 @@ class Conversation:
         if isinstance(content, str):
             if not content.strip():
                 raise ValueError("nothing to say")
+            cur = self._current
+            if (cur is not None and cur.kind == "reply" and cur.in_tools
+                    and cur.stop_reason is None and cur.output is not None):
+                return self._interject(cur, content, interruptible)
             handle = self._speech("say", text=content, interruptible=interruptible,
                                   add_to_context=add_to_context)
         else:
@@ -278,6 +292,30 @@ class Conversation:
     def inject(self, text: str, role: Literal["system", "user", "assistant"] = "system") -> None:
         """Add context for the next turn (e.g. data looked up by the host); no response."""
         self.context.inject(text, role)
+
+    @contextlib.contextmanager
+    def turns_suspended(self) -> Iterator[None]:
+        """While inside, the caller's speech is input for the host (digits being collected,
+        an answering-machine check), not conversation: it neither barges in nor becomes a
+        turn, and no idle prompt fires. VAD and transcript events still flow (finals are
+        requested promptly at each pause); the words are dropped when the block ends."""
+        self._suspended += 1
+        b = self._barge
+        if b is not None:
+            self._end_barge(b, False)  # a hold that began just before: not an interruption
+        self._cancel(self._eou_task)
+        try:
+            yield
+        finally:
+            self._suspended -= 1
+            if not self._suspended and not self._ending and self._loop is not None:
+                self._words.clear()
+                # Late results and the rest of an utterance in progress belong to the input.
+                self._words.discarding = True
+                self._ignore_utterance = self._user_speaking
+                self._turn_start_ms = None
+                if self._current is None and not self._queue:
+                    self._arm_idle()
 
     def hangup(self, reason: str = "agent_hangup", *, goodbye: str | None = None,
                interrupt: bool = False) -> None:
@@ -449,6 +487,9 @@ class Conversation:
         self._emit(ev.UserSpeechStopped, speech_ms=e.speech_ms, mono=edge)
         if self._ending:
             return
+        if self._suspended:
+            self._queue_stt(_FLUSH)  # the host reads the words: have them finalised now
+            return
         if self._ignore_utterance:
             # The rest of an utterance already judged a false interruption ("yeah yeah").
             self._ignore_utterance = False
@@ -480,7 +521,7 @@ class Conversation:
         b = self._barge
         if b is not None and not await asyncio.shield(b.resolved):
             return
-        if self._ending:
+        if self._ending or self._suspended:
             return
         # A final transcript is required: flush unless one already arrived after the speech.
         if self._words.interim or self._words.seq <= self._final_seq_at_stop:
@@ -489,6 +530,8 @@ class Conversation:
             await self._words.wait_final(seq, self.settings.turn.stt_final_timeout_ms / 1000.0)
         text = self._words.text()
         final_at = self._now()
+        if self._suspended:
+            return
         if not text:
             # Noise, or words the STT could not make out: nothing to answer.
             self._reset_turn()
@@ -539,6 +582,7 @@ class Conversation:
             and cur.interruptible
             and cur.stop_reason is None
             and not self._ending
+            and not self._suspended
         )
 
     def _begin_barge(self, onset_at: float) -> None:
@@ -689,8 +733,7 @@ class Conversation:
             self._sink, self._tts, gate=self._gate, voice=self._voice,
             next_segment_id=lambda: f"{self.session_id or 'seg'}-{next(self._segment_ids)}",
             on_segment_started=self._on_segment_started,
-            on_segment_played=lambda seg: self._emit(
-                ev.AgentSpeechCompleted, segment_id=seg.id, text=seg.text),
+            on_segment_played=self._on_segment_played,
             before_first_audio=self._thinking.stop if self._thinking else None,
             max_sentences=0,  # bounded by the LLM's answer; never block the LLM stream
             max_ahead_ms=self._playout_ahead_ms,
@@ -727,6 +770,60 @@ class Conversation:
             if not run.done():
                 run.cancel()
             await asyncio.gather(run, return_exceptions=True)
+
+    def _on_segment_played(self, seg: Any) -> None:
+        self._emit(ev.AgentSpeechCompleted, segment_id=seg.id, text=seg.text)
+        waiter = self._played_waiters.pop(seg.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _interject(self, cur: SpeechHandle, text: str, interruptible: bool) -> SpeechHandle:
+        handle = self._speech("say", text=text, interruptible=interruptible,
+                              add_to_context=False)
+        self._interjections.add(handle)
+        self._spawn(self._play_interjection(cur, handle), f"interject-{handle.id}")
+        return handle
+
+    async def _play_interjection(self, cur: SpeechHandle, handle: SpeechHandle) -> None:
+        """Speak `handle`'s text inside the answer `cur`; resolve once played or cut off."""
+        out = cur.output
+        assert out is not None
+        was_interruptible = cur.interruptible
+        if not handle.interruptible:
+            cur.interruptible = False  # e.g. a goodbye: the caller cannot talk over it
+        waiters: dict[str, asyncio.Future[None]] = {}
+        try:
+            part = cur.new_part()
+            part.in_context = False
+            for sentence in split_sentences(handle.source_text):
+                seg = await out.add_text(sentence, part.index)
+                if seg is not None:
+                    waiters[seg.id] = self._played_waiters[seg.id] = \
+                        self._require_loop().create_future()
+            if waiters:
+                played = asyncio.ensure_future(asyncio.gather(*waiters.values()))
+                ended = asyncio.ensure_future(cur.wait())
+                try:
+                    await asyncio.wait([played, ended], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (played, ended):
+                        t.cancel()
+            if all(w.done() for w in waiters.values()):
+                handle.heard_text = handle.source_text
+            else:
+                handle.stop_reason = cur.stop_reason or "cancelled"
+        except RuntimeError:
+            # The answer closed its output in the same instant (its tool just finished): the
+            # words are moot now; report them as not said.
+            handle.stop_reason = "cancelled"
+            log.debug("interjection %s arrived after its answer ended", handle.id)
+        finally:
+            if not handle.interruptible and cur.stop_reason is None:
+                cur.interruptible = was_interruptible
+            for seg_id in waiters:
+                self._played_waiters.pop(seg_id, None)
+            self._interjections.discard(handle)
+            handle.resolve()
 
     def _on_segment_started(self, seg: Any) -> None:
         if self.state in ("starting", "thinking", "listening") and self._barge is None:
@@ -838,6 +935,7 @@ class Conversation:
             or self._barge is not None
             or not self._words.empty
             or self._dtmf_digits
+            or self._suspended > 0
         )
 
     async def _idle_timer(self) -> None:
@@ -914,10 +1012,13 @@ class Conversation:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._thinking is not None:
             await self._thinking.stop()
-        for h in [*self._queue, *([self._current] if self._current else [])]:
+        for h in [*self._queue, *([self._current] if self._current else []),
+                  *self._interjections]:
             if h.stop_reason is None:
                 h.stop_reason = "shutdown"
             h.resolve()
+        self._interjections.clear()
+        self._played_waiters.clear()
         self._queue.clear()
         self._current = None
         if self._stt_stream is not None:

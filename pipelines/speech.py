@@ -50,6 +50,9 @@ class SpeechPart:
 
     index: int
     item: ChatItem | None = None
+    # False for words spoken into an answer on the host's behalf (a tool's hold line): the
+    # caller hears them but they are not the model's message, so they never enter the context.
+    in_context: bool = True
 
 
 class SpeechHandle:
@@ -134,6 +137,8 @@ class SpeechHandle:
         if out is None:
             return
         for part in self.parts:
+            if not part.in_context:
+                continue
             heard = out.heard_text(part.index, assume_written_plays=assume_written_plays)
             if part.item is not None:
                 if heard != out.text(part.index):

@@ -56,6 +56,8 @@ OnSwitch = Callable[[str, str, str, BaseException], None]
 DEFAULT_COOLDOWN_S = 30.0
 # Cap on the STT replay buffer: a longer utterance replays only its last part.
 DEFAULT_REPLAY_MAX_S = 20.0
+# Longest wait, when a stream closes, for failed streams still closing in the background.
+RETIRE_WAIT_S = 3.0
 
 
 class Cooldowns:
@@ -377,6 +379,8 @@ class FallbackSTTStream(STTStream):
         self._switching = asyncio.Lock()
         self._error: BaseException | None = None
         self._closed = False
+        # Failed streams being closed in the background (see `_retire`).
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def provider_name(self) -> str:
@@ -412,7 +416,7 @@ class FallbackSTTStream(STTStream):
             except Exception as exc:
                 error = _timeout_error(link, "stream") if isinstance(exc, TimeoutError) else exc
                 if inner is not None:
-                    await _aclose_quietly(inner)
+                    self._retire(inner)
                 if self._chain.give_up(link, error, nxt):
                     break
                 continue
@@ -435,6 +439,15 @@ class FallbackSTTStream(STTStream):
         self._error = error
         self._out.put_nowait(error)
 
+    def _retire(self, inner: STTStream) -> None:
+        """Close a failed stream without waiting for it: a vendor that hangs may also sit on
+        our goodbye (Deepgram's CloseStream is answered, if at all, by the server that just
+        stopped answering), and the caller's turn must not wait for that on top of the
+        timeout that exposed it."""
+        task = asyncio.create_task(_aclose_quietly(inner), name="stt-fallback-retire")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def _switch(self, inner: STTStream, error: BaseException) -> None:
         """Move off `inner` (if it is still the current stream) to the next provider."""
         async with self._switching:
@@ -446,7 +459,7 @@ class FallbackSTTStream(STTStream):
             pump, self._pump = self._pump, None
             if pump is not None and pump is not asyncio.current_task():
                 pump.cancel()
-            await _aclose_quietly(inner)
+            self._retire(inner)
             nxt_index = self._index + 1
             nxt = self._order[nxt_index] if nxt_index < len(self._order) else None
             if self._chain.give_up(link, error, nxt):
@@ -547,4 +560,7 @@ class FallbackSTTStream(STTStream):
         inner, self._inner = self._inner, None
         if inner is not None:
             await _aclose_quietly(inner)
+        if self._retiring:
+            # Their usage reports and sockets belong to this call: let them finish, briefly.
+            await asyncio.wait(list(self._retiring), timeout=RETIRE_WAIT_S)
         self._out.put_nowait(None)

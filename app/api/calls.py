@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import State
 from app.api.problems import ApiProblem, unprocessable
+from app.calls.voicemail import DETECT_KEY
 from app.db.models import new_id
 from app.db.repos import agents as agents_repo
 from app.db.repos import sessions as sessions_repo
@@ -33,6 +34,13 @@ _TO = r"^(\+?[1-9][0-9]{1,14}|sips?:[^\s@]+@[^\s@]+)$"
 _ANSWER_SLACK_S = 60
 
 
+class VoicemailRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    detect: bool = Field(False, description=(
+        "Classify the callee as human or answering machine before the agent speaks; on a "
+        "machine, follow the agent's `voicemail` settings (leave `message` or hang up)."))
+
+
 class OutboundCallIn(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
     agent_id: str = Field(min_length=1)
@@ -41,6 +49,7 @@ class OutboundCallIn(BaseModel):
                        description="Caller ID: a number on your Plivo account (E.164)")
     metadata: dict[str, Any] = Field(default_factory=dict)
     ring_timeout_s: int = Field(60, ge=5, le=300)
+    voicemail: VoicemailRequest = Field(default_factory=VoicemailRequest)
 
 
 class OutboundCallOut(BaseModel):
@@ -69,6 +78,10 @@ async def make_call(body: OutboundCallIn, state: State) -> OutboundCallOut:
                                   "message": f"agent '{body.agent_id}' does not exist"}])
         version = agent.current_version
     session_id = new_id()
+    metadata = dict(body.metadata)
+    if body.voicemail.detect:
+        # Read back by the call host (app.calls.voicemail) when the callee answers.
+        metadata[DETECT_KEY] = body.voicemail.model_dump()
     if state.draining or not edge.admission.try_admit(
             session_id, ttl_s=body.ring_timeout_s + _ANSWER_SLACK_S):
         raise ApiProblem(503, "at capacity: no call slot free (limits.max_concurrent_calls)",
@@ -79,7 +92,7 @@ async def make_call(body: OutboundCallIn, state: State) -> OutboundCallOut:
             await sessions_repo.create(
                 s, id=session_id, agent_id=body.agent_id, agent_version=version,
                 direction="outbound", from_number=body.from_, to_number=body.to,
-                status="ringing", metadata_=body.metadata)
+                status="ringing", metadata_=metadata)
         result = await edge.rest.make_call(
             from_=_plivo_number(body.from_), to=_plivo_number(body.to),
             answer_url=edge.url("/plivo/answer", {"session_id": session_id}),

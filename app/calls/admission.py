@@ -39,10 +39,14 @@ class _Slot:
 
 class CallAdmission:
     def __init__(self, max_calls: int, *, reserve_timeout_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_expire: Callable[[str], None] | None = None) -> None:
         self.max_calls = max_calls
+        # Told about each reservation that lapsed (its stream never connected), so the
+        # session can be closed instead of staying "ringing" forever.
+        self.on_expire = on_expire
         self.reserve_timeout_s = reserve_timeout_s
-        self._clock = clock
+        self.clock = clock
         self._slots: dict[str, _Slot] = {}
         self._draining = False
         self._empty = asyncio.Event()
@@ -75,7 +79,7 @@ class CallAdmission:
         if self._draining or self.in_use >= self.max_calls:
             self.rejected += 1
             return False
-        self._slots[session_id] = _Slot(self._clock(), ttl_s or self.reserve_timeout_s)
+        self._slots[session_id] = _Slot(self.clock(), ttl_s or self.reserve_timeout_s)
         self._empty.clear()
         return True
 
@@ -86,7 +90,7 @@ class CallAdmission:
         if slot is None:
             if self._draining or self.in_use >= self.max_calls:
                 return False
-            slot = self._slots[session_id] = _Slot(self._clock(), self.reserve_timeout_s)
+            slot = self._slots[session_id] = _Slot(self.clock(), self.reserve_timeout_s)
             self._empty.clear()
         slot.end = end
         return True
@@ -104,12 +108,14 @@ class CallAdmission:
         return len(stale)
 
     def _expire(self) -> None:
-        now = self._clock()
+        now = self.clock()
         stale = [sid for sid, s in self._slots.items() if not s.live and now - s.reserved_at
                  > (min(s.ttl_s, DRAIN_RESERVATION_S) if self._draining else s.ttl_s)]
         for sid in stale:
             log.info("call slot for session %s expired: its stream never connected", sid)
             self.release(sid)
+            if self.on_expire is not None:
+                self.on_expire(sid)
 
     async def drain(self, timeout_s: float, *, end_grace_s: float = 5.0) -> int:
         """Stop admitting and wait for live calls; end stragglers. Returns how many were ended.

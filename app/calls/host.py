@@ -24,6 +24,7 @@ from app.calls.report import ReportCollector, final_report
 from app.calls.runner import CallInfo
 from app.calls.state_store import shared_state_store
 from app.calls.transport import CallTransport
+from app.calls.voicemail import VoicemailScreen, wants_detection
 from app.events.signing import signing_secret_from_box
 from app.security.secrets import SecretResolver
 from app.state import AppState
@@ -88,6 +89,9 @@ class _Call:
         self.config = AgentConfig.model_validate(info.agent_config)
         self.report = ReportCollector()
         self.digits = DigitCollector()
+        # Outbound calls placed with voicemail detection screen the callee before greeting.
+        self.screen = (VoicemailScreen(self.config.voicemail, self.session_id)
+                       if wants_detection(info.direction, info.metadata) else None)
         self.conversation: Conversation | None = None
         self.executor: ToolExecutor | None = None
         self.started = time.monotonic()
@@ -98,6 +102,8 @@ class _Call:
         event.session_id = self.session_id
         if isinstance(event, ev.UserTranscription) and event.is_final:
             self.digits.feed_transcript(event.text)
+        if self.screen is not None:
+            self.screen.feed_event(event)
         self.report(event)
         self.host.publish(event)
 
@@ -176,7 +182,8 @@ class _Call:
         return Conversation(
             cfg,
             prompt=cfg.prompt,
-            greeting=cfg.greeting if cfg.speaks_first else None,
+            # A screened call greets only once the callee turned out to be a person.
+            greeting=cfg.greeting if cfg.speaks_first and self.screen is None else None,
             vad=models.vad_stream(cfg.vad),
             endpointing=models.endpointing(cfg.turn),
             stt=stt,
@@ -198,6 +205,11 @@ class _Call:
             asyncio.create_task(self._pump_audio(conv), name=f"audio-{self.session_id}"),
             asyncio.create_task(self._pump_dtmf(conv), name=f"dtmf-{self.session_id}"),
         ]
+        if self.screen is not None:
+            cfg = self.config
+            pumps.append(asyncio.create_task(
+                self.screen.run(conv, self.emit, cfg.greeting if cfg.speaks_first else None),
+                name=f"voicemail-{self.session_id}"))
         ended = asyncio.create_task(conv.wait_ended(), name=f"conv-{self.session_id}")
         try:
             await asyncio.wait([ended, pumps[0]], return_when=asyncio.FIRST_COMPLETED)
@@ -221,6 +233,8 @@ class _Call:
 
     async def _pump_audio(self, conv: Conversation) -> None:
         async for frame in self.transport.frames():
+            if self.screen is not None and self.screen.listening:
+                self.screen.feed_frame(frame)
             await conv.push_audio(frame)
 
     async def _pump_dtmf(self, conv: Conversation) -> None:
@@ -275,7 +289,10 @@ class _Call:
 
     async def collect_digits(self, num_digits: int | None, timeout_s: float,
                              finish_on_key: str | None = "#") -> str:
-        return await self.digits.collect(num_digits, timeout_s, finish_on_key)
+        # The caller's speech is the digits now: it must neither barge in (which would cancel
+        # this very tool) nor be answered as a turn. Keypresses go to the collector directly.
+        with self._conv().turns_suspended():
+            return await self.digits.collect(num_digits, timeout_s, finish_on_key)
 
     async def inject(self, text: str) -> None:
         self._conv().inject(text)

@@ -7,7 +7,9 @@
   reveal the current scripted utterance word by word, every `interim_every_s` of audio. `Finalize`
   answers with a final `Results` marked `from_finalize` (the utterance, or "" if only silence
   came; nothing at all if no audio came since the last final — as the real service may do;
-  `respond_to_finalize = False` ignores Finalize altogether). Control messages are recorded in
+  `respond_to_finalize = False` ignores Finalize altogether; `finalize_delay_s` sends that final
+  that much later, like the real service's finalisation time, without pausing the audio intake).
+  Control messages are recorded in
   `rec.messages` and `rec.events`; `CloseStream` gets a last final (if audio is pending), a
   `Metadata` message and a 1000 close. No audio or KeepAlive for `idle_timeout_s`
   closes with 1011 "NET-0001". Failures: "status" (refused upgrade), "drop" (abort after `after`
@@ -67,6 +69,8 @@ class FakeDeepgram(FakeVendor):
         self.default_transcript = default_transcript
         # False: Finalize is silently ignored (a case clients must survive).
         self.respond_to_finalize = True
+        # Seconds between Finalize and its final (benchmarks model the vendor's latency).
+        self.finalize_delay_s = 0.0
         self.interim_every_s = interim_every_s
         self.idle_timeout_s = idle_timeout_s
         self.tts_ms_per_char = tts_ms_per_char
@@ -150,6 +154,7 @@ class FakeDeepgram(FakeVendor):
         interim = rec.q("interim_results", "false") == "true"
         st = _SttState(rate)
         frames = 0
+        delayed: set[asyncio.Task[None]] = set()
         try:
             while True:
                 try:
@@ -189,8 +194,12 @@ class FakeDeepgram(FakeVendor):
                 rec.note(kind)
                 if kind == "Finalize":
                     if st.pending_s > 0 and self.respond_to_finalize:
-                        await ws.send(json.dumps(self._results(st, final=True,
-                                                               from_finalize=True)))
+                        final = json.dumps(self._results(st, final=True, from_finalize=True))
+                        if self.finalize_delay_s > 0:
+                            delayed.add(asyncio.create_task(
+                                _send_later(ws, final, self.finalize_delay_s)))
+                        else:
+                            await ws.send(final)
                 elif kind == "CloseStream":
                     if st.pending_s > 0:
                         await ws.send(json.dumps(self._results(st, final=True)))
@@ -205,6 +214,8 @@ class FakeDeepgram(FakeVendor):
         except Exception as exc:  # the client went away
             rec.note("client-gone", type(exc).__name__)
         finally:
+            for t in delayed:
+                t.cancel()
             with contextlib.suppress(Exception):
                 await ws.close()
             await watcher
@@ -301,6 +312,12 @@ class FakeDeepgram(FakeVendor):
         content_type = "audio/mulaw" if encoding == "mulaw" else "audio/l16"
         await ex.stream(200, {"content-type": content_type, "dg-char-count": str(len(text)),
                               "dg-request-id": str(uuid.uuid4())}, chunks())
+
+
+async def _send_later(ws: Any, message: str, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    with contextlib.suppress(Exception):  # the client may have gone meanwhile
+        await ws.send(message)
 
 
 class _SttState:

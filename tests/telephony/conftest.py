@@ -4,18 +4,18 @@ with a number, and the simulator."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from app.calls.echo import GreetingEchoRunner
 from app.config import Settings
 from app.db.repos import agents as agents_repo
 from app.db.repos import numbers as numbers_repo
-from app.telephony.plivo.simulator import PlivoSimulator
+from app.telephony.plivo.simulator import PlivoSimulator, SimCall
 from tests.fakes.plivo_rest import FakePlivoRest, run_fake_plivo_rest
 from tests.live_server import LiveServer, run_live_server
+from tests.telephony.echo_runner import GreetingEchoRunner
 
 AGENT_NUMBER = "+14155550199"
 CALLER = "+14155550100"
@@ -28,10 +28,24 @@ class Edge:
     rest: FakePlivoRest
     sim: PlivoSimulator
     agent_id: str
+    wired: dict[str, SimCall] = field(default_factory=dict)
 
     @property
     def auth_token(self) -> str:
         return self.rest.auth_token
+
+    def wire(self, call: SimCall) -> SimCall:
+        """Make the call known to the fake Plivo REST API, whose hangup then ends it the way
+        Plivo would (stream closed, hangup callback)."""
+        self.rest.live_calls.add(call.call_uuid)
+        self.wired[call.call_uuid] = call
+
+        async def on_hangup(call_uuid: str) -> None:
+            if call_uuid in self.wired:
+                await self.wired[call_uuid].remote_hangup()
+
+        self.rest.on_hangup = on_hangup
+        return call
 
 
 @pytest.fixture

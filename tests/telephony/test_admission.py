@@ -82,7 +82,7 @@ async def _echo_heard(call, freq: float) -> None:
 
 async def test_sigterm_drain_lets_the_live_call_finish(edge_factory):
     async with edge_factory(limits={"drain_timeout_s": 20}) as edge:
-        call = edge.sim.call(to=AGENT_NUMBER)
+        call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
         async with call:
             await _echo_heard(call, 1000)
             edge.server.server.handle_exit(signal.SIGTERM, None)  # what SIGTERM runs
@@ -106,10 +106,8 @@ async def test_sigterm_drain_lets_the_live_call_finish(edge_factory):
 
 async def test_drain_timeout_hangs_up_politely(edge_factory):
     async with edge_factory(limits={"drain_timeout_s": 0.5}) as edge:
-        call = edge.sim.call(to=AGENT_NUMBER)
-        edge.rest.on_hangup = lambda uuid: call.remote_hangup()
+        call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
         async with call:
-            edge.rest.live_calls.add(call.call_uuid)
             await _echo_heard(call, 1000)
             await asyncio.wait_for(edge.server.state.drain(), 20)
             assert call.closed
@@ -117,3 +115,21 @@ async def test_drain_timeout_hangs_up_politely(edge_factory):
         async with edge.server.state.db.session() as s:
             row = await sessions_repo.get_by_call_uuid(s, call.call_uuid)
         assert (row.status, row.end_reason) == ("ended", "shutdown")
+
+
+async def test_answered_call_whose_stream_never_comes_is_closed(edge_factory):
+    import time
+
+    async with edge_factory() as edge:
+        ans, call_uuid = await edge.sim.answer(to=AGENT_NUMBER)
+        assert ans.kind == "stream"
+        admission = edge.server.state.extras["app.telephony.plivo"].admission
+        admission.clock = lambda: time.monotonic() + 3600  # an hour later, still no stream
+        assert admission.in_use == 0
+        for _ in range(100):
+            async with edge.server.state.db.session() as s:
+                row = await sessions_repo.get_by_call_uuid(s, call_uuid)
+            if row.status != "ringing":
+                break
+            await asyncio.sleep(0.02)
+        assert (row.status, row.end_reason) == ("failed", "stream_never_connected")

@@ -29,9 +29,8 @@ async def test_transfer_fetches_dial_xml_then_stream_ends(edge: Edge):
         fetched["status"], fetched["xml"] = resp.status_code, resp.text
 
     edge.rest.on_transfer = on_transfer
-    call = edge.sim.call(to=AGENT_NUMBER)
+    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
-        edge.rest.live_calls.add(call.call_uuid)
         await call.wait_closed(within_s=10)
         await call.wait_for(lambda: "xml" in fetched, within_s=5)
     assert call.result.closed_by == "server" and call.result.close_code == 1000
@@ -59,9 +58,8 @@ async def test_warm_transfer_brief(edge: Edge):
         docs["brief"] = (await edge.sim.request("POST", confirm, {"CallUUID": "b-leg"})).text
 
     edge.rest.on_transfer = on_transfer
-    call = edge.sim.call(to=AGENT_NUMBER)
+    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
-        edge.rest.live_calls.add(call.call_uuid)
         await call.wait_for(lambda: "brief" in docs, within_s=10)
     assert etree.fromstring(docs["dial"].encode()).find("Dial/User").text == (
         "sip:desk@pbx.example.com")
@@ -78,7 +76,7 @@ async def test_transfer_xml_without_pending_transfer_apologises(edge: Edge):
 
 
 async def test_plivo_stop_event_ends_the_stream(edge: Edge):
-    call = edge.sim.call(to=AGENT_NUMBER)
+    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
         await call.send_json({"event": "stop", "streamId": call.stream_id})
         await call.wait_closed(within_s=10)
@@ -92,10 +90,8 @@ async def test_runner_crash_hangs_up_and_marks_failed(edge: Edge):
         raise RuntimeError("boom")
 
     edge.server.state.calls = ScriptRunner(script)
-    call = edge.sim.call(to=AGENT_NUMBER)
-    edge.rest.on_hangup = lambda uuid: call.remote_hangup()
+    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
-        edge.rest.live_calls.add(call.call_uuid)
         await call.wait_closed(within_s=10)
     assert edge.rest.calls_to("DELETE", f"/Call/{call.call_uuid}/")
     row = await _row(edge, call.call_uuid)

@@ -170,10 +170,8 @@ async def test_pacing_and_acks_through_the_server(edge: Edge):
 
     runner = ScriptRunner(script)
     edge.server.state.calls = runner
-    call = edge.sim.call(to=AGENT_NUMBER)
-    edge.rest.on_hangup = lambda uuid: call.remote_hangup()
+    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
-        edge.rest.live_calls.add(call.call_uuid)
         await call.wait_closed(within_s=15)
     r = call.result
     assert r.checkpoints_received == ["s1", "s2", "s3"]
@@ -204,10 +202,8 @@ async def test_clear_through_the_server(edge: Edge):
 
     runner = ScriptRunner(script)
     edge.server.state.calls = runner
-    call = edge.sim.call(to=AGENT_NUMBER)
-    edge.rest.on_hangup = lambda uuid: call.remote_hangup()
+    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
-        edge.rest.live_calls.add(call.call_uuid)
         await call.wait_closed(within_s=15)
     r = call.result
     heard = runner.result["heard"]

@@ -34,7 +34,7 @@ async def _wait_row(edge: Edge, call_uuid: str, pred, within_s: float = 10.0):
 
 
 async def test_echo_call_round_trip(edge: Edge):
-    call = edge.sim.call(to=AGENT_NUMBER)
+    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
         assert call.result.answer.kind == "stream"
         row = await _wait_row(edge, call.call_uuid, lambda r: r.status == "active")
@@ -57,7 +57,7 @@ async def test_echo_call_round_trip(edge: Edge):
 
 async def test_echo_call_on_l16_16k(edge_factory):
     async with edge_factory(plivo={"content_type": "audio/x-l16;rate=16000"}) as edge:
-        call = edge.sim.call(to=AGENT_NUMBER)
+        call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
         async with call:
             assert call.codec.content_type == "audio/x-l16;rate=16000"
             call.say(tone(1000, 0.6, 16000), 16000)
@@ -67,10 +67,8 @@ async def test_echo_call_on_l16_16k(edge_factory):
 
 
 async def test_dtmf_both_ways_and_rest_hangup(edge: Edge):
-    call = edge.sim.call(to=AGENT_NUMBER)
-    edge.rest.on_hangup = lambda uuid: call.remote_hangup()
+    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
-        edge.rest.live_calls.add(call.call_uuid)
         await call.send_dtmf("5")
         await call.wait_for(lambda: call.result.dtmf_received == ["5"], within_s=5)
         await call.send_dtmf("#")  # echo runner: hang up through the REST API

@@ -63,7 +63,8 @@ async def test_live_control_endpoints(
         state.calls = LiveCalls()
     sid, _ = await make_session(state.db, status="active")
     control = RecordingControl(sid)
-    state.calls.register(sid, control)
+    # The app's runner is the call host (its registry is `.live`) unless the test installed one.
+    getattr(state.calls, "live", state.calls).register(sid, control)
     base = f"/v1/sessions/{sid}"
 
     # REST state changes reach the live call's state dict (what its tools read).
@@ -124,7 +125,7 @@ async def test_hangup_with_reason_and_failures(
             raise RuntimeError("engine gone")
 
     control = Failing(sid)
-    state.calls.register(sid, control)
+    getattr(state.calls, "live", state.calls).register(sid, control)
     r = await client.post(f"/v1/sessions/{sid}/inject", json={"text": "x"},
                           headers=admin_headers)
     assert r.status_code == 502

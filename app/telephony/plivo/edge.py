@@ -9,6 +9,7 @@ client at shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from urllib.parse import quote, urlencode
 
 from app.calls.admission import CallAdmission
 from app.config import Settings
+from app.db.repos import sessions as sessions_repo
 from app.state import AppState
 from app.telephony.plivo.rest import PlivoRestClient
 from app.telephony.plivo.token import TOKEN_KEY_PURPOSE
@@ -66,9 +68,25 @@ def build_edge(state: AppState) -> PlivoEdge:
     token = s.plivo.auth_token.get_secret_value() if s.plivo.auth_token else None
     rest = PlivoRestClient(s.plivo.api_base_url, s.plivo.auth_id, token,
                            timeout_s=s.plivo.request_timeout_s)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def close_unconnected(session_id: str) -> None:
+        try:
+            async with state.db.transaction() as db:
+                await sessions_repo.end(db, session_id, status="failed",
+                                        end_reason="stream_never_connected")
+        except Exception as exc:
+            log.warning("could not close session %s: %s", session_id, exc)
+
+    def on_expire(session_id: str) -> None:
+        # A call answered whose stream never came (and no hangup callback closed it).
+        task = asyncio.get_running_loop().create_task(close_unconnected(session_id))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
     return PlivoEdge(
         settings=s,
-        admission=CallAdmission(s.limits.max_concurrent_calls),
+        admission=CallAdmission(s.limits.max_concurrent_calls, on_expire=on_expire),
         rest=rest,
         token_key=state.crypto.derive(TOKEN_KEY_PURPOSE),
     )

@@ -224,7 +224,8 @@ class PlivoPlayout:
         return heard
 
     def is_idle(self) -> bool:
-        open_seg = self._current is not None and not self._current.ended
+        cur = self._current
+        open_seg = cur is not None and not cur.ended and not cur.cleared
         return not self._queue and not open_seg and self._clock() >= self._play_head
 
     async def send_dtmf(self, digits: str) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from app.calls.echo import GreetingEchoRunner
 from app.calls.runner import CallInfo, CallRunner
 from app.calls.state_store import SessionStateStore
 from app.calls.transfer import transfer_via_plivo
@@ -223,10 +222,18 @@ async def _run_call(ws: WebSocket, state: AppState, edge: PlivoEdge, session_id:
                  transport.stats.frames_dropped, skip.count, playout.stats.underruns)
 
 
+class _NoRunner:
+    """Stands in when no call host is installed (e.g. a call racing shutdown): the call fails
+    and is hung up through the REST API instead of sitting in silence."""
+
+    async def run(self, info: CallInfo, transport: PlivoTransport) -> str:
+        raise RuntimeError("no call runner is installed (the call host is not running)")
+
+
 async def _supervise(ws: WebSocket, state: AppState, info: CallInfo, transport: PlivoTransport,
                      playout: PlivoPlayout, codec: StreamCodec,
                      skip: _SkipLog) -> tuple[str, str]:
-    runner: CallRunner = state.calls if state.calls is not None else GreetingEchoRunner()
+    runner: CallRunner = state.calls if state.calls is not None else _NoRunner()
     reader = asyncio.create_task(_read(ws, transport, playout, codec, skip),
                                  name=f"stream-reader-{info.session_id}")
     running = asyncio.create_task(runner.run(info, transport),

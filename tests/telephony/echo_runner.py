@@ -1,8 +1,8 @@
 """The edge-test runner: echoes the caller's audio back, says nothing of its own.
 
-Used when no conversation runner is installed (`app.state.pb.calls is None`), so a Plivo
-number, the stream, the codec path and paced playout can be checked end to end before any
-model is loaded: whatever you say comes back to you about a second later.
+Edge tests install it as `app.state.pb.calls` so the Plivo stream, the codec path and paced
+playout are checked end to end without any model: whatever the caller says comes back about a
+second later.
 
 Keypad: `*` clears what is queued (the barge-in path: `clearAudio` → `clearedAudio`), `#` hangs
 up through the carrier's REST API, any other digit is sent back as DTMF (`sendDTMF`).
