@@ -3,7 +3,8 @@
 The stream route builds a `CallInfo` from the session row, wraps the live stream in a
 `CallTransport`, and awaits `runner.run(info, transport)`. The runner returns the end reason
 recorded on the session. `app.state.pb.calls` holds the server's runner (the call host);
-edge tests install `GreetingEchoRunner` (tests/telephony/echo_runner.py) there to test the telephony path alone.
+edge tests install an echo runner there (tests/telephony/echo_runner.py) to test the
+telephony path alone.
 """
 
 from __future__ import annotations
