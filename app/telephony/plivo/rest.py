@@ -12,13 +12,13 @@ connection was never made, so a flaky network cannot press digits twice or place
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
-import time
 from typing import Any
 
 import httpx
+
+from providers.http import retry_after_s
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,6 @@ class PlivoApiError(Exception):
 
 class PlivoNotConfigured(PlivoApiError):
     pass
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _error_text(resp: httpx.Response) -> str:
@@ -127,7 +112,7 @@ class PlivoRestClient:
                         raise PlivoApiError(
                             f"{method} {path}: HTTP {resp.status_code} after {attempt} tries: "
                             f"{_error_text(resp)}", resp.status_code)
-                    delay = _retry_after(resp)
+                    delay = retry_after_s(resp.headers)
                     err = f"HTTP {resp.status_code}"
                 else:
                     raise PlivoApiError(f"{method} {path}: HTTP {resp.status_code}: "
