@@ -121,7 +121,8 @@ class Server:
             "plivo": {"auth_id": auth_id, "auth_token": auth_token, "api_base_url": rest_base},
             "limits": {"max_concurrent_calls": 2000, "drain_timeout_s": args.drain_s},
             "models": {"dir": args.models_dir, "fetch_on_start": False},
-            "inference": {"threads": args.inference_threads},
+            "inference": {"threads": args.inference_threads,
+                          "max_wait_ms": args.max_wait_ms},
             "demo": {"create_on_start": bool(args.local)},
         }
         cfg = self.dir / "config.json"  # YAML is a superset of JSON
@@ -394,6 +395,7 @@ def summarize(args: argparse.Namespace, n: int, done: list[Caller], drv: Driver,
     real = [c for c in done if c.idx >= 0]
     st = [c.stats for c in real]
     v2v = [x for s in st for x in s.v2v_ms]
+    v2v_b = [x for s in st for x in s.v2v_barge_ms]
     provider_ms = args.stt_ms + args.llm_ms + args.tts_ms
     clear = [x for s in st for x in s.barge_clear_ms]
     heard = [x for s in st for x in s.barge_heard_ms]
@@ -415,6 +417,8 @@ def summarize(args: argparse.Namespace, n: int, done: list[Caller], drv: Driver,
         "stages_p95_ms": {k: percentile(v, 95) for k, v in lat.items()},
         "v2v_ms": {"n": len(v2v), "p50": percentile(v2v, 50), "p95": percentile(v2v, 95),
                    "p99": percentile(v2v, 99)},
+        "v2v_after_barge_in_ms": {"n": len(v2v_b), "p50": percentile(v2v_b, 50),
+                                  "p95": percentile(v2v_b, 95)},
         "v2v_minus_providers_ms": {"p50": _minus(percentile(v2v, 50), provider_ms),
                                    "p95": _minus(percentile(v2v, 95), provider_ms),
                                    "p99": _minus(percentile(v2v, 99), provider_ms)},
@@ -443,10 +447,27 @@ def summarize(args: argparse.Namespace, n: int, done: list[Caller], drv: Driver,
         "rss_samples": sampler.rss if args.soak_s else sampler.rss[-5:],
         "driver_cpu_s": round(driver_cpu, 2), "vendors_cpu_s": round(vendor_cpu, 2),
         "driver_pacer_late_ms_max": round(max(drv.pacer_late_ms, default=0.0), 1),
+        "inference": inference_stats(before, after),
         "sessions": db["sessions"],
         "sigterm_at_s": sigterm_at,
     }
     return res
+
+
+def inference_stats(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Per model: batched runs, items, mean batch size and mean run time during the level."""
+    out: dict[str, Any] = {}
+    for model in ("silero_vad", "smart_turn"):
+        def delta(name: str, model: str = model) -> float:
+            key = f'phonebooth_{name}{{model="{model}"}}'
+            return after.get(key, 0.0) - before.get(key, 0.0)
+        runs, items = delta("inference_batch_size_count"), delta("inference_batch_size_sum")
+        run_ms = delta("inference_run_ms_sum")
+        out[model] = {"runs": runs, "items": items,
+                      "mean_batch": round(items / runs, 2) if runs else None,
+                      "mean_run_ms": round(run_ms / runs, 2) if runs else None,
+                      "run_ms_total": round(run_ms, 1)}
+    return out
 
 
 def _minus(v: float | None, d: float) -> float | None:
@@ -567,6 +588,8 @@ def main() -> int:
     ap.add_argument("--driver-cpu", type=int, default=1,
                     help="core for the driver and vendors (-1: any)")
     ap.add_argument("--inference-threads", type=int, default=1)
+    ap.add_argument("--max-wait-ms", type=float, default=2.0,
+                    help="server inference.max_wait_ms (how long a VAD batch gathers)")
     ap.add_argument("--database-url", default=None,
                     help="default: a fresh SQLite file per level")
     ap.add_argument("--models-dir", default=str(Path("~/.cache/phonebooth/models").expanduser()))

@@ -76,7 +76,8 @@ SILENCE = base64.b64encode(b"\xff" * FRAME_BYTES).decode()
 
 @dataclass
 class CallStats:
-    v2v_ms: list[float] = field(default_factory=list)
+    v2v_ms: list[float] = field(default_factory=list)  # questions asked in silence
+    v2v_barge_ms: list[float] = field(default_factory=list)  # questions that interrupted
     barge_clear_ms: list[float] = field(default_factory=list)
     barge_heard_ms: list[float] = field(default_factory=list)
     barges_unresolved: int = 0  # barge-ins the server never cleared (false interruption)
@@ -114,6 +115,7 @@ class Caller:
         self.spoken = asyncio.Event()
         self.last_voiced_at: float | None = None  # awaiting the first voiced reply after this
         self.onset_at: float | None = None  # a barge-in being measured
+        self.barging = False  # the current question interrupts the agent
         # Far end.
         self.play_head = 0.0
         self.in_segment = False
@@ -209,7 +211,8 @@ class Caller:
         if self.last_voiced_at is not None and now > self.last_voiced_at:
             pcm = ulaw_decode(base64.b64decode(b64))
             if len(pcm) and int(np.abs(pcm.astype(np.int32)).max()) > VOICED_PEAK:
-                st.v2v_ms.append((now - self.last_voiced_at) * 1000.0)
+                (st.v2v_barge_ms if self.barging else st.v2v_ms).append(
+                    (now - self.last_voiced_at) * 1000.0)
                 self.last_voiced_at = None
                 self.voice_started.set()
 
@@ -440,6 +443,7 @@ class Driver:
         while turn < s.turns and not (stop is not None and stop.is_set()):
             if not barge_next:
                 await asyncio.sleep(rnd.uniform(*s.pause_s))
+            c.barging = barge_next
             c.say(s.question)
             await self._wait(c, c.spoken.is_set, 30)
             turn += 1

@@ -24,6 +24,10 @@ How a turn flows:
 - Timers: idle re-prompts then goodbye, a hard maximum call duration, and a response watchdog
   that apologises when a committed turn gets no audio in time. The call is never silent without
   an event saying why.
+- Provider failures (after the host's fallback chains gave up): an answer lost to them gets the
+  apology; `max_failed_replies` of them in a row, an STT that cannot be kept alive, or a TTS that
+  cannot speak at all end the call with `failure_goodbye` (for a dead TTS, the clip the host
+  pre-rendered) and the reason "provider_error".
 
 Speeches (greeting, answers, `say`, prompts) play one at a time from a bounded queue. Every task
 is tracked and cancelled by `stop`; every buffer is bounded.
@@ -73,6 +77,9 @@ STT_MAX_FAILURES = 3
 SINK_CLEAR_TIMEOUT_S = 2.0  # a transport that never confirms a clear must not hang the call
 GOODBYE_GRACE_S = 20.0  # longest wait for the current answer to finish before a polite hangup
 _FLUSH = object()  # STT queue marker: finalise what was pushed so far
+PREFILL_GREETING_WAIT_S = 3.0  # the LLM prefill waits this long at most for the greeting's audio
+# End reason when providers failed beyond what their fallbacks could absorb.
+PROVIDER_ERROR = "provider_error"
 
 
 class EndOfTurnDecider(Protocol):
@@ -117,6 +124,7 @@ class Conversation:
         language: str = "en-US",
         session_id: str = "",
         playout_ahead_ms: float | None = 250.0,
+        failure_clip: Callable[[], tuple[np.ndarray, int] | None] | None = None,
     ) -> None:
         self.settings = settings
         self.session_id = session_id
@@ -135,9 +143,11 @@ class Conversation:
         # sink's backpressure). Slightly above the transport's own send-ahead is right.
         self._playout_ahead_ms = playout_ahead_ms
         self._policy = InterruptionPolicy(settings.interruption)
+        self._llm = llm
+        self._tools = list(tools) if tools else None
         self._replies = ReplyGenerator(
             llm=llm, context=self.context, emit=self._emit, clock=self._now,
-            tools=list(tools) if tools else None, tool_executor=tool_executor,
+            tools=self._tools, tool_executor=tool_executor,
             max_tool_rounds=settings.max_tool_rounds, tool_timeout_s=settings.tool_timeout_s,
             stop_requested=lambda: self._ending,
         )
@@ -175,6 +185,7 @@ class Conversation:
         self._interjections: set[SpeechHandle] = set()
         self._played_waiters: dict[str, asyncio.Future[None]] = {}
         self._thinking = ThinkingAudio(sink) if settings.thinking_audio else None
+        self._agent_audio = asyncio.Event()  # set once the agent's first audio went out
         # Lifecycle.
         self._tasks: set[asyncio.Task[Any]] = set()
         self._core: set[asyncio.Task[Any]] = set()
@@ -183,6 +194,14 @@ class Conversation:
         self._ending = False
         self._ended: asyncio.Future[str] | None = None
         self._shutting_down: asyncio.Task[None] | None = None
+        # Provider failures: answers lost in a row, STT errors (and how many there were when
+        # the caller's current turn began), TTS known to be down, and the pre-rendered
+        # `failure_goodbye` to say when it is (the host renders it while the TTS still works).
+        self._failed_replies = 0
+        self._stt_errors = 0
+        self._stt_errors_at_turn = 0
+        self._tts_down = False
+        self._failure_clip = failure_clip
 
     # =========================================================================================
     # Public API
@@ -209,6 +228,8 @@ class Conversation:
         else:
             self._set_state("listening")
             self._arm_idle()
+        if getattr(self._llm, "prefill", None) is not None:
+            self._spawn(self._prefill_llm(), "llm-prefill")
 
     async def push_audio(self, frame: np.ndarray) -> None:
         """One 20 ms frame of caller audio (16 kHz mono int16). Never waits on providers."""
@@ -414,13 +435,14 @@ class Conversation:
             if self._ending:
                 return
             failures += 1
+            self._stt_errors += 1
             if error is not None:
                 self._emit_error("stt", error)
             else:
                 self._emit(ev.SessionError, code="stt_stream_ended", stage="stt",
                            message="the STT stream ended")
             if failures > STT_MAX_FAILURES:
-                self.hangup("error")
+                self._providers_exhausted("stt", "speech recognition keeps failing")
                 return
             await asyncio.sleep(0.2 * 2**failures)
             try:
@@ -472,6 +494,7 @@ class Conversation:
         self._cancel_idle()
         if self._turn_start_ms is None:
             self._turn_start_ms = e.at_ms
+            self._stt_errors_at_turn = self._stt_errors
         self._emit(ev.UserSpeechStarted, mono=edge)
         if self._ending:
             return
@@ -531,6 +554,12 @@ class Conversation:
         text = self._words.text()
         final_at = self._now()
         if self._suspended:
+            return
+        if not text and self._stt_errors > self._stt_errors_at_turn:
+            # The caller spoke but the STT failed (every option) before it heard them: say so
+            # rather than leave them waiting for an answer that will never come.
+            self._reset_turn()
+            self._reply_lost("stt")
             return
         if not text:
             # Noise, or words the STT could not make out: nothing to answer.
@@ -728,6 +757,26 @@ class Conversation:
                     self._set_state("listening")
                 self._arm_idle()
 
+    async def _prefill_llm(self) -> None:
+        """Let an LLM that offers `prefill` (a local one with a prompt cache) evaluate the
+        system prompt and greeting while the greeting plays and the caller has not spoken yet,
+        so the first answer starts as fast as later ones. Only an optimisation: errors are
+        logged, never reported as call errors."""
+        messages = self.context.messages()
+        if self._greeting:
+            # As `_play_fixed` will have recorded it by the time the caller's turn is answered.
+            messages.append({"role": "assistant", "content": self._greeting})
+            # Not before the greeting is audible: on a small machine the prefill competes for
+            # the CPU with the greeting's synthesis, and the greeting plays for seconds anyway.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._agent_audio.wait(), PREFILL_GREETING_WAIT_S)
+        try:
+            await self._llm.prefill(messages, self._tools)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("LLM prefill failed: %r", exc)
+
     async def _run_speech(self, speech: SpeechHandle) -> None:
         output = SpeechOutput(
             self._sink, self._tts, gate=self._gate, voice=self._voice,
@@ -826,6 +875,7 @@ class Conversation:
             handle.resolve()
 
     def _on_segment_started(self, seg: Any) -> None:
+        self._agent_audio.set()
         if self.state in ("starting", "thinking", "listening") and self._barge is None:
             self._set_state("speaking")
         self._emit(ev.AgentSpeechStarted, segment_id=seg.id, text=seg.text)
@@ -870,8 +920,34 @@ class Conversation:
         self._emit_error(stage, exc)
         # Audio already handed to the sink still plays; keep exactly that in the context.
         speech.account_heard(self.context, assume_written_plays=True)
-        if speech.kind not in ("apology", "goodbye") and not self._ending:
+        if stage == "tts":
+            # Every TTS option has just failed: an apology through the same TTS would only
+            # add silence. The agent cannot talk any more; end the call, explaining why.
+            self._tts_down = True
+            self._providers_exhausted("tts", "no TTS provider could speak")
+        elif speech.kind not in ("apology", "goodbye") and not self._ending:
+            self._reply_lost(stage)
+
+    def _reply_lost(self, stage: str) -> None:
+        """A provider failure cost the caller an answer: apologise (they may try again), or
+        after `max_failed_replies` in a row end the call."""
+        if self._ending:
+            return
+        self._failed_replies += 1
+        if self._failed_replies >= self.settings.max_failed_replies:
+            self._providers_exhausted(
+                stage, f"{self._failed_replies} answers in a row lost to provider failures")
+        else:
             self._enqueue_apology()
+
+    def _providers_exhausted(self, stage: str, why: str) -> None:
+        """End the call: say `failure_goodbye` (pre-rendered if the TTS is down), then hang up
+        with reason "provider_error"."""
+        if self._ending:
+            return
+        self._emit(ev.SessionError, code="providers_exhausted", stage=stage,
+                   message=f"{why}; ending the call")
+        self.hangup(PROVIDER_ERROR, goodbye=self.settings.failure_goodbye)
 
     def _enqueue_apology(self) -> None:
         try:
@@ -883,6 +959,9 @@ class Conversation:
         out = speech.output
         if speech.stop_reason is None and speech.error is None and out is not None:
             speech.heard_text = out.text()
+        if speech.kind == "reply" and speech.error is None and out is not None \
+                and out.audio_started:
+            self._failed_replies = 0  # the providers answered again
         turn = speech.turn
         if turn is not None:
             self._emit(ev.TurnCompleted, turn_id=turn.id, user_text=turn.user_text,
@@ -915,7 +994,7 @@ class Conversation:
                    message=f"no agent audio {timeout:g}s after the caller's turn")
         if self._ending:
             return
-        self._enqueue_apology()
+        self._reply_lost("watchdog")
         await self._stop_speech(speech, "watchdog", clear=False)
 
     def _arm_idle(self) -> None:
@@ -981,15 +1060,31 @@ class Conversation:
                     await self._stop_speech(cur, "hangup", clear=True)
             await cur  # the speech loop has let go of it
         if goodbye and goodbye.strip():
-            handle = self._speech("goodbye", text=goodbye, interruptible=False)
-            self._queue.append(handle)  # not _enqueue: the queue is closed to everyone else
-            self._queue_ready.set()
-            budget = 10.0 + len(goodbye) * 0.1
-            try:
-                await asyncio.wait_for(handle.wait(), budget)
-            except TimeoutError:
-                log.warning("goodbye did not finish within %.0fs", budget)
+            if not self._tts_down:
+                await self._play_closing(self._speech("goodbye", text=goodbye,
+                                                      interruptible=False))
+            clip = self._failure_clip() if self._tts_down and self._failure_clip else None
+            if clip is not None:
+                # The TTS is down (perhaps found out by the goodbye itself): the pre-rendered
+                # line is all the agent can still say.
+                samples, rate = clip
+                await self._play_closing(self._speech(
+                    "goodbye", text=self.settings.failure_goodbye, audio=samples,
+                    sample_rate=rate, interruptible=False))
         await self._shutdown(reason)
+
+    async def _play_closing(self, handle: SpeechHandle) -> None:
+        """Play a last speech and wait (bounded) until it has been heard."""
+        self._queue.append(handle)  # not _enqueue: the queue is closed to everyone else
+        self._queue_ready.set()
+        if handle.audio is not None:
+            budget = 10.0 + len(handle.audio) / handle.sample_rate
+        else:
+            budget = 10.0 + len(handle.source_text) * 0.1
+        try:
+            await asyncio.wait_for(handle.wait(), budget)
+        except TimeoutError:
+            log.warning("goodbye did not finish within %.0fs", budget)
 
     async def _shutdown(self, reason: str) -> None:
         """Tear everything down once; concurrent callers (stop during a hangup) share it."""

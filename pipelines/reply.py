@@ -25,6 +25,9 @@ from pipelines.speech import SpeechHandle, SpeechPart
 from pipelines.speech_output import SpeechError, SpeechOutput, aclose_stream
 
 ToolExecutor = Callable[[Any], Awaitable[Any]]
+# The first piece of an answer may end at a clause break once it is this long ("Sure, ...",
+# "We are open Monday to Friday, ..."): TTS starts a sentence's worth of tokens sooner.
+FIRST_CLAUSE_CHARS = 4
 Emit = Callable[..., None]  # emit(EventClass, **fields)
 
 
@@ -92,7 +95,9 @@ class ReplyGenerator:
     async def _round(self, speech: SpeechHandle, output: SpeechOutput, part: SpeechPart,
                      tools: list[Any] | None, run: asyncio.Task[None]) -> tuple[str, list[Any]]:
         turn = speech.turn
-        segmenter = SentenceSegmenter()
+        # The answer's first words may go to TTS at a clause break: the caller waits for them.
+        segmenter = SentenceSegmenter(
+            first_clause_chars=FIRST_CLAUSE_CHARS if part.index == 0 else 0)
         texts: list[str] = []
         calls: list[Any] = []
 

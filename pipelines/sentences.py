@@ -6,7 +6,10 @@ the rest when the stream ends. A sentence ends at `.`, `!`, `?` or `…` (plus c
 brackets) followed by whitespace, or at a line break; abbreviations ("Dr.", "e.g."), initials
 ("J.") and list numbers ("1.") do not end one. CJK full stops end a sentence without a space.
 A run-on buffer longer than `max_chars` is cut at the last clause break or space so a model that
-never uses full stops cannot stall speech.
+never uses full stops cannot stall speech. With `first_clause_chars`, the *first* piece of a
+response may also end at a clause break ("Hello, ...", "We are open Monday to Friday, ..."): the
+caller hears the answer begin a sentence's worth of generation and synthesis sooner, and the rest
+of the sentence is ready before that clause has finished playing.
 
 `clean_for_speech` strips the markdown that chat models like to emit (`**bold**`, `# headers`,
 list bullets, backticks) so the voice does not read punctuation aloud.
@@ -50,15 +53,19 @@ class SentenceSegmenter:
     without any sentence end at a clause break or space once it reaches this size.
     """
 
-    __slots__ = ("_buf", "_scan", "max_chars", "min_chars")
+    __slots__ = ("_buf", "_emitted", "_scan", "first_clause_chars", "max_chars", "min_chars")
 
-    def __init__(self, *, min_chars: int = 2, max_chars: int = 250) -> None:
+    def __init__(self, *, min_chars: int = 2, max_chars: int = 250,
+                 first_clause_chars: int = 0) -> None:
         if max_chars < 20:
             raise ValueError("max_chars must be at least 20")
         self.min_chars = min_chars
         self.max_chars = max_chars
+        # > 0: the first piece may end at a clause break once it is at least this long.
+        self.first_clause_chars = first_clause_chars
         self._buf = ""
         self._scan = 0  # buffer index up to which no sentence end was found
+        self._emitted = 0  # pieces returned so far
 
     def push(self, delta: str) -> list[str]:
         """Add a text delta; return the sentences it completed (possibly none)."""
@@ -68,6 +75,8 @@ class SentenceSegmenter:
         out: list[str] = []
         while True:
             end = self._find_end()
+            if end is None and not self._emitted and self.first_clause_chars > 0:
+                end = self._first_clause_end()
             if end is None:
                 break
             self._emit(end, out)
@@ -90,6 +99,7 @@ class SentenceSegmenter:
         self._scan = 0
         if sentence:
             out.append(sentence)
+            self._emitted += 1
 
     def _find_end(self) -> int | None:
         """Index just past the first complete sentence in the buffer, or None."""
@@ -119,6 +129,18 @@ class SentenceSegmenter:
             i += 1
         self._scan = n
         return None
+
+    def _first_clause_end(self) -> int | None:
+        """Index just past the first clause break (", " etc.) whose clause is long enough."""
+        buf = self._buf
+        best: int | None = None
+        for brk in _CLAUSE_BREAKS:
+            pos = buf.find(brk)
+            while pos >= 0 and len(buf[:pos].strip()) < self.first_clause_chars:
+                pos = buf.find(brk, pos + 1)
+            if pos >= 0 and (best is None or pos + len(brk) < best):
+                best = pos + len(brk)
+        return best
 
     def _skip_terminators(self, j: int) -> int:
         while j < len(self._buf) and self._buf[j] in _TERMINATORS:

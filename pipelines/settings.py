@@ -63,6 +63,12 @@ class ConversationSettings(_Strict):
     idle: IdleSettings = IdleSettings()
     response_timeout_s: float = Field(6.0, gt=0, le=120)
     apology: str = "Sorry, I'm having trouble right now. Could you say that again?"
+    # Answers lost in a row to provider failures (every fallback exhausted, or the watchdog)
+    # before the call is ended — with `failure_goodbye`, reason "provider_error".
+    max_failed_replies: int = Field(2, ge=1, le=10)
+    # Also what the caller hears when the TTS itself is down: it is pre-rendered for that case.
+    failure_goodbye: str = ("I'm sorry, we're having technical difficulties. "
+                            "Please call back later. Goodbye.")
     max_call_duration_s: float = Field(1800.0, gt=0)
     max_duration_goodbye: str = "We have reached the time limit for this call. Goodbye!"
     max_context_items: int = Field(50, ge=4, le=1000)

@@ -14,7 +14,7 @@ and the STT's transcripts — the detector decides once:
   up and said nothing still gets the agent.
 
 After a machine verdict it keeps listening for the moment to leave a message:
-`ready_for_message` turns true at the beep, or once the greeting is followed by
+`ready_for_message` turns true when the beep has ended, or once the greeting is followed by
 `message_silence_ms` of silence (machines without a beep).
 
 Time is the audio stream's own clock (frames pushed), so the detector is deterministic and does
@@ -109,7 +109,6 @@ class VoicemailDetector:
             self.beep = beep
             if self.verdict is None:
                 return self._decide("machine", "beep", f"{beep.frequency_hz:.0f} Hz")
-            self._ready = True
             return None
         return self._check_time()
 
@@ -155,8 +154,9 @@ class VoicemailDetector:
         v = self.verdict
         if v is None or v.result != "machine":
             return False
-        if v.method == "beep":
-            self._ready = True
+        if self.beep is not None:
+            # Recording starts when the beep ends: speaking over its tail would be lost.
+            self._ready = not self._beeps.in_tone
         elif not self._speaking and self._silence_ms() >= self.message_silence_ms:
             self._ready = True
         return self._ready

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -61,7 +62,8 @@ RETIRE_WAIT_S = 3.0
 
 
 class Cooldowns:
-    """When each provider may be preferred again, keyed by (kind, name).
+    """When each provider may be preferred again, keyed by (kind, provider identity: its name
+    and config fingerprint, see `_identity`).
 
     One table (`COOLDOWNS`) is shared by every call in the process unless a wrapper is given its
     own (tests do that).
@@ -94,7 +96,19 @@ COOLDOWNS = Cooldowns()
 class Link:
     provider: Any  # a Provider of the chain's kind (duck-typed: tests use small fakes)
     timeout_s: float
-    key: str  # cool-down key: the provider name, disambiguated when a chain repeats a name
+    key: str  # cool-down key: the provider's identity, disambiguated when a chain repeats it
+
+
+def _identity(provider: Any) -> str:
+    """What an outage is an outage *of*: the provider name plus a fingerprint of its config
+    (endpoint, model, credential reference). Two agents that both use `openai` — one against
+    Groq, one against OpenAI — must not demote each other's endpoint; the same endpoint used
+    by many agents shares one cool-down, which is the point of sharing it."""
+    name = str(getattr(provider, "name", type(provider).__name__))
+    dump = getattr(getattr(provider, "config", None), "model_dump_json", None)
+    if dump is None:
+        return name
+    return f"{name}:{hashlib.sha256(dump().encode()).hexdigest()[:12]}"
 
 
 def _links(items: Sequence[tuple[Any, float]]) -> list[Link]:
@@ -103,10 +117,10 @@ def _links(items: Sequence[tuple[Any, float]]) -> list[Link]:
     seen: dict[str, int] = {}
     out: list[Link] = []
     for provider, timeout_s in items:
-        name = str(getattr(provider, "name", type(provider).__name__))
-        n = seen.get(name, 0)
-        seen[name] = n + 1
-        out.append(Link(provider, float(timeout_s), name if n == 0 else f"{name}#{n}"))
+        ident = _identity(provider)
+        n = seen.get(ident, 0)
+        seen[ident] = n + 1
+        out.append(Link(provider, float(timeout_s), ident if n == 0 else f"{ident}#{n}"))
     return out
 
 

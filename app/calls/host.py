@@ -19,6 +19,8 @@ from typing import Any
 
 from app import metrics
 from app.agent_config import AgentConfig
+from app.calls.clips import ClipCache, clip_key, worth_prerendering
+from app.calls.failover_budget import with_failover_budget
 from app.calls.registry import LiveCalls
 from app.calls.report import ReportCollector, final_report
 from app.calls.runner import CallInfo
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 # A call whose providers can't even be built still gets this spoken (by the echo-free path:
 # nothing else can speak), then ends with reason "setup_failed".
 SETUP_FAILED_REASON = "setup_failed"
+PROVIDER_CLOSE_TIMEOUT_S = 2.0
 
 
 class CallHost:
@@ -54,6 +57,8 @@ class CallHost:
         self.secrets = SecretResolver(state.db, state.crypto)
         # Loaded local models and pooled HTTP clients, shared by every call's adapters.
         self.shared: dict[str, Any] = {}
+        # Lines pre-rendered by each agent's TTS for when that TTS is down (app/calls/clips.py).
+        self.clips = ClipCache()
         self._signing_secret = signing_secret_from_box(state.crypto)
 
     @property
@@ -94,6 +99,10 @@ class _Call:
                        if wants_detection(info.direction, info.metadata) else None)
         self.conversation: Conversation | None = None
         self.executor: ToolExecutor | None = None
+        self._providers: tuple[Any, ...] = ()
+        self._tts: Any = None
+        self._clip_key = ""
+        self._clip_render: asyncio.Task[None] | None = None
         self.started = time.monotonic()
         self._ended = False
 
@@ -145,24 +154,42 @@ class _Call:
             log.exception("session %s: call failed", self.session_id)
             self.emit(ev.SessionError(code="internal", message=str(exc)[:300], stage="host"))
             reason = SETUP_FAILED_REASON if self.conversation is None else "error"
-            if self.conversation is None:
-                # Nothing can speak an apology without a TTS; end the call explicitly rather
-                # than leave the caller in silence.
+            if not self.transport.closed:
+                # Nothing can speak an apology without a working engine; end the call
+                # explicitly rather than leave the caller in silence.
                 with contextlib.suppress(Exception):
                     await self.transport.hangup(reason)
         finally:
             self._ended = True
+            if self._clip_render is not None:
+                self._clip_render.cancel()  # a call that ends first does not finish it
             if self.executor is not None:
                 await self.executor.aclose()
             await self._finish(reason)
+            await self._close_providers()
         return reason
 
+    async def _close_providers(self) -> None:
+        """Release what the call's adapters hold (e.g. Cartesia's per-call WebSocket)."""
+        for provider in self._providers:
+            close = getattr(provider, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await asyncio.wait_for(close(), PROVIDER_CLOSE_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("session %s: closing %s failed: %r", self.session_id,
+                            getattr(provider, "name", type(provider).__name__), exc)
+
     def _build(self) -> Conversation:
-        cfg = self.config
+        cfg = with_failover_budget(self.config)
         stt = build_provider("stt", cfg.stt, self._context("stt"), on_switch=self._on_switch("stt"))
         llm = build_provider("llm", cfg.llm, self._context("llm"), on_switch=self._on_switch("llm"))
         tts = build_provider("tts", cfg.tts, self._context("tts"), on_switch=self._on_switch("tts"))
         self._llm = llm
+        self._tts = tts
+        self._providers = (stt, llm, tts)
+        self._clip_key = clip = clip_key(cfg.tts, cfg.voice, cfg.failure_goodbye)
         tools = None
         if cfg.tools:
             self.executor = ToolExecutor(
@@ -197,10 +224,16 @@ class _Call:
             language=cfg.language,
             session_id=self.session_id,
             playout_ahead_ms=float(self.host.state.settings.playout.max_ahead_ms),
+            failure_clip=lambda: self.host.clips.get(clip),
         )
 
     async def _converse(self, conv: Conversation) -> str:
         await conv.start()
+        # Rendered while the TTS still works, for the moment it might not (the greeting's
+        # request is already out, so it goes first).
+        if worth_prerendering(self._tts):
+            self._clip_render = self.host.clips.ensure(
+                self._clip_key, self._tts, self.config.failure_goodbye, self.config.voice)
         pumps = [
             asyncio.create_task(self._pump_audio(conv), name=f"audio-{self.session_id}"),
             asyncio.create_task(self._pump_dtmf(conv), name=f"dtmf-{self.session_id}"),

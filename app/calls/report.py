@@ -4,7 +4,8 @@ optional LLM summary. It is delivered as the `report` of `session.ended` and sto
 
 `build_report()` is a pure function over turn / tool-call / usage records (ORM rows or dicts).
 The host can feed a `ReportCollector` with the call's events as they happen and build the report
-at hang-up without reading the database; `report_from_db()` rebuilds it from stored rows.
+at hang-up without reading the database; `report_from_db()` rebuilds it from stored rows (all but
+`provider_fallbacks` and `errors`, which only the live events carry).
 `summarize()` asks an LLM for a summary with the agent's `post_call.summary_prompt`.
 """
 
@@ -25,6 +26,9 @@ from pipelines.events import Event
 log = logging.getLogger(__name__)
 
 MAX_COLLECTED_TURNS = 5000
+# Provider switches and errors kept for the report; a call that keeps failing keeps its first
+# ones (the cause) and a count.
+MAX_COLLECTED_INCIDENTS = 50
 SUMMARY_TRANSCRIPT_CHARS = 24_000
 
 
@@ -52,6 +56,8 @@ def build_report(
     usage: Iterable[Any] = (),
     duration_s: float | None = None,
     summary: str | None = None,
+    provider_fallbacks: Iterable[Mapping[str, Any]] = (),
+    errors: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     transcript: list[dict[str, Any]] = []
     stage_values: dict[str, list[float]] = {}
@@ -110,6 +116,9 @@ def build_report(
             for k, q in sorted(totals.items())
         ],
         "latency_ms": latency_summary,
+        # Failover is visible on the session: which provider gave way to which, and why.
+        "provider_fallbacks": [dict(f) for f in provider_fallbacks],
+        "errors": [dict(e) for e in errors],
     }
     if summary is not None:
         report["summary"] = summary
@@ -123,6 +132,8 @@ class ReportCollector:
         self.turns: list[dict[str, Any]] = []
         self.tool_calls: dict[str, dict[str, Any]] = {}
         self.usage: list[dict[str, Any]] = []
+        self.fallbacks: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
         self._by_turn: dict[str, dict[str, Any]] = {}
         self._early_metrics: dict[str, dict[str, Any]] = {}
 
@@ -148,6 +159,12 @@ class ReportCollector:
             rec["latency_ms"] = d.get("latency_ms")
         elif t == "session.usage":
             self.usage.append(d)
+        elif t == "provider.fallback" and len(self.fallbacks) < MAX_COLLECTED_INCIDENTS:
+            self.fallbacks.append({"at": event.ts, **{k: d.get(k) for k in (
+                "kind", "from_provider", "to_provider", "error")}})
+        elif t == "session.error" and len(self.errors) < MAX_COLLECTED_INCIDENTS:
+            self.errors.append({"at": event.ts, **{k: d.get(k) for k in (
+                "stage", "code", "message")}})
 
     def _turn(self, d: dict[str, Any]) -> None:
         if len(self.turns) >= MAX_COLLECTED_TURNS:
@@ -171,7 +188,8 @@ class ReportCollector:
 
     def build(self, duration_s: float | None = None, summary: str | None = None) -> dict[str, Any]:
         return build_report(turns=self.turns, tool_calls=self.tool_calls.values(),
-                            usage=self.usage, duration_s=duration_s, summary=summary)
+                            usage=self.usage, duration_s=duration_s, summary=summary,
+                            provider_fallbacks=self.fallbacks, errors=self.errors)
 
 
 async def report_from_db(
@@ -262,4 +280,7 @@ async def final_report(
                                   timeout_s=timeout_s, on_usage=on_usage)
         if summary is not None:
             report["summary"] = summary
+        # The summary's own tokens are usage of this call too (on_usage fed them back into the
+        # collector): total again so the report agrees with the stored usage records.
+        report["usage"] = collector.build()["usage"]
     return report

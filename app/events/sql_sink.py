@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # session.ended reasons that mean the call failed rather than finished normally.
 FAILED_END_REASONS = frozenset(
-    {"error", "failed", "transport_error", "provider_error", "stream_error", "watchdog"}
+    {"error", "failed", "transport_error", "provider_error", "stream_error", "watchdog",
+     "setup_failed"}
 )
 TOOL_STATUSES = frozenset({"ok", "error", "timeout", "cancelled"})
 LATENCY_FIELDS = (

@@ -57,6 +57,7 @@ class SendDtmfOptions(_Options):
 
 class CollectDigitsOptions(_Options):
     num_digits: int | None = Field(None, ge=1, le=64)
+    # Counted from the start of the prompt: digits typed or said during it already count.
     timeout_s: float = Field(15.0, gt=0, le=300)
     finish_on_key: str | None = "#"
     pattern: str | None = None  # full-match regex the digits must satisfy
@@ -255,16 +256,22 @@ async def _collect_digits(
 ) -> dict[str, Any]:
     num = arguments.get("num_digits") or opts.num_digits
     prompt = arguments.get("prompt") or opts.prompt
-    if prompt:
-        await control.say(str(prompt))
+    # Collect from the moment the prompt starts: callers type (or say) ahead, and a keypress
+    # during the prompt is input for this tool, not an interruption of the call.
+    collecting = asyncio.ensure_future(control.collect_digits(
+        int(num) if num else None, opts.timeout_s, opts.finish_on_key))
     try:
-        digits = await control.collect_digits(
-            int(num) if num else None, opts.timeout_s, opts.finish_on_key
-        )
+        if prompt:
+            await control.say(str(prompt))
+        digits = await collecting
     except CollectTimeout as exc:
         raise ToolExecutionError(
             "timeout", "the caller did not enter the digits in time", digits=exc.digits
         ) from None
+    finally:
+        if not collecting.done():
+            collecting.cancel()
+            await asyncio.gather(collecting, return_exceptions=True)
     if opts.pattern and not re.fullmatch(opts.pattern, digits):
         raise ToolExecutionError(
             "invalid_input", "the digits entered do not have the expected format", digits=digits

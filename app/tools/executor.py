@@ -15,7 +15,8 @@ While `collect_digits` runs, `executor.interruptible` is False: the caller is ex
 
 Hold line: a webhook tool still running after `tool_settings.hold_after_ms` makes the executor
 call `say(hold_message)` once (0 = say it at once); a per-tool `options.hold_message` overrides
-the message, and an empty message disables it.
+the message, and an empty message disables it. Tools the LLM calls in parallel share one hold
+line: the caller hears "one moment" once, not once per tool.
 """
 
 from __future__ import annotations
@@ -67,16 +68,24 @@ class ToolSession:
 
 
 class _Hold:
-    """The pending hold line of one tool call."""
+    """The pending hold line of the webhook tools running now (shared by parallel calls)."""
 
-    __slots__ = ("speaking", "task")
+    __slots__ = ("speaking", "task", "users")
 
     def __init__(self) -> None:
         self.speaking = False
         self.task: asyncio.Task[Any] | None = None
+        self.users = 1
 
-    def cancel(self) -> None:
-        if self.task is not None:
+    @property
+    def pending(self) -> bool:
+        return self.task is not None and not self.task.done() and not self.speaking
+
+    def release(self) -> None:
+        """One tool is done with it: the last one skips a line not yet started. Once it is
+        being spoken, it is let finish."""
+        self.users -= 1
+        if self.users <= 0 and not self.speaking and self.task is not None:
             self.task.cancel()
 
 
@@ -127,6 +136,7 @@ class ToolExecutor:
         self._on_event = on_event
         self._running: set[asyncio.Task[Any]] = set()
         self._hold_tasks: set[asyncio.Task[Any]] = set()
+        self._hold: _Hold | None = None
         self._collecting = 0
         self._own_http: httpx.AsyncClient | None = None
 
@@ -218,8 +228,6 @@ class ToolExecutor:
         except ToolExecutionError as exc:
             return self._fail(rec, exc)
         except asyncio.CancelledError:
-            if hold is not None:
-                hold.cancel()
             self._cancelled(rec)
             raise
         except Exception as exc:
@@ -229,9 +237,8 @@ class ToolExecutor:
         finally:
             if collecting:
                 self._collecting -= 1
-            if hold is not None and not hold.speaking:
-                # Not started yet: skip it. Once it is being spoken, let it finish.
-                hold.cancel()
+            if hold is not None:
+                hold.release()
 
         rec.finished = True
         self._emit(ToolCompleted(session_id=self.ctx.session_id, call_id=rec.call_id,
@@ -278,7 +285,11 @@ class ToolExecutor:
         message = str(tool.options.get("hold_message", self.ctx.settings.hold_message) or "")
         if say is None or not message:
             return None
-        hold = _Hold()
+        shared = self._hold
+        if shared is not None and shared.pending:
+            shared.users += 1  # a parallel call: one hold line covers both
+            return shared
+        hold = self._hold = _Hold()
 
         async def hold_line() -> None:
             await asyncio.sleep(self.ctx.settings.hold_after_ms / 1000.0)

@@ -54,6 +54,11 @@ class BeepDetector:
         self._reported = False
         self._windows: dict[int, np.ndarray] = {}
 
+    @property
+    def in_tone(self) -> bool:
+        """A tonal run is going on (a beep still sounding, or one starting)."""
+        return self._run_ms > 0
+
     def push(self, frame: np.ndarray) -> Beep | None:
         """Feed one frame; returns the beep once it has lasted `min_ms` (once per tone)."""
         n = len(frame)

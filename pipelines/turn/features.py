@@ -104,12 +104,25 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     half = N_FFT // 2
     padded = np.pad(x, half, mode="reflect")
     n_frames = 1 + (len(padded) - N_FFT) // HOP  # 801
+    # A turn is usually much shorter than 8 s: the zero padding in front is one constant value
+    # after normalisation, so every frame lying wholly inside it has the same spectrum. Compute
+    # that spectrum once and only transform the frames that touch the audio (about 3x less work
+    # for a 2-3 s turn; the result is the same).
+    pad = N_SAMPLES - min(len(audio), N_SAMPLES)
+    n_const = 0 if pad < half else min(n_frames, (pad - half) // HOP + 1)
+    first = max(0, n_const - 1)  # keep one constant frame: it stands for all of them
     # Frame matrix by index arithmetic: row t = padded[t*HOP : t*HOP + N_FFT].
-    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n_frames)[:, None]
+    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(first, n_frames)[:, None]
     spectrum = np.fft.rfft(padded[idx] * _window(N_FFT), axis=1)
-    power = spectrum.real**2 + spectrum.imag**2  # [801, 201]
+    power = spectrum.real**2 + spectrum.imag**2  # [frames from `first`, 201]
 
-    mel = mel_filters() @ power.T  # [80, 801]
+    part = mel_filters() @ power.T  # [80, frames from `first`]
+    if first:
+        mel = np.empty((N_MELS, n_frames), dtype=part.dtype)
+        mel[:, :first] = part[:, :1]
+        mel[:, first:] = part
+    else:
+        mel = part  # [80, 801]
     logmel = np.log10(np.maximum(mel, _MEL_FLOOR))[:, :N_FRAMES]
     logmel = np.maximum(logmel, logmel.max() - 8.0)
     return ((logmel + 4.0) / 4.0).astype(np.float32)

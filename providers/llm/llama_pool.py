@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from providers.base import ProviderError
 
@@ -73,7 +73,15 @@ class LlamaPool:
         self.peak_in_use = max(self.peak_in_use, self.in_use)
         return slot
 
-    async def acquire(self, prefer: Slot | None = None) -> Slot:
+    @overload
+    async def acquire(self, prefer: Slot | None = None) -> Slot: ...
+    @overload
+    async def acquire(self, prefer: Slot | None = None, *, wait: bool) -> Slot | None: ...
+
+    async def acquire(self, prefer: Slot | None = None, *, wait: bool = True) -> Slot | None:
+        """A context: `prefer` if it is free, else another free one, else a newly loaded one
+        while under capacity, else the next one released. With `wait=False`, None instead of
+        waiting for a release (work that must never delay a generation, e.g. a prefill)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._free:
@@ -84,6 +92,8 @@ class LlamaPool:
                 self._created += 1
                 index = self._created - 1
                 waiter = None
+            elif not wait:
+                return None
             else:
                 waiter = _Waiter(loop, loop.create_future())
                 self._waiters.append(waiter)

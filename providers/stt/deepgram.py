@@ -17,7 +17,10 @@ turn is not lost. Result times are mapped back onto the stream's own clock acros
 Each final `Transcript` covers a new stretch of audio; a turn's text is the concatenation of the
 finals since the turn began. After `flush()` exactly one final marks the end of the turn: the
 `from_finalize` result (possibly empty), an immediate empty final when nothing is pending, or,
-if Deepgram stays silent for `finalize_timeout_s`, the last interim text promoted to final.
+if Deepgram stays silent for `finalize_timeout_s`, the last interim text promoted to final —
+unless the server has sent nothing at all since the Finalize while over a second of audio awaits
+a final: that connection is hung, and the stream fails (a retryable `timeout` ProviderError) so
+a fallback STT can take the turn over, replaying its audio.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _QUEUE_MAX = 256
+# A Finalize left unanswered while this much audio awaits a final, with nothing at all from the
+# server since, means the connection is dead rather than the server being terse: Deepgram answers
+# Finalize whenever a noticeable amount of audio is buffered.
+_STALL_PENDING_S = 1.0
 
 
 class DeepgramSTTConfig(CloudConfig):
@@ -142,6 +149,8 @@ class _DeepgramStream(STTStream):
         self._last_send = time.monotonic()
         self._last_interim: Transcript | None = None
         self._finalize_pending = False
+        self._finalize_sent_at = 0.0
+        self._last_message_at = time.monotonic()
         self._finalize_timer: asyncio.Task[None] | None = None
         self._finalize_clock = FirstResultClock(provider.ctx, provider.name)
         self._error: ProviderError | None = None
@@ -249,6 +258,7 @@ class _DeepgramStream(STTStream):
                                         self._ms(self._pushed_s)))
             return
         self._finalize_pending = True
+        self._finalize_sent_at = time.monotonic()
         async with self._lock:
             if self._connected and self._ws is not None:
                 await self._send(self._ws, json.dumps({"type": "Finalize"}))
@@ -259,6 +269,19 @@ class _DeepgramStream(STTStream):
 
     async def _finalize_deadline(self) -> None:
         await asyncio.sleep(self._cfg.finalize_timeout_s)
+        if self._finalize_pending and self._stalled():
+            # A hung connection: promoting an interim would end the turn on a fragment and, as
+            # later turns get no results at all, leave the call deaf. Fail the stream instead so
+            # the owner replaces it (a fallback STT replays the turn's audio; the engine reopens).
+            log.warning("deepgram: no response to Finalize within %.1fs and nothing from the "
+                        "server since; the connection is dead", self._cfg.finalize_timeout_s)
+            self._closing = True  # no reconnect: the owner decides what replaces this stream
+            self._connected = False
+            self._fail(ProviderError(self._p.name, "the server stopped responding (no result "
+                                     f"within {self._cfg.finalize_timeout_s:g}s of Finalize)",
+                                     code="timeout"))
+            await ws_close_quietly(self._ws)
+            return
         if self._finalize_pending:
             last = self._last_interim
             log.info("deepgram: no finalize result within %.1fs; promoting the last interim",
@@ -309,7 +332,12 @@ class _DeepgramStream(STTStream):
     def _ms(self, seconds: float) -> int:
         return round(seconds * 1000)
 
+    def _stalled(self) -> bool:
+        return (self._last_message_at < self._finalize_sent_at
+                and self._pushed_s - self._final_end_s >= _STALL_PENDING_S)
+
     def _on_message(self, raw: str | bytes) -> None:
+        self._last_message_at = time.monotonic()
         try:
             msg: dict[str, Any] = json.loads(raw)
         except ValueError:

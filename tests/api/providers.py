@@ -70,6 +70,10 @@ class ApiTestLLM(LLMProvider):
         model: str = "echo-1"
         temperature: float = Field(0.7, ge=0, le=2)
         api_key: SecretRef | None = None
+        # What the demo agent sets on llama_cpp (tests register this class under that name).
+        max_tokens: int = Field(120, ge=1)
+        max_sentences: int | None = Field(None, ge=1)
+        stop: list[str] = Field(default_factory=list)
 
     async def stream(
         self,

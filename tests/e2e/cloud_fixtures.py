@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -63,6 +64,7 @@ GREETING = "Hello, thanks for calling."
 ANSWER = "We are open from nine to five on weekdays. On Saturdays we open at ten."
 FALLBACK_ANSWER = "We open at nine and close at five. Saturdays we open at ten."
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
+FAILURE_GOODBYE = "Sorry, we have a technical problem. Please call back later. Goodbye."
 
 EL_HZ = 440.0  # what the primary TTS (ElevenLabs) "says"
 CARTESIA_HZ = 660.0  # what the fallback TTS (Cartesia) "says"
@@ -123,6 +125,7 @@ class Rig:
     async def call(self) -> AsyncIterator[SimCall]:
         call = self.sim.call(to=AGENT_NUMBER, from_=CALLER)
         self.calls[call.call_uuid] = call
+        self.rest.live_calls.add(call.call_uuid)  # Plivo knows the call it is connecting
         async with call:
             yield call
 
@@ -160,10 +163,40 @@ class Rig:
             await asyncio.sleep(0.01)
 
     async def wait_greeting(self, call: SimCall) -> None:
-        """Until the greeting has been played out at the caller's end."""
+        """Until the greeting has been played out at the caller's end, and the host has
+        pre-rendered the agent's failure goodbye (app/calls/clips.py) — so failures armed
+        from here on strike the conversation, not that background request."""
         await self.wait_event(call, "agent.speech_completed",
                               where=lambda d: d.get("text") == GREETING)
         await self.wait_quiet(call)
+        host = self.server.state.calls
+        await call.wait_for(lambda: len(host.clips) > 0, 10.0)  # type: ignore[union-attr]
+
+    async def vendor_sockets_closed(self, within_s: float = 5.0) -> None:
+        """Every WebSocket the call opened to a vendor has been closed by our side."""
+        recs = [r for fake, ep in ((self.dg, "listen"), (self.el, "stream-input"),
+                                   (self.cart, "websocket"))
+                for r in fake.for_endpoint(ep) if r.status == 200]
+        await self.dg.until(lambda: all(r.closed_at is not None for r in recs), within_s)
+
+    async def streamed_events(self, call: SimCall, types: str) -> list[dict[str, Any]]:
+        """The call's events of `types` as `WS /v1/sessions/{id}/events` delivers them (the
+        session's buffered history is replayed; the stream closes after session.ended)."""
+        from websockets.asyncio.client import connect
+
+        url = (f"{self.server.ws_url}/v1/sessions/{self.session_id(call)}/events"
+               f"?types={types},session.ended")
+        out: list[dict[str, Any]] = []
+        async with connect(url, additional_headers=ADMIN, proxy=None) as ws:
+            async with asyncio.timeout(10):
+                async for raw in ws:
+                    frame = json.loads(raw)
+                    if frame.get("type") != "stream.subscribed":
+                        out.append(frame)
+        return out
+
+    def rest_hangups(self, call: SimCall) -> list[Any]:
+        return self.rest.calls_to("DELETE", f"/Call/{call.call_uuid}/")
 
     async def wait_quiet(self, call: SimCall, within_s: float = 10.0) -> None:
         assert call.far is not None
@@ -349,6 +382,7 @@ def agent_config(rig_urls: dict[str, str], timeout_s: float) -> dict[str, Any]:
         "prompt": "You are the receptionist of a small shop. Answer briefly.",
         "greeting": GREETING,
         "apology": APOLOGY,
+        "failure_goodbye": FAILURE_GOODBYE,
         # The end of the question is decided by smart-turn; this only caps an unsure model.
         "turn": {"max_wait_ms": 1000},
         "idle": {"timeout_s": 60},
@@ -389,6 +423,9 @@ async def cloud_rig(settings_factory: Callable[..., Settings], monkeypatch: pyte
                 "anth": anth.base_url, "el": el.ws_base_url, "cart": cart.ws_base_url}
         config = agent_config(urls, timeout_s)
         config.update(agent_overrides or {})
+        if config.get("stt") is None:  # "no STT fallback": the primary alone
+            config["stt"] = {k: v for k, v in agent_config(urls, timeout_s)["stt"].items()
+                             if k != "fallback"}
         async with run_fake_plivo_rest() as rest:
             settings = settings_factory(plivo={"auth_id": rest.auth_id,
                                                "auth_token": rest.auth_token,

@@ -98,7 +98,8 @@ async def test_webhook_tool_turn_completes(settings_factory: Callable[..., Setti
         assert done.event.result == {"status": "shipped", "eta": "Tuesday"}
         assert not of_type(envs, "tool.failed")
         (turn,) = of_type(envs, "turn.completed")
-        assert turn.event.agent_text == "Your order ships on Tuesday." and not turn.event.interrupted
+        assert turn.event.agent_text == "Your order ships on Tuesday."
+        assert not turn.event.interrupted
         (row,) = await tool_rows(stack, sid)
         assert row["name"] == "get_order" and row["status"] == "ok"
         assert row["latency_ms"] is not None and row["latency_ms"] >= 0
@@ -153,7 +154,7 @@ async def test_barge_in_over_the_hold_line_cancels_the_tool(
                                   tool_settings={"hold_after_ms": 200, "hold_message": hold})
             rec = Recorder(stack)
             stack.deepgram.queue_transcript("Where is my order A123?",
-                                            "Actually never mind, cancel that.")
+                                            "Actually never mind cancel that.")
             stack.openai.queue_chat(
                 ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]),
                 "No problem, I stopped the lookup.")
@@ -162,7 +163,7 @@ async def test_barge_in_over_the_hold_line_cancels_the_tool(
                 await rec.wait_for(lambda es: any(
                     e.type == "agent.speech_started" and e.event.text.startswith("Please stay")
                     for e in es), within_s=20)
-                await stack.say(call, "Actually never mind, cancel that.", lead_ms=600,
+                await stack.say(call, "Actually never mind cancel that.", lead_ms=600,
                                 trail_ms=200)
                 await rec.wait_type("turn.completed", n=2, sid=sid, within_s=30)
 
@@ -176,12 +177,12 @@ async def test_barge_in_over_the_hold_line_cancels_the_tool(
         assert not of_type(envs, "tool.completed")
         first, second = of_type(envs, "turn.completed")
         assert first.event.interrupted and first.event.heard_text == cut.event.heard_text
-        assert second.event.user_text == "Actually never mind, cancel that."
+        assert second.event.user_text == "Actually never mind cancel that."
         assert second.event.agent_text == "No problem, I stopped the lookup."
         # The next request carries the cancelled call's result; the hold line is not context.
         msgs = chat_messages(stack, 1)
         assert tool_results(msgs) == [{"error": "cancelled: the caller interrupted"}]
-        assert msgs[-1] == {"role": "user", "content": "Actually never mind, cancel that."}
+        assert msgs[-1] == {"role": "user", "content": "Actually never mind cancel that."}
         assert not any("stay on the line" in (m.get("content") or "") for m in msgs)
         (row,) = await tool_rows(stack, sid)
         assert row["status"] == "cancelled"
@@ -193,28 +194,27 @@ async def test_end_call_says_goodbye_and_hangs_up_through_plivo(
         await stack.add_agent(tools=[{"name": "end_call", "builtin": "end_call",
                                       "options": {"goodbye": "Thanks for calling, goodbye!"}}])
         rec = Recorder(stack)
-        stack.deepgram.queue_transcript("That's all, thank you.")
+        stack.deepgram.queue_transcript("That is all thank you.")
         stack.openai.queue_chat(ChatReply(tool_calls=[FakeToolCall("end_call", {}, "call_end")]))
         async with stack.call() as call:
-            sid = await greet_and_ask(stack, call, rec, "That's all, thank you.")
+            sid = await greet_and_ask(stack, call, rec, "That is all thank you.")
             await call.wait_closed(within_s=30)
         (ended,) = await rec.wait_type("session.ended", sid=sid)
-
-    assert call.result.closed_by == "api"  # Plivo ended it because the server asked to
-    (delete,) = stack.rest.calls_to("DELETE", f"/Call/{call.call_uuid}/")
-    assert delete.status == 204
-    envs = rec.session(sid)
-    assert "Thanks for calling, goodbye!" in [e.event.text for e in
-                                             of_type(envs, "agent.speech_completed")]
-    bye = of_type(envs, "agent.speech_completed")[-1]
-    assert bye.seq < ended.seq and delete.at > 0
-    (done,) = of_type(envs, "tool.completed")
-    assert done.event.name == "end_call"
-    assert ended.event.reason == "agent_ended"
-    await stack.settled()
-    session = await stack.get(f"/v1/sessions/{sid}")
-    assert session["end_reason"] == "agent_ended" and session["status"] == "ended"
-    assert [t["status"] for t in session["tool_calls"]] == ["ok"]
+        assert call.result.closed_by == "api"  # Plivo ended it because the server asked to
+        (delete,) = stack.rest.calls_to("DELETE", f"/Call/{call.call_uuid}/")
+        assert delete.status == 204
+        envs = rec.session(sid)
+        assert "Thanks for calling, goodbye!" in [e.event.text for e in
+                                                 of_type(envs, "agent.speech_completed")]
+        bye = of_type(envs, "agent.speech_completed")[-1]
+        assert delete.at >= bye.event.mono  # hung up once the goodbye was heard
+        (done,) = of_type(envs, "tool.completed")
+        assert done.event.name == "end_call"
+        assert ended.event.reason == "agent_ended"
+        await stack.settled()
+        session = await stack.get(f"/v1/sessions/{sid}")
+        assert session["end_reason"] == "agent_ended" and session["status"] == "ended"
+        assert [t["status"] for t in session["tool_calls"]] == ["ok"]
 
 
 async def test_transfer_call_posts_the_transfer_and_serves_the_dial(
@@ -233,23 +233,23 @@ async def test_transfer_call_posts_the_transfer_and_serves_the_dial(
             await call.wait_closed(within_s=30)
             await call.wait_for(lambda: call.call_uuid in stack.transfer_docs, within_s=10)
         (ended,) = await rec.wait_type("session.ended", sid=sid)
-
-    (post,) = stack.rest.calls_to("POST", f"/Call/{call.call_uuid}/")
-    assert post.status == 202 and post.body["legs"] == "aleg"
-    assert post.body["aleg_url"] == f"{stack.server.base_url}/plivo/transfer/{sid}"
-    dial = etree.fromstring(stack.transfer_docs[call.call_uuid].encode()).find("Dial")
-    assert dial.find("Number").text == "14155550123"
-    assert call.result.closed_by == "server" and call.result.close_code == 1000
-    envs = rec.session(sid)
-    assert "Connecting you to sales now." in [e.event.text for e in
-                                             of_type(envs, "agent.speech_completed")]
-    (moved,) = of_type(envs, "call.transferred")
-    assert (moved.event.target, moved.event.mode) == ("+14155550123", "cold")
-    assert ended.event.reason == "transferred"
-    await stack.settled()
-    session = await stack.get(f"/v1/sessions/{sid}")
-    assert session["end_reason"] == "transferred"
-    assert [(t["name"], t["status"]) for t in session["tool_calls"]] == [("transfer_call", "ok")]
+        (post,) = stack.rest.calls_to("POST", f"/Call/{call.call_uuid}/")
+        assert post.status == 202 and post.body["legs"] == "aleg"
+        assert post.body["aleg_url"] == f"{stack.server.base_url}/plivo/transfer/{sid}"
+        dial = etree.fromstring(stack.transfer_docs[call.call_uuid].encode()).find("Dial")
+        assert dial.find("Number").text == "14155550123"
+        assert call.result.closed_by == "server" and call.result.close_code == 1000
+        envs = rec.session(sid)
+        assert "Connecting you to sales now." in [e.event.text for e in
+                                                 of_type(envs, "agent.speech_completed")]
+        (moved,) = of_type(envs, "call.transferred")
+        assert (moved.event.target, moved.event.mode) == ("+14155550123", "cold")
+        assert ended.event.reason == "transferred"
+        await stack.settled()
+        session = await stack.get(f"/v1/sessions/{sid}")
+        assert session["end_reason"] == "transferred"
+        assert [(t["name"], t["status"]) for t in session["tool_calls"]] == [
+            ("transfer_call", "ok")]
 
 
 async def test_collect_digits_by_voice_and_keypad_is_not_a_barge_in(
@@ -269,12 +269,14 @@ async def test_collect_digits_by_voice_and_keypad_is_not_a_barge_in(
         async with stack.call() as call:
             sid = await greet_and_ask(stack, call, rec, "I want to check my balance.")
 
-            def prompt_done(text: str) -> Callable[[list[Any]], bool]:
-                return lambda es: any(e.type == "agent.speech_completed" and e.event.text == text
-                                      for e in es)
-            await rec.wait_for(prompt_done("Please say your PIN."), within_s=20)
+            def prompt(kind: str, text: str) -> Callable[[list[Any]], bool]:
+                return lambda es: any(e.type == kind and e.event.text == text for e in es)
+            await rec.wait_for(prompt("agent.speech_completed", "Please say your PIN."),
+                               within_s=20)
             await stack.say(call, "one two three four", trail_ms=300)
-            await rec.wait_for(prompt_done("Now key in your account number and press pound."),
+            # Keys typed ahead, while the second prompt still plays, are the tool's input too.
+            await rec.wait_for(prompt("agent.speech_started",
+                                      "Now key in your account number and press pound."),
                                within_s=20)
             for key in "5678#":
                 await call.send_dtmf(key)

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -31,7 +32,7 @@ import pytest
 from app.config import Settings
 from app.db.repos import agents as agents_repo
 from app.db.repos import numbers as numbers_repo
-from app.events.bus import Envelope
+from app.events.bus import Envelope, SubscriptionClosed
 from app.telephony.plivo.simulator import PlivoSimulator, SimCall
 from tests.conftest import TEST_ADMIN_KEY
 from tests.fakes.fake_deepgram import FakeDeepgram
@@ -118,6 +119,29 @@ class CallStack:
         self.rest.live_calls.add(call.call_uuid)
         self.sims[call.call_uuid] = call
 
+    async def dial_out(self, agent_id: str, to: str = "+14155550123",
+                       **body: Any) -> tuple[str, SimCall]:
+        """`POST /v1/calls`; the simulated callee answers at once. Returns (session, call)."""
+        answered: asyncio.Future[SimCall] = asyncio.get_running_loop().create_future()
+
+        async def on_make_call(req: dict[str, Any], request_uuid: str) -> None:
+            call = self.sim.call(to=req["to"], from_=req["from"], call_uuid=request_uuid,
+                                 direction="outbound",
+                                 answer_query=urlsplit(req["answer_url"]).query)
+            self.watch(call)
+            try:
+                await call.start()
+            except Exception as exc:
+                answered.set_exception(exc)
+                return
+            answered.set_result(call)
+
+        self.rest.on_make_call = on_make_call
+        r = await self.post("/v1/calls", {"agent_id": agent_id, "to": to, "from": CALLER,
+                                          **body})
+        assert r.status_code == 201, r.text
+        return r.json()["session_id"], await asyncio.wait_for(answered, 15)
+
     async def say(self, call: SimCall, text: str, *, lead_ms: int = 200,
                   trail_ms: int = 0, wait: bool = True) -> float:
         """The caller says `text` (Piper speech at the call's pace); returns its duration."""
@@ -176,7 +200,7 @@ async def call_stack(settings_factory: Callable[..., Settings],
     monkeypatch.setenv(KEY_ENV, FAKE_API_KEY)
     async with run_fake_plivo_rest() as rest, \
             FakeOpenAI(default_reply="Sure.") as openai, \
-            FakeDeepgram() as deepgram, \
+            FakeDeepgram(default_transcript="") as deepgram, \
             FakeElevenLabs(ms_per_char=30.0) as eleven:
         overrides: dict[str, Any] = {
             "plivo": {"auth_id": rest.auth_id, "auth_token": rest.auth_token,
@@ -215,8 +239,11 @@ class Recorder:
         self.events: list[Envelope] = []
 
     def drain(self) -> list[Envelope]:
-        while (env := self.sub.get_nowait()) is not None:
-            self.events.append(env)
+        try:
+            while (env := self.sub.get_nowait()) is not None:
+                self.events.append(env)
+        except SubscriptionClosed:
+            pass  # the server stopped: everything it published is here
         return self.events
 
     def session(self, sid: str) -> list[Envelope]:

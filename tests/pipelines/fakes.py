@@ -576,6 +576,7 @@ async def start_call(
     sink: FakePlayoutSink | None = None,
     tool_executor: Callable[[Any], Any] | None = None,
     tools: list[Any] | None = None,
+    failure_clip: Callable[[], Any] | None = None,
 ) -> Harness:
     """Build and start a conversation on fakes, with the caller already sending silence."""
     settings = settings or ConversationSettings()
@@ -596,7 +597,7 @@ async def start_call(
     conv = Conversation(
         settings, prompt=prompt, greeting=greeting, vad=vad, endpointing=endpointing, stt=stt,
         llm=llm, tts=tts, sink=sink, on_event=on_event, tool_executor=tool_executor,
-        tools=tools, session_id="test",
+        tools=tools, session_id="test", failure_clip=failure_clip,
     )
     caller = Caller(conv)
     h = Harness(conv, caller, sink, stt, llm, tts, vad, endpointing, events, tool_calls,

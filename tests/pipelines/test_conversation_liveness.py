@@ -3,6 +3,7 @@ provider failures, the maximum call duration."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipelines.settings import ConversationSettings, IdleSettings
@@ -99,18 +100,61 @@ def test_llm_failure_reports_an_error_and_apologises() -> None:
 
 def test_tts_failure_reports_an_error_and_never_loops() -> None:
     async def scenario() -> None:
-        # The TTS fails on every text: the answer and the apology both fail, once each.
+        # The TTS fails on every text. An apology through it would only fail again: the agent
+        # cannot talk any more, so the call ends, explaining why (no pre-rendered line here).
         tts = FakeTTS(fail_on="")
         h = await start_call(utterances=["Hello?"], llm_scripts=[["Hi, how can I help?"]],
                              tts=tts)
         await h.caller.speak(800)
-        await h.wait_for("session.error", count=2)
-        await h.caller.pause(3000)
+        assert await h.conv.wait_ended() == "provider_error"
         errors = h.of("session.error")
-        assert [e.stage for e in errors] == ["tts", "tts"]
-        # The apology's first sentence fails too; nothing more is attempted.
-        assert tts.requests == ["Hi, how can I help?", "Sorry, I'm having trouble right now."]
-        assert h.conv.state == "listening"
+        assert [(e.stage, e.code) for e in errors] == [("tts", "ProviderError"),
+                                                       ("tts", "providers_exhausted")]
+        assert tts.requests == ["Hi, how can I help?"]
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_tts_down_plays_the_prerendered_goodbye_then_ends() -> None:
+    async def scenario() -> None:
+        tts = FakeTTS(fail_on="")
+        clip = (np.full(16000, 3000, np.int16), 16000)  # 1 s, as the host would have rendered
+        s = ConversationSettings(failure_goodbye="Sorry, technical trouble. Goodbye.")
+        h = await start_call(s, utterances=["Hello?"], llm_scripts=[["Hi, how can I help?"]],
+                             tts=tts, failure_clip=lambda: clip)
+        await h.caller.speak(800)
+        assert await h.conv.wait_ended() == "provider_error"
+        goodbye = h.of("agent.speech_started")[-1]
+        assert goodbye.text == "Sorry, technical trouble. Goodbye."
+        assert tts.requests == ["Hi, how can I help?"]  # the clip needed no TTS
+        assert h.sink.fully_played(h.sink.segments[-1])  # heard in full before the hangup
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_answers_lost_in_a_row_end_the_call_with_a_goodbye() -> None:
+    async def scenario() -> None:
+        boom = ProviderError("openai", "boom", code="overloaded")
+        s = ConversationSettings(max_failed_replies=2, failure_goodbye="Please call back later.")
+        h = await start_call(s, utterances=["Hi there", "Hello?", "Hello??"],
+                             llm_scripts=[["Sure."], [Fail(boom)], [Fail(boom)]])
+        await h.caller.speak(800)
+        await h.wait_for("turn.completed")
+        # A working answer in between resets the count: two failures in a row are needed.
+        await h.caller.pause(1500)
+        await h.caller.speak(800)
+        apology = await h.wait_for("agent.speech_started",
+                                   lambda e: e.text.startswith("Sorry"))
+        assert apology.text.startswith("Sorry")
+        await h.wait_for("agent.state_changed", lambda e: e.new_state == "listening", count=3)
+        await h.caller.speak(800)
+        assert await h.conv.wait_ended() == "provider_error"
+        assert h.tts.requests[-1] == "Please call back later."
+        codes = [(e.stage, e.code) for e in h.of("session.error")]
+        assert codes == [("llm", "overloaded"), ("llm", "overloaded"),
+                         ("llm", "providers_exhausted")]
         await h.close()
 
     run_virtual(scenario())
@@ -180,8 +224,11 @@ def test_a_broken_stt_stream_is_reported_and_reopened() -> None:
 def test_an_stt_that_keeps_failing_ends_the_call_with_an_error() -> None:
     async def scenario() -> None:
         h = await start_call(stt=FakeSTT([], fail_streams=100))
-        assert await h.conv.wait_ended() == "error"
-        assert [e.stage for e in h.of("session.error")] == ["stt"] * 4
+        assert await h.conv.wait_ended() == "provider_error"
+        assert [e.stage for e in h.of("session.error")] == ["stt"] * 5
+        assert h.of("session.error")[-1].code == "providers_exhausted"
+        # The caller is told before the line goes dead.
+        assert " ".join(h.tts.requests) == ConversationSettings().failure_goodbye
         await h.close()
 
     run_virtual(scenario())

@@ -73,3 +73,17 @@ def test_run_on_text_without_breaks_is_cut_at_a_space() -> None:
 def test_max_chars_is_validated() -> None:
     with pytest.raises(ValueError):
         SentenceSegmenter(max_chars=5)
+
+
+def test_first_piece_may_end_at_a_clause_break() -> None:
+    # Token-sized deltas as an LLM streams them.
+    deltas = ["Hello", ",", " I", "'m", " happy", " to", " help", ",", " really", ".", " We",
+              " open", " at", " 9", ",", " daily", ".", ""]
+    seg = SentenceSegmenter(first_clause_chars=4)
+    pieces = [p for d in deltas for p in seg.push(d)] + seg.flush()
+    # Only the first piece is cut at a comma; the rest are whole sentences.
+    assert pieces == ["Hello,", "I'm happy to help, really.", "We open at 9, daily."]
+    # A clause shorter than the minimum is not cut; numbers like 9,000 have no clause break.
+    seg = SentenceSegmenter(first_clause_chars=8)
+    assert seg.push("Yes, we have 9,000 of them, all") == ["Yes, we have 9,000 of them,"]
+    assert SentenceSegmenter().push("Hello, I am here") == []  # off by default

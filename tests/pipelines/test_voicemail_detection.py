@@ -108,6 +108,8 @@ def test_recorded_greetings_are_machines() -> None:
     det = VoicemailDetector()
     v = run(det, 0, audio=np.concatenate([np.zeros(8000, np.int16), tone(1000, 300)]))
     assert v is not None and (v.result, v.method) == ("machine", "beep")
+    assert not det.ready_for_message  # the beep is still sounding
+    run(det, 40)
     assert det.ready_for_message
 
 
@@ -128,7 +130,9 @@ def test_the_message_waits_for_the_beep_or_the_end_of_the_greeting() -> None:
     run(det, 500)
     assert not det.ready_for_message
     run(det, 0, audio=tone(1000, 200))
-    assert det.ready_for_message and det.beep is not None
+    assert det.beep is not None and not det.ready_for_message
+    run(det, 40)
+    assert det.ready_for_message
 
     det = VoicemailDetector()  # a machine without a beep
     det.speech_started()

@@ -253,6 +253,33 @@ async def test_finalize_without_answer_promotes_the_last_interim(fake: FakeDeepg
     await s.aclose()
 
 
+async def test_a_hung_connection_fails_the_stream_instead_of_promoting(
+        fake: FakeDeepgram, cx: Any) -> None:
+    """The server stops answering mid-utterance (accepts audio, sends nothing): the unanswered
+    Finalize fails the stream with a retryable timeout, so the owner can replace it — promoting
+    the stale interim would end the turn on a fragment and leave later turns without results."""
+    ctx, _ = cx
+    live = Failure("drop", after=10**9)  # inert until flipped into a hang below
+    fake.fail_next("listen", live)
+    s = await stt(fake, ctx, finalize_timeout_s=0.3).open(16000, "en-US")
+    events = s.events()
+    await speak(s, 0.5)
+    interim = await asyncio.wait_for(anext(events), 5)
+    assert not interim.is_final
+    live.kind = "hang"  # the fake swallows everything from now on
+    await speak(s, 0.8, start=8000)
+    t0 = time.monotonic()
+    await s.flush()
+    with pytest.raises(ProviderError) as exc:
+        await next_final(events)
+    assert exc.value.code == "timeout" and exc.value.retryable
+    assert time.monotonic() - t0 >= 0.3
+    rec = fake.for_endpoint("listen")[0]
+    await fake.until(lambda: rec.closed_at is not None)
+    assert len(fake.for_endpoint("listen")) == 1  # no reconnect: the owner replaces the stream
+    await s.aclose()
+
+
 async def test_mulaw_passthrough_at_8khz(fake: FakeDeepgram, cx: Any) -> None:
     ctx, _ = cx
     with pytest.raises(ProviderError, match="8000 Hz"):

@@ -180,6 +180,30 @@ async def test_llm_all_fail_raises_last_error(cooldowns, switches) -> None:
     assert all(cooldowns.is_cooling("llm", n) for n in ("a", "b", "c"))
 
 
+async def test_cool_down_is_per_endpoint_not_per_vendor_name(cooldowns, switches) -> None:
+    """Two agents use `openai`, one against a failing endpoint: only that endpoint cools down;
+    the other agent keeps preferring its own (healthy) one."""
+
+    class OpenAICompatible(ScriptedLLM):
+        def __init__(self, base_url: str, mode: str = "ok") -> None:
+            super().__init__("openai", mode)
+            self.config = SimpleNamespace(model_dump_json=lambda: f'{{"base_url":"{base_url}"}}')
+
+    groq, backup_a = OpenAICompatible("https://groq.example/v1", "fail"), ScriptedLLM("backup")
+    agent_a = FallbackLLM([(groq, 5.0), (backup_a, 5.0)], cooldowns=cooldowns)
+    assert await collect_text(agent_a.stream(MESSAGES)) == "hello there"
+    official, backup_b = OpenAICompatible("https://api.openai.example/v1"), ScriptedLLM("backup")
+    agent_b = FallbackLLM([(official, 5.0), (backup_b, 5.0)], cooldowns=cooldowns)
+    await collect_text(agent_b.stream(MESSAGES))
+    assert len(official.calls) == 1 and backup_b.calls == []
+    # The same endpoint in another agent's chain does share the cool-down.
+    groq_again = OpenAICompatible("https://groq.example/v1")
+    agent_c = FallbackLLM([(groq_again, 5.0), (ScriptedLLM("backup"), 5.0)],
+                          cooldowns=cooldowns)
+    await collect_text(agent_c.stream(MESSAGES))
+    assert groq_again.calls == []
+
+
 async def test_llm_non_retryable_error_is_not_retried(cooldowns, switches) -> None:
     bad, good = ScriptedLLM("bad", "fatal"), ScriptedLLM("good")
     llm = FallbackLLM([(bad, 5.0), (good, 5.0)], on_switch=on_switch_into(switches),

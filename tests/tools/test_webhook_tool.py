@@ -255,6 +255,27 @@ async def test_hold_line_only_for_slow_tools() -> None:
     assert said == ["Let me check that."]
 
 
+async def test_parallel_slow_tools_share_one_hold_line() -> None:
+    said: list[str] = []
+
+    async def say(text: str) -> None:
+        said.append(text)
+
+    settings = ToolsSettings(hold_after_ms=100, hold_message="One moment please.")
+    with LocalHttpServer(signed_endpoint(delay_s=0.5)) as slow:
+        executor = ToolExecutor([weather_tool(slow.url)],
+                                ToolSession(session_id="s", signing_secret=SECRET, say=say,
+                                            settings=settings), Recorder())
+        results = await asyncio.gather(*(
+            executor(ToolCall(id=f"c{i}", name="get_weather", arguments={"city": str(i)}))
+            for i in range(3)))
+        # A later slow call (the next LLM round) gets its own hold line.
+        await executor(ToolCall(id="c9", name="get_weather", arguments={"city": "9"}))
+        await executor.aclose()
+    assert [r["forecast"] for r in results] == ["sunny in 0", "sunny in 1", "sunny in 2"]
+    assert said == ["One moment please.", "One moment please."]
+
+
 async def test_tools_read_and_update_session_state(database: Database) -> None:
     sid, _ = await make_session(database, status="active")
     store = SessionStateStore(database.sessionmaker)

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -121,6 +121,10 @@ class SimCallResult:
     dtmf_received: list[str] = field(default_factory=list)
     media_sent: int = 0
     timeline: list[TimelineEvent] = field(default_factory=list)
+    # Seconds since the call started: where each stretch of queued caller audio finished
+    # streaming, and where each stretch of agent audio began to play (for voice-to-voice).
+    caller_audio_ends: list[float] = field(default_factory=list)
+    agent_audio_starts: list[float] = field(default_factory=list)
 
     def format_timeline(self) -> str:
         return "\n".join(f"{e.t * 1000:9.1f} ms  {e.what}" for e in self.timeline)
@@ -233,6 +237,9 @@ class SimCall:
         self._closed = asyncio.Event()
         self._ended = False
         self._playing = False
+        self.agent_spoke = False  # any agent audio played yet
+        self._agent_quiet_since: float | None = None  # agent audio ran out at (monotonic)
+        self._agent_started_at: float | None = None  # the latest agent audio began (monotonic)
         self._hangup_cause = ("NORMAL_CLEARING", "4000", "Normal Hangup", "Caller")
 
     # --- properties ---------------------------------------------------------------------------
@@ -247,6 +254,15 @@ class SimCall:
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    @property
+    def session_id(self) -> str | None:
+        """The server's session id: the last path segment of the stream URL it answered with
+        (`/plivo/stream/{session_id}?token=...`)."""
+        url = self.result.answer.stream_url
+        if not url:
+            return None
+        return unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]) or None
 
     @property
     def audio_pending(self) -> bool:
@@ -402,6 +418,30 @@ class SimCall:
             await asyncio.sleep(interval)
         return True
 
+    async def wait_agent_quiet(self, quiet_s: float = 0.6, within_s: float = 15.0,
+                               speak_within_s: float = 3.0, since: float | None = None) -> bool:
+        """Wait until the agent has spoken (audio starting at or after `since`, a
+        `time.monotonic()` value; default: the call's start) and then been silent for `quiet_s`,
+        the way a polite caller waits for a greeting or an answer to end. False if no such
+        audio started within `speak_within_s` or the call closed; TimeoutError after
+        `within_s` if the agent keeps talking."""
+        start = time.monotonic()
+        since = self.t0 if since is None else since
+        deadline = start + within_s
+        while not self.closed:
+            now = time.monotonic()
+            began = self._agent_started_at
+            spoke = began is not None and began >= since
+            if not spoke and now - start > speak_within_s:
+                return False
+            quiet = self._agent_quiet_since
+            if spoke and quiet is not None and now - quiet >= quiet_s:
+                return True
+            if now > deadline:
+                raise TimeoutError("the agent kept talking")
+            await asyncio.sleep(0.02)
+        return False
+
     async def wait_closed(self, within_s: float = 10.0) -> None:
         await asyncio.wait_for(self._closed.wait(), within_s)
 
@@ -420,6 +460,7 @@ class SimCall:
             else:
                 if speaking:
                     self.note("caller audio ends")
+                    self.result.caller_audio_ends.append(time.monotonic() - self.t0)
                     speaking = False
                 payload = silence if self.send_silence else b""
             if payload:
@@ -462,6 +503,7 @@ class SimCall:
             done = self.far.advance()
             if self._playing and self.far.queued_ms == 0:
                 self._playing = False
+                self._agent_quiet_since = time.monotonic()
                 self.note(f"agent audio ends (played {self.far.played_ms:.0f} ms in total)")
             if done:
                 await self._ack(done)
@@ -490,7 +532,9 @@ class SimCall:
                     await self._ack(self.far.checkpoint(name, now))
                 elif event == "clearAudio":
                     dropped, done, discarded = self.far.clear(now)
-                    self._playing = False
+                    if self._playing:
+                        self._playing = False
+                        self._agent_quiet_since = time.monotonic()
                     self.result.clears.append((now - self.t0, dropped))
                     self.result.checkpoints_discarded.extend(discarded)
                     self.note(f"clearAudio: dropped {dropped:.0f} ms unplayed"
@@ -541,6 +585,10 @@ class SimCall:
         samples = self.codec.decode(payload)
         if not self._playing:
             self._playing = True
+            self.agent_spoke = True
+            self._agent_quiet_since = None
+            self._agent_started_at = now
+            self.result.agent_audio_starts.append(now - self.t0)
             self.note(f"agent audio starts (queued {self.far.queued_ms:.0f} ms)")
         self.result.play_frames += 1
         await self._ack(self.far.enqueue(samples, now))

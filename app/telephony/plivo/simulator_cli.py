@@ -1,11 +1,17 @@
 """`phonebooth call`: place a simulated Plivo call against a running Phonebooth server.
 
     phonebooth call --to +14155550199 --wav hello.wav --record heard.wav
-    phonebooth call --agent AGENT_ID --say "What are your opening hours?" --duration 15
+    phonebooth call --agent AGENT_ID --say "What are your opening hours?"
 
 The simulator signs its requests with the Plivo auth token (from --auth-token, else
 plivo.auth_token in the config), streams the audio in real time, plays back what the agent
 says on a simulated clock, prints a timeline and writes what the caller heard to --record.
+
+Like a polite caller it waits for the agent's greeting to end before speaking, and hangs up
+once the agent's answer is over (--delay and --duration fix those times instead). Afterwards
+it prints the voice-to-voice latency it saw (end of the caller's speech → first agent audio)
+and, given an API key (--api-key, else security.admin_api_key in the config), the server's
+per-turn latency breakdown from GET /v1/sessions/{id}.
 """
 
 from __future__ import annotations
@@ -13,11 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from app.telephony.plivo.simulator import SimCall
+
 DEFAULT_URL = "http://127.0.0.1:8000"
+HOLD_S = 1.5  # silence after the agent's answer before the caller hangs up
+MAX_DURATION_S = 30.0  # the call's cap when --duration is not given
+GREETING_WAIT_S = 10.0  # longest wait for the agent's greeting to end
+SILENCE_AFTER_GREETING_S = 0.5
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -36,27 +49,50 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     audio = p.add_mutually_exclusive_group()
     audio.add_argument("--wav", help="caller audio: a WAV file (any rate, mono or stereo)")
     audio.add_argument("--say", help="caller audio: text spoken with Piper (local extra)")
-    p.add_argument("--delay", type=float, default=1.0,
-                   help="seconds of silence before the caller speaks (default 1)")
+    p.add_argument("--delay", type=float, default=None,
+                   help="speak this many seconds after the call connects (default: once the "
+                   "agent's greeting is over)")
     p.add_argument("--dtmf", default="", help="digits to press after the audio, 0.5 s apart")
-    p.add_argument("--duration", type=float, default=10.0,
-                   help="hang up after this many seconds (default 10)")
+    p.add_argument("--duration", type=float, default=None,
+                   help=f"hang up after this many seconds (default: {HOLD_S:g} s after the "
+                   f"agent's answer ends, at most {MAX_DURATION_S:g} s into the call)")
     p.add_argument("--record", help="write what the caller heard to this WAV file")
     p.add_argument("--auth-token", help="Plivo auth token (default: plivo.auth_token)")
+    p.add_argument("--api-key", help="API key to read the session's per-turn latency "
+                   "(default: security.admin_api_key; without one only voice-to-voice "
+                   "is printed)")
     p.add_argument("--quiet", action="store_true", help="print the summary only")
     p.set_defaults(func=_run)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from app.cli import settings_from_args
+
+    if getattr(args, "_settings", None) is None:
+        args._settings = settings_from_args(args)
+    return args._settings
 
 
 def _token(args: argparse.Namespace) -> str:
     if args.auth_token:
         return str(args.auth_token)
-    from app.cli import CommandError, settings_from_args
+    from app.cli import CommandError
 
-    settings = settings_from_args(args)
+    settings = _settings(args)
     token = settings.plivo.auth_token.get_secret_value() if settings.plivo.auth_token else ""
     if not token:
         raise CommandError("no Plivo auth token: pass --auth-token or set plivo.auth_token")
     return token
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key:
+        return str(args.api_key)
+    try:
+        key = _settings(args).security.admin_api_key
+    except Exception:  # no usable config: the latency breakdown is optional
+        return None
+    return key.get_secret_value() if key else None
 
 
 def _caller_audio(args: argparse.Namespace) -> tuple[np.ndarray, int] | None:
@@ -113,27 +149,10 @@ async def _call(args: argparse.Namespace, token: str, audio: tuple[np.ndarray, i
         await call.hangup()
         print(f"call not streamed: the server answered {ans.kind} (HTTP {ans.status_code})")
         return 1 if ans.status_code != 200 else 0
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + args.duration
+    duration = args.duration if args.duration is not None else MAX_DURATION_S
+    deadline = call.t0 + duration
     try:
-        with_deadline = max(0.0, min(args.delay, deadline - loop.time()))
-        await asyncio.sleep(with_deadline)
-        if audio is not None and not call.closed:
-            secs = call.say(*audio)
-            call.note(f"caller says {secs:.1f} s of audio")
-            await call.wait_for(lambda: call.closed or not call.audio_pending,
-                                within_s=max(0.1, deadline - loop.time()))
-        for digit in args.dtmf:
-            if call.closed or loop.time() > deadline:
-                break
-            await call.send_dtmf(digit)
-            await asyncio.sleep(0.5)
-        remaining = deadline - loop.time()
-        if remaining > 0 and not call.closed:
-            try:
-                await call.wait_closed(within_s=remaining)
-            except TimeoutError:
-                pass
+        await asyncio.wait_for(_converse(args, call, audio), max(0.0, deadline - _now()))
     except TimeoutError:
         pass
     finally:
@@ -148,4 +167,86 @@ async def _call(args: argparse.Namespace, token: str, audio: tuple[np.ndarray, i
     if args.record:
         write_wav(args.record, r.heard, r.sample_rate)
         print(f"recorded what the caller heard to {args.record}")
+    await _report_latency(args, call, audio)
     return 0
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+async def _converse(args: argparse.Namespace, call: SimCall,
+                    audio: tuple[np.ndarray, int] | None) -> None:
+    """The caller's side: wait for the greeting (or --delay), speak, press keys, then stay on
+    the line until the answer is over (or until --duration, via the caller's timeout)."""
+    if args.delay is not None:
+        await asyncio.sleep(args.delay)
+    else:
+        try:
+            if await call.wait_agent_quiet(quiet_s=SILENCE_AFTER_GREETING_S,
+                                           within_s=GREETING_WAIT_S):
+                call.note("the agent's greeting is over")
+        except TimeoutError:
+            call.note(f"the agent is still talking after {GREETING_WAIT_S:g} s: speaking anyway")
+    if call.closed:
+        return
+    if audio is not None:
+        secs = call.say(*audio)
+        call.note(f"caller says {secs:.1f} s of audio")
+        await call.wait_for(lambda: call.closed or not call.audio_pending, within_s=secs + 60)
+    for digit in args.dtmf:
+        if call.closed:
+            return
+        await call.send_dtmf(digit)
+        await asyncio.sleep(0.5)
+    if args.duration is not None:
+        await call.wait_closed(within_s=args.duration)  # stay until --duration or the end
+        return
+    if audio is None and not args.dtmf:
+        await asyncio.sleep(HOLD_S)  # nothing to say: hang up after the greeting
+        return
+    spoke_at = _now()
+    # Stay until the agent's answer is over; if it says nothing, until the call's cap.
+    answered = await call.wait_agent_quiet(quiet_s=HOLD_S, within_s=MAX_DURATION_S,
+                                           speak_within_s=MAX_DURATION_S, since=spoke_at)
+    if answered:
+        call.note("the agent's answer is over: hanging up")
+
+
+async def _report_latency(args: argparse.Namespace, call: SimCall,
+                          audio: tuple[np.ndarray, int] | None) -> None:
+    import httpx
+
+    from app.telephony.plivo.sim_latency import (
+        fetch_session,
+        trailing_silence_s,
+        turn_latency_lines,
+        voice_to_voice,
+    )
+
+    r = call.result
+    silence = trailing_silence_s(*audio) if audio is not None else 0.0
+    pairs = voice_to_voice(r.caller_audio_ends, r.agent_audio_starts, silence)
+    if pairs:
+        seen = ", ".join(f"{p.ms:.0f} ms" for p in pairs)
+        print(f"voice-to-voice (end of the caller's speech → first agent audio): {seen}")
+    elif r.caller_audio_ends:
+        print("voice-to-voice: the agent did not answer the caller's audio")
+    key = _api_key(args)
+    session_id = call.session_id
+    if not key or not session_id:
+        if not key:
+            print("(per-turn latency: pass --api-key or set security.admin_api_key)")
+        return
+    try:
+        session = await fetch_session(args.url, session_id, key)
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        print(f"per-turn latency unavailable: {exc}")
+        return
+    lines = turn_latency_lines(session)
+    print(f"session {session_id} ({session.get('status')}, "
+          f"end reason {session.get('end_reason') or '-'})")
+    for line in lines or ["no answered turns recorded"]:
+        print("  " + line)

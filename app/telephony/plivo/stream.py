@@ -28,6 +28,7 @@ from app.calls.transfer import transfer_via_plivo
 from app.db.models import utcnow
 from app.db.repos import agents as agents_repo
 from app.db.repos import sessions as sessions_repo
+from app.events.sql_sink import end_status
 from app.state import AppState
 from app.telephony.plivo import protocol as proto
 from app.telephony.plivo.codec import StreamCodec, UnsupportedCodec
@@ -248,6 +249,9 @@ async def _supervise(ws: WebSocket, state: AppState, info: CallInfo, transport: 
                 await asyncio.wait_for(asyncio.shield(running), RUNNER_EXIT_GRACE_S)
         if running.done() and not running.cancelled() and running.exception() is None:
             reason = running.result() or transport.end_reason or "ended"
+            # A call the runner ended because it failed (providers down, engine error) is
+            # recorded as failed, the same way the event store reads its session.ended.
+            status = end_status(reason)
         elif running.done() and not running.cancelled():
             exc = running.exception()
             log.error("session %s: call runner failed: %r", info.session_id, exc,
