@@ -18,9 +18,11 @@ How a turn flows:
   else is committed (`user.turn_completed`) and answered.
 - The answer is one *speech* (pipelines/speech.py) produced by `ReplyGenerator` (LLM rounds and
   tools, pipelines/reply.py) and played by `SpeechOutput` (sentences → TTS → playout segments).
-- Caller speech while the agent talks (or thinks) holds the agent's audio; `InterruptionPolicy`
-  decides between a committed interruption (clear playout, cancel LLM/TTS/tools, truncate the
-  assistant message to what was heard) and a false one (resume where it stopped).
+- Caller speech while the agent talks (or thinks) holds the agent's audio: the writer stops and
+  playout is cleared at once (a transport cannot pause), remembering where the caller stopped
+  hearing. `InterruptionPolicy` then decides between a committed interruption (cancel
+  LLM/TTS/tools, truncate the assistant message to what was heard) and a false one (re-send the
+  audio from where it was cut and carry on).
 - Timers: idle re-prompts then goodbye, a hard maximum call duration, and a response watchdog
   that apologises when a committed turn gets no audio in time. The call is never silent without
   an event saying why.
@@ -102,6 +104,10 @@ class _Barge:
     awaiting_final_seq: int | None = None  # a final transcript was requested after this count
     settling: bool = False
     timer: asyncio.Task[None] | None = field(default=None, repr=False)
+    # The agent's audio cut at the hold (None: it was not talking yet), and when it went silent.
+    output: SpeechOutput | None = field(default=None, repr=False)
+    cut: asyncio.Task[None] | None = field(default=None, repr=False)
+    silenced_at: float | None = None
 
 
 class Conversation:
@@ -620,10 +626,24 @@ class Conversation:
                    resolved=self._require_loop().create_future())
         self._barge = b
         self._gate.clear()  # hold: the speech writer stops feeding the sink
+        cur = self._current
+        out = cur.output if cur is not None else None
+        if out is not None and out.audio_started:
+            b.output = out
+            b.cut = self._spawn(self._cut_playout(b, out), "barge-cut")
         if self.state == "speaking":
             self._set_state("paused")
         b.timer = self._spawn(self._barge_timer(b), "barge-timer")
         self._evaluate_barge()
+
+    async def _cut_playout(self, b: _Barge, out: SpeechOutput) -> None:
+        """Make the hold audible now rather than after what is queued at the far end has
+        played: clear playout, remembering where the caller stopped hearing (for a resume)."""
+        try:
+            await asyncio.wait_for(out.cut(), SINK_CLEAR_TIMEOUT_S)
+        except Exception as exc:
+            self._emit_error("transport", exc)
+        b.silenced_at = self._now()
 
     def _evaluate_barge(self) -> None:
         b = self._barge
@@ -689,7 +709,26 @@ class Conversation:
         self._cancel(b.timer)
         if not b.resolved.done():
             b.resolved.set_result(is_turn)
-        self._gate.set()
+        out, b.output = b.output, None
+        cur = self._current
+        if (out is not None and cur is not None and cur.output is out
+                and cur.stop_reason is None and not cur.done()):
+            # The speech goes on (a false interruption, or it could no longer be interrupted):
+            # first the audio the hold cut away, then the writer carries on.
+            self._spawn(self._resume_playout(b, out), "barge-resume")
+        else:
+            self._gate.set()
+
+    async def _resume_playout(self, b: _Barge, out: SpeechOutput) -> None:
+        try:
+            if b.cut is not None:
+                await asyncio.wait([b.cut])
+            await out.resume()
+        except Exception as exc:
+            self._emit_error("transport", exc)
+        finally:
+            if self._barge is None:  # unless a new hold began meanwhile
+                self._gate.set()
 
     # =========================================================================================
     # Agent speech
@@ -894,14 +933,18 @@ class Conversation:
                 speech.task.cancel()
                 await asyncio.wait([speech.task])
             out = speech.output
+            if barge is not None and barge.cut is not None:
+                await asyncio.wait([barge.cut])  # the hold's clear may still be under way
             if clear and out is not None and out.audio_started:
-                out.freeze()
                 try:
-                    await asyncio.wait_for(self._sink.clear(), SINK_CLEAR_TIMEOUT_S)
+                    # A no-op when the hold already cleared playout and nothing played since.
+                    await asyncio.wait_for(out.stop_audio(), SINK_CLEAR_TIMEOUT_S)
                 except Exception as exc:
                     self._emit_error("transport", exc)
             if barge is not None:
-                speech.barge_in_ms = round((self._now() - barge.onset_at) * 1000.0, 1)
+                # Onset → the caller stopped hearing the agent (the clear at the hold, if any).
+                silenced_at = barge.silenced_at if barge.silenced_at is not None else self._now()
+                speech.barge_in_ms = round((silenced_at - barge.onset_at) * 1000.0, 1)
             speech.account_heard(self.context)
             if reason in INTERRUPTIONS:
                 heard, full = speech.heard_text, speech.text

@@ -55,9 +55,11 @@ class TTSLike(Protocol):
 class PlayoutSink(Protocol):
     """The transport's outgoing audio path (e.g. the Plivo playout writer).
 
-    `play` queues one segment (any rate, int16) and returns a handle whose `played` future
-    resolves when the far end confirms it was heard. `clear` drops everything queued and returns
-    how many ms of the current segment were actually heard.
+    A segment is `start_segment`, `write`s (any rate, int16), `end_segment`; `wait_played`
+    resolves when the far end confirms it was heard (or it was cleared), `played_ms` says how
+    much of it was heard so far. `clear` drops everything queued and returns how many ms of the
+    current segment were actually heard; the segments it cut keep that `played_ms`, writes into
+    the one still open are dropped, and audio after a clear goes into a new segment.
     """
 
     async def start_segment(self, segment_id: str) -> None: ...

@@ -7,16 +7,21 @@ confirms it was heard.
 
 - Latency: the next sentence is synthesised while the current one is being written
   (`lookahead` segments ahead), so TTS time-to-first-byte does not open gaps between sentences.
-- Hold: before every 20 ms write the writer waits on `gate`. Closing the gate is the soft pause of
-  barge-in: nothing new reaches the sink, and opening it resumes exactly where the writer stopped.
-  For the hold to be audible quickly, the writer stays at most `max_ahead_ms` ahead of real-time
-  playout, even if the sink would buffer more locally.
-- Heard text: a segment acknowledged as played was heard in full; of the segment playing when the
-  caller barged in, the share `played_ms / duration` of its text (cut back to a word boundary).
-  That is what the assistant's context message is truncated to.
+- Hold: before every 20 ms write (and before ending a segment) the writer waits on `gate`.
+  Closing the gate stops new audio reaching the sink; the writer also stays at most
+  `max_ahead_ms` ahead of real-time playout, even if the sink would buffer more locally.
+- Cut and resume (barge-in): a transport cannot pause, so to make a hold audible at once the
+  conversation `cut`s: the sink is cleared and each unfinished segment remembers where the caller
+  stopped hearing it. A false interruption then `resume`s: from just before that position the
+  audio is written again (into a new sink segment, since a cleared one is gone), with a short
+  fade-in, and the writer carries on. For that every segment keeps the audio it wrote but which
+  may not have been heard yet: its last `max_ahead_ms` + 1 s, dropped once it has played.
+- Heard text: a segment acknowledged as played was heard in full; of a segment cut short, the
+  share `heard_ms / duration` of its text (cut back to a word boundary). That is what the
+  assistant's context message is truncated to.
 
 Memory is bounded: sentences and synthesised chunks sit in bounded queues, so a fast LLM or TTS
-simply waits for playout.
+simply waits for playout; the audio kept for a resume is bounded per unplayed segment.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +46,14 @@ log = logging.getLogger(__name__)
 # (about 15 characters per second of speech).
 MS_PER_CHAR_ESTIMATE = 65.0
 _PLAYED_SLACK_S = 3.0  # extra wait for the last playout ack beyond the audio still queued
+# A transport's played position is an estimate from its send clock, a little ahead of what the
+# caller really heard (network and the far end's jitter buffer): a resume repeats this much
+# rather than risk dropping a syllable, and fades in over the first few ms to avoid a click.
+RESUME_REWIND_MS = 40.0
+RESUME_FADE_MS = 10.0
+_KEEP_MARGIN_MS = 1000.0  # audio kept for a resume beyond what the writer may run ahead
+_KEEP_UNPACED_MS = 5000.0  # ... and what it keeps when pacing is left to the sink
+_FULL_EPS_MS = 1.0  # heard up to here: heard in full (the sink rounds to whole frames)
 
 
 class SpeechError(Exception):
@@ -63,6 +77,15 @@ class Segment:
     started: bool = False  # first audio written
     ended: bool = False  # end_segment sent
     played: bool = False  # far end confirmed playout
+    # Cut and resume: the sink segment now carrying this segment's audio (a new one after each
+    # resume), the position in the segment that sink segment started at, and whether the audio
+    # is cut (`base_ms` is then what was heard) and waits to be resumed.
+    sink_id: str = ""
+    base_ms: float = 0.0
+    held: bool = False
+    resumes: int = 0
+    # Recently written audio (start ms in the segment, samples, rate) for a resume.
+    kept: deque[tuple[float, np.ndarray, int]] = field(default_factory=deque)
 
     def heard_fraction(self, played_ms: float) -> float:
         if self.played:
@@ -134,10 +157,18 @@ class SpeechOutput:
         self._sentences: asyncio.Queue[Segment | None] = asyncio.Queue(max_sentences)
         self._ready: asyncio.Queue[_Pending | None] = asyncio.Queue(max(1, lookahead))
         self._max_ahead_ms = max_ahead_ms
+        self._keep_ms = (max_ahead_ms if max_ahead_ms is not None else _KEEP_UNPACED_MS) \
+            + _KEEP_MARGIN_MS
         self._play_head = 0.0  # loop time at which everything written so far has played
         self._played_tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._frozen = False
+        # Cut / resume / stop take turns (a cut waits for a resume in progress to stop writing).
+        self._control = asyncio.Lock()
+        self._stop_resend = False  # a cut or stop is waiting: a resume writes no more
+        self._silent = False  # the sink was cleared and nothing of ours was written since
+        self._settled = asyncio.Event()  # no segment is cut and waiting for its resume
+        self._settled.set()
         self.segments: list[Segment] = []
         # Timings (event-loop clock) for turn metrics.
         self.tts_request_at: float | None = None
@@ -162,6 +193,7 @@ class SpeechOutput:
     async def _add(self, seg: Segment) -> Segment:
         if self._closed:
             raise RuntimeError("speech output already closed")
+        seg.sink_id = seg.id
         self.segments.append(seg)
         await self._sentences.put(seg)
         return seg
@@ -175,6 +207,111 @@ class SpeechOutput:
     def freeze(self) -> None:
         """The sink is about to be cleared: later playout acks no longer mean "heard in full"."""
         self._frozen = True
+
+    # -- barge-in: cut, resume, stop -------------------------------------------------------------
+    async def cut(self) -> None:
+        """Make a hold audible now: clear the sink and remember, for every unfinished segment,
+        where the caller stopped hearing it. Call with the gate closed; `resume` re-sends."""
+        self._stop_resend = True
+        async with self._control:
+            self._stop_resend = False
+            live = [s for s in self.segments if s.started and not s.played and not s.held]
+            for seg in live:
+                seg.held = True  # from here on an ack released by the clear is not "played"
+            if live:
+                self._settled.clear()
+            try:
+                if live and not self._silent:
+                    await self._sink.clear()
+            finally:
+                self._silent = True
+                self._play_head = asyncio.get_running_loop().time()  # nothing queued now
+                for seg in live:
+                    heard = seg.base_ms + self._sink.played_ms(seg.sink_id)
+                    seg.base_ms = min(heard, seg.written_ms)
+                    if seg.ended and seg.base_ms >= seg.written_ms - _FULL_EPS_MS:
+                        seg.held = False  # it had played out; only its ack was still due
+                        self._mark_played(seg)
+                self._update_settled()
+
+    async def resume(self) -> None:
+        """After a false interruption: write the cut segments again from just before where the
+        caller stopped hearing them, each into a new sink segment; the writer carries on once
+        the gate opens (keep it closed until this returns)."""
+        async with self._control:
+            fade = True
+            try:
+                for seg in self.segments:
+                    if not seg.held:
+                        continue
+                    if self._stop_resend:
+                        return  # held again (or stopped) before we got here
+                    start, pieces = self._resume_from(seg)
+                    seg.held = False
+                    seg.resumes += 1
+                    seg.sink_id = f"{seg.id}~{seg.resumes}"
+                    seg.base_ms = start
+                    await self._sink.start_segment(seg.sink_id)
+                    for samples, rate in pieces:
+                        if fade:
+                            samples, fade = _fade_in(samples, rate), False
+                        self._silent = False
+                        self._advance_play_head(len(samples) * 1000.0 / rate)
+                        await self._sink.write(samples, rate)
+                        if self._stop_resend:
+                            return  # the next cut finds this segment live and measures it
+                    if seg.ended:
+                        await self._sink.end_segment()
+                        self._track(seg)
+            except BaseException:
+                # The transport failed (or the call is ending): what is still cut stays unheard
+                # rather than leaving the speech waiting for a resume that will not come.
+                for seg in self.segments:
+                    if seg.held:
+                        seg.held, seg.sink_id = False, ""
+                raise
+            finally:
+                self._update_settled()
+
+    async def stop_audio(self) -> None:
+        """The speech stops for good: clear the sink, unless a cut already did and nothing was
+        written since. Heard positions freeze where the caller stopped hearing."""
+        self.freeze()
+        self._stop_resend = True
+        async with self._control:
+            if not self._silent:
+                await self._sink.clear()
+            self._silent = True
+
+    @property
+    def held(self) -> bool:
+        """Some audio is cut and waits for `resume` (or the speech's end)."""
+        return not self._settled.is_set()
+
+    def _resume_from(self, seg: Segment) -> tuple[float, list[tuple[np.ndarray, int]]]:
+        """Where to resume `seg` and the kept audio from there on."""
+        start = max(0.0, seg.base_ms - RESUME_REWIND_MS)
+        kept = seg.kept
+        if not kept:
+            return seg.written_ms, []
+        if kept[0][0] > start + _FULL_EPS_MS:
+            log.warning("resume of segment %s: %.0f ms of its audio no longer kept", seg.id,
+                        kept[0][0] - start)
+            start = kept[0][0]
+        pieces: list[tuple[np.ndarray, int]] = []
+        for at, samples, rate in kept:
+            if at + len(samples) * 1000.0 / rate <= start:
+                continue
+            skip = max(0, round((start - at) * rate / 1000.0))
+            if skip < len(samples):
+                pieces.append((samples[skip:], rate))
+        return start, pieces
+
+    def _update_settled(self) -> None:
+        if any(s.held for s in self.segments):
+            self._settled.clear()
+        else:
+            self._settled.set()
 
     # -- what was heard ------------------------------------------------------------------------
     def text(self, part: int | None = None) -> str:
@@ -190,11 +327,18 @@ class SpeechOutput:
             if assume_written_plays and seg.started:
                 played = seg.written_ms
             else:
-                played = self._sink.played_ms(seg.id) if seg.started else 0.0
+                played = self._heard_ms(seg)
             piece = text_prefix(seg.text, seg.heard_fraction(played))
             if piece:
                 out.append(piece)
         return " ".join(out)
+
+    def _heard_ms(self, seg: Segment) -> float:
+        if not seg.started:
+            return 0.0
+        if seg.held:
+            return seg.base_ms
+        return seg.base_ms + self._sink.played_ms(seg.sink_id)
 
     def current_segment_id(self) -> str:
         """The segment the caller is (or was last) hearing."""
@@ -274,26 +418,45 @@ class SpeechOutput:
                 await self._gate.wait()
                 if self._max_ahead_ms is not None:
                     await self._pace(self._max_ahead_ms)
-                    await self._gate.wait()  # the hold may have begun while pacing
+                if not seg.started and self.first_audio_at is None \
+                        and self._before_first_audio is not None:
+                    await self._before_first_audio()
+                # The hold may have begun meanwhile. From here to the sink call nothing waits
+                # (but the sink itself), so a cut always sees this piece as written.
+                await self._gate.wait()
                 piece = samples[off : off + step]
                 if not seg.started:
-                    if self.first_audio_at is None and self._before_first_audio is not None:
-                        await self._before_first_audio()
-                    await self._sink.start_segment(seg.id)
+                    await self._sink.start_segment(seg.sink_id)
                     seg.started = True
                     if self.first_audio_at is None:
                         self.first_audio_at = loop.time()
                     self._on_started(seg)
+                self._note_written(seg, piece, rate)
                 await self._sink.write(piece, rate)
-                piece_ms = len(piece) * 1000.0 / rate
-                seg.written_ms += piece_ms
-                self._play_head = max(self._play_head, loop.time()) + piece_ms / 1000.0
         if seg.started:
+            await self._gate.wait()  # a resume may be writing this segment again
             await self._sink.end_segment()
             seg.ended = True
-            self._played_tasks.append(
-                asyncio.create_task(self._track_played(seg), name=f"played-{seg.id}")
-            )
+            self._track(seg)
+
+    def _note_written(self, seg: Segment, piece: np.ndarray, rate: int) -> None:
+        """Account for a piece about to be written, and keep it for a resume (bounded)."""
+        piece_ms = len(piece) * 1000.0 / rate
+        seg.kept.append((seg.written_ms, piece, rate))
+        seg.written_ms += piece_ms
+        kept = seg.kept
+        while kept and seg.written_ms - kept[0][0] - len(kept[0][1]) * 1000.0 / kept[0][2] \
+                > self._keep_ms:
+            kept.popleft()
+        self._silent = False
+        self._advance_play_head(piece_ms)
+
+    def _advance_play_head(self, ms: float) -> None:
+        self._play_head = max(self._play_head, asyncio.get_running_loop().time()) + ms / 1000.0
+
+    def _track(self, seg: Segment) -> None:
+        self._played_tasks.append(asyncio.create_task(
+            self._track_played(seg, seg.sink_id), name=f"played-{seg.sink_id}"))
 
     async def _pace(self, limit_ms: float) -> None:
         """Stay at most `limit_ms` ahead of real-time playout, whatever the sink buffers on
@@ -305,25 +468,46 @@ class SpeechOutput:
         if ahead_ms > limit_ms:
             await asyncio.sleep((ahead_ms - limit_ms) / 1000.0)
 
-    async def _track_played(self, seg: Segment) -> None:
-        await self._sink.wait_played(seg.id)
-        if self._frozen:
+    async def _track_played(self, seg: Segment, sink_id: str) -> None:
+        await self._sink.wait_played(sink_id)
+        # A sink releases the waits of what it cleared: that audio was cut, not played.
+        if self._frozen or seg.held or seg.played or seg.sink_id != sink_id:
             return
+        self._mark_played(seg)
+
+    def _mark_played(self, seg: Segment) -> None:
         seg.played = True
+        seg.kept.clear()
         if self.first_played_at is None:
             self.first_played_at = asyncio.get_running_loop().time()
         self._on_played(seg)
 
     async def _wait_all_played(self) -> None:
-        tasks = [t for t in self._played_tasks if not t.done()]
-        if not tasks:
-            return
-        unplayed_ms = sum(s.written_ms for s in self.segments if s.started and not s.played)
-        timeout = unplayed_ms / 1000.0 + _PLAYED_SLACK_S
-        _done, late = await asyncio.wait(tasks, timeout=timeout)
-        if late:
-            # The far end never acknowledged: do not hang the conversation on a lost ack.
-            log.warning("no playout ack for %d segment(s) after %.1fs", len(late), timeout)
+        while True:
+            await self._settled.wait()  # cut audio counts once it has been resumed
+            tasks = [t for t in self._played_tasks if not t.done()]
+            if not tasks:
+                if self._settled.is_set():
+                    return
+                continue
+            unplayed_ms = sum(s.written_ms - s.base_ms for s in self.segments
+                              if s.started and not s.played)
+            timeout = unplayed_ms / 1000.0 + _PLAYED_SLACK_S
+            _done, late = await asyncio.wait(tasks, timeout=timeout)
+            if late:
+                # The far end never acknowledged: do not hang the conversation on a lost ack.
+                log.warning("no playout ack for %d segment(s) after %.1fs", len(late), timeout)
+                return
+
+
+def _fade_in(samples: np.ndarray, rate: int) -> np.ndarray:
+    """A copy of `samples` whose first RESUME_FADE_MS ramp up from silence (no click)."""
+    n = min(len(samples), int(rate * RESUME_FADE_MS / 1000.0))
+    out = samples.copy()
+    if n > 0:
+        out[:n] = (out[:n].astype(np.float32) * np.linspace(0.0, 1.0, n, endpoint=False)
+                   ).astype(np.int16)
+    return out
 
 
 def _decode(chunk: Any) -> tuple[np.ndarray, int]:

@@ -7,6 +7,11 @@ are emitted every `interim_interval_ms` of new audio; `flush()` ends the utteran
 transcript follows. A decoder costs ~90 MB and ~0.3 s to create, so decoders are pooled per
 process (in `ctx.shared`) and reused by later streams.
 
+With the bundled model each stream first tells phone audio from wideband audio by its first
+~200 ms of loud signal (held back meanwhile, once per stream) and starts the model's cepstral
+mean normalisation for that channel (see `phone_band`): without it the first sentences of a
+phone call were recognised poorly.
+
 Usage: `audio_seconds` per utterance. Latency: `ttfb_ms` is the time from `flush()` to the final
 transcript (what the end of a user's turn waits for).
 """
@@ -34,6 +39,7 @@ from providers.base import (
     STTStream,
     Transcript,
 )
+from providers.stt.phone_band import PHONE_CMN, BandProbe
 from providers.usage import TTFB_METRIC, report_metric, report_usage
 
 log = logging.getLogger(__name__)
@@ -189,6 +195,9 @@ class PocketsphinxStream(STTStream):
         self._dropped = 0
         self._interim_every = cfg.interim_interval_ms * RATE // 1000
         self._max_utt = int(cfg.max_utterance_s * RATE)
+        # The bundled model starts CMN for the caller's channel (see phone_band); a custom
+        # model keeps its own start value (it may have been trained on phone audio).
+        self._detect_band = cfg.hmm is None
         self._error: BaseException | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="pocketsphinx-stream",
@@ -289,6 +298,39 @@ class PocketsphinxStream(STTStream):
             self._post(self._deliver_final, t, seconds, latency)
             last_interim, since_interim = "", 0
 
+        def decode(pcm: np.ndarray) -> None:
+            nonlocal in_utt, utt_start, pos, since_interim, last_interim
+            if not in_utt:
+                dec.start_utt()
+                in_utt = True
+                utt_start = pos
+            dec.process_raw(pcm.tobytes(), False, False)
+            pos += len(pcm)
+            since_interim += len(pcm)
+            if self._interim_every and since_interim >= self._interim_every:
+                since_interim = 0
+                hyp = dec.hyp()
+                text = hyp.hypstr.strip() if hyp is not None else ""
+                if text and text != last_interim:
+                    last_interim = text
+                    self._post(self._deliver, Transcript(
+                        text, False, 1.0, utt_start * 1000 // RATE, pos * 1000 // RATE))
+            if pos - utt_start >= self._max_utt:
+                finalise(None)
+
+        # Until the channel is known, audio from the first loud frame on is held back.
+        probe = BandProbe(RATE) if self._detect_band else None
+        held: list[np.ndarray] = []
+
+        def settle(phone: bool) -> None:
+            nonlocal probe
+            if phone:
+                dec.set_cmn(PHONE_CMN)
+            probe = None
+            for pcm in held:  # 20 ms at a time, as always (the GIL)
+                decode(pcm)
+            held.clear()
+
         try:
             while True:
                 item = self._inbox.get()
@@ -296,6 +338,8 @@ class PocketsphinxStream(STTStream):
                     break
                 if isinstance(item, _Flush):
                     if not self._closing:
+                        if probe is not None and probe.holding:
+                            settle(probe.verdict())
                         finalise(item.requested_at)
                     continue
                 with self._backlog_lock:
@@ -305,23 +349,14 @@ class PocketsphinxStream(STTStream):
                 pcm = resampler.process(item) if resampler is not None else item
                 if not len(pcm):
                     continue
-                if not in_utt:
-                    dec.start_utt()
-                    in_utt = True
-                    utt_start = pos
-                dec.process_raw(pcm.tobytes(), False, False)
-                pos += len(pcm)
-                since_interim += len(pcm)
-                if self._interim_every and since_interim >= self._interim_every:
-                    since_interim = 0
-                    hyp = dec.hyp()
-                    text = hyp.hypstr.strip() if hyp is not None else ""
-                    if text and text != last_interim:
-                        last_interim = text
-                        self._post(self._deliver, Transcript(
-                            text, False, 1.0, utt_start * 1000 // RATE, pos * 1000 // RATE))
-                if pos - utt_start >= self._max_utt:
-                    finalise(None)
+                if probe is not None:
+                    phone = probe.feed(pcm)
+                    if probe.holding:  # a verdict only ever comes while holding
+                        held.append(pcm)
+                        if phone is not None:
+                            settle(phone)
+                        continue
+                decode(pcm)
         except Exception as exc:
             healthy = False
             log.exception("pocketsphinx decoding failed")

@@ -215,7 +215,7 @@ async def test_demo_agent_holds_a_spoken_conversation(
     answers = []
     for i, (ex, end) in enumerate(zip(rec.exchanges, ends, strict=True), 1):
         audio_after = clip(call, ex.said_until, end)
-        assert loud_seconds(audio_after, rate) >= 0.8, f"answer {i} is (nearly) silent"
+        assert loud_seconds(audio_after, rate) >= 0.5, f"answer {i} is (nearly) silent"
         heard[f"answer{i}"] = transcribe(audio_after, rate)
         answers.append(audio_after)
     assert words(heard["greeting"]) & GREETING_WORDS, heard

@@ -365,16 +365,20 @@ class FakeTTS:
     def duration_ms(self, text: str) -> float:
         return len(text) * self.ms_per_char
 
+    def audio(self, text: str) -> np.ndarray:
+        """The samples `synthesize(text)` yields, in one array."""
+        total = int(self.duration_ms(text) * self.sample_rate / 1000)
+        t = np.arange(total) / self.sample_rate
+        return (2000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[AudioChunk]:
         self.requests.append(text)
         await asyncio.sleep(self.ttfb_ms / 1000)
         if self.fail_on is not None and self.fail_on in text:
             raise ProviderError("faketts", "synthesis failed", status=500)
-        total = int(self.duration_ms(text) * self.sample_rate / 1000)
+        audio = self.audio(text)
         step = int(self.chunk_ms * self.sample_rate / 1000)
-        t = np.arange(total) / self.sample_rate
-        audio = (2000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
-        for off in range(0, total, step):
+        for off in range(0, len(audio), step):
             yield AudioChunk(audio[off : off + step], self.sample_rate)
             await asyncio.sleep(0)
 
@@ -387,7 +391,9 @@ class FakeTTS:
 class FakePlayoutSink:
     """Real-time playout: audio plays in 20 ms ticks; `write` blocks while more than
     `max_ahead_ms` is queued; a segment is acked (`wait_played`) `ack_delay_ms` after its last
-    audio played; `clear()` drops the queue and returns what was heard of the playing segment."""
+    audio played; `clear()` drops the queue and returns what was heard of the playing segment.
+    Like the Plivo writer, it drops later writes into the segment that was open at the clear
+    (`dropped_ms`): audio after a clear needs a new segment."""
 
     def __init__(self, max_ahead_ms: float = 200.0, ack_delay_ms: float = 0.0) -> None:
         self.max_ahead_ms = max_ahead_ms
@@ -395,11 +401,14 @@ class FakePlayoutSink:
         self._queue: deque[list[Any]] = deque()  # [segment id, ms left]
         self._writing: str | None = None
         self.written: dict[str, float] = {}
+        self.audio: dict[str, list[np.ndarray]] = {}  # what was written, per segment
         self.played: dict[str, float] = {}
         self.ended: set[str] = set()
         self.acked: set[str] = set()
         self.segments: list[str] = []
         self.clears: list[tuple[float, float]] = []  # (time, ms heard of the playing segment)
+        self.cleared: set[str] = set()
+        self.dropped_ms = 0.0
         self.play_log: list[tuple[float, str]] = []  # (tick end time, segment) per 20 ms
         self.dtmf: list[str] = []
         self._acks: dict[str, asyncio.Future[None]] = {}
@@ -421,11 +430,15 @@ class FakePlayoutSink:
         seg = self._writing
         assert seg is not None, "write outside a segment"
         ms = len(samples) * 1000 / sample_rate
+        if seg in self.cleared:
+            self.dropped_ms += ms
+            return
         if self._queue and self._queue[-1][0] == seg:
             self._queue[-1][1] += ms
         else:
             self._queue.append([seg, ms])
         self.written[seg] += ms
+        self.audio.setdefault(seg, []).append(np.array(samples, dtype=np.int16))
         self._work.set()
         while self.queued_ms() > self.max_ahead_ms:
             self._space.clear()
@@ -447,6 +460,8 @@ class FakePlayoutSink:
     async def clear(self) -> float:
         heard = self.played_ms(self._queue[0][0]) if self._queue else 0.0
         self._queue.clear()
+        if self._writing is not None:
+            self.cleared.add(self._writing)
         self.clears.append((_now(), heard))
         for seg, fut in self._acks.items():  # cleared segments will never play: release waiters
             if not fut.done():
@@ -464,6 +479,9 @@ class FakePlayoutSink:
     # -- inspection ----------------------------------------------------------------------------
     def queued_ms(self) -> float:
         return sum(q[1] for q in self._queue)
+
+    def samples(self, segment_id: str) -> np.ndarray:
+        return np.concatenate(self.audio.get(segment_id) or [np.zeros(0, np.int16)])
 
     def fully_played(self, segment_id: str) -> bool:
         return self.played[segment_id] >= self.written[segment_id] - 1e-6

@@ -1,12 +1,14 @@
-"""Soft barge-in: coughs and backchannels resume the agent, real interruptions cut it off and
-the assistant message keeps only what the caller heard."""
+"""Soft barge-in: the hold clears playout at once; coughs and backchannels resume the agent from
+where the caller stopped hearing it, real interruptions cut it off and the assistant message
+keeps only what the caller heard."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipelines.settings import ConversationSettings, InterruptionSettings
-from pipelines.speech_output import text_prefix
+from pipelines.speech_output import RESUME_FADE_MS, RESUME_REWIND_MS, text_prefix
 from tests.pipelines.fakes import FakeLLM, FakePlayoutSink, FakeSTT, Harness, start_call
 from tests.pipelines.virtual_clock import run_virtual
 
@@ -18,6 +20,28 @@ GREETING = (
 )
 
 
+def chain(h: Harness, seg: str) -> list[str]:
+    """The sink segments that carried one agent segment: itself, then one per resume."""
+    out = [seg]
+    while f"{seg}~{len(out)}" in h.sink.written:
+        out.append(f"{seg}~{len(out)}")
+    return out
+
+
+def heard_ms(h: Harness, seg: str) -> float:
+    """How far into `seg` the caller got: each resume starts RESUME_REWIND_MS before the point
+    where the previous sink segment was cut."""
+    pos = 0.0
+    for i, sink_seg in enumerate(chain(h, seg)):
+        start = 0.0 if i == 0 else max(0.0, pos - RESUME_REWIND_MS)
+        pos = start + h.sink.played[sink_seg]
+    return pos
+
+
+def heard_in_full(h: Harness, seg: str) -> bool:
+    return h.sink.fully_played(chain(h, seg)[-1])
+
+
 def expected_heard(h: Harness, text_of: dict[str, str]) -> str:
     """What the caller heard according to the sink: whole segments, plus the played share of
     the segment that was cut (its duration is known from the fake TTS)."""
@@ -26,7 +50,7 @@ def expected_heard(h: Harness, text_of: dict[str, str]) -> str:
         if seg not in text_of:
             continue
         text = text_of[seg]
-        fraction = h.sink.played[seg] / h.tts.duration_ms(text)
+        fraction = heard_ms(h, seg) / h.tts.duration_ms(text)
         piece = text_prefix(text, fraction)
         if piece:
             parts.append(piece)
@@ -37,7 +61,7 @@ def segment_texts(h: Harness) -> dict[str, str]:
     return {e.segment_id: e.text for e in h.of("agent.speech_started")}
 
 
-def test_a_250ms_cough_during_agent_speech_resumes_playout() -> None:
+def test_a_250ms_cough_clears_at_the_hold_and_resumes_from_the_heard_position() -> None:
     async def scenario() -> None:
         h = await start_call(greeting=GREETING, utterances=[""])
         await h.wait_for("agent.speech_started")
@@ -48,16 +72,62 @@ def test_a_250ms_cough_during_agent_speech_resumes_playout() -> None:
         await h.wait_for("agent.state_changed", lambda e: e.new_state == "listening")
 
         assert not h.of("agent.speech_interrupted")
-        assert h.sink.clears == []
-        # The agent was held, then resumed where it stopped: every sentence played in full.
+        # The hold cleared playout as soon as the VAD heard speech (start_ms 200 + one frame).
+        onset = h.of("user.speech_started")[0].mono
+        assert len(h.sink.clears) == 1
+        cleared_at, heard = h.sink.clears[0]
+        assert 199 <= (cleared_at - onset) * 1000 <= 240
+        assert not [t for t, _seg in h.sink.play_log if cleared_at < t <= fi.mono]
         assert h.states() == ["speaking", "paused", "speaking", "listening"]
         texts = segment_texts(h)
-        assert " ".join(texts[s] for s in h.sink.segments) == GREETING
-        assert all(h.sink.fully_played(s) for s in h.sink.segments)
+        cut = next(s for s in texts if len(chain(h, s)) > 1)
+        resumed = f"{cut}~1"
+        assert chain(h, cut) == [cut, resumed] and h.sink.played[cut] == heard
+        # The resume continues where the caller stopped hearing (a 40 ms overlap, faded in).
+        tone = h.tts.audio(texts[cut])
+        n = int(heard * 16)
+        np.testing.assert_array_equal(h.sink.samples(cut)[:n], tone[:n])
+        start, fade = int((heard - RESUME_REWIND_MS) * 16), int(RESUME_FADE_MS * 16)
+        again = h.sink.samples(resumed)
+        np.testing.assert_array_equal(again[fade:], tone[start + fade:])
+        assert len(again) == len(tone) - start
+        assert np.abs(again[:fade].astype(int)).max() < np.abs(tone[start:start + fade]).max()
+        # Every sentence was heard in full, once, but for the overlap.
+        assert " ".join(texts[s] for s in h.sink.segments if s in texts) == GREETING
+        assert all(heard_in_full(h, s) for s in texts) and h.sink.dropped_ms == 0
         total = sum(h.sink.played.values())
-        assert total == pytest.approx(h.tts.duration_ms(GREETING) - 2 * 50, abs=1)  # 2 spaces
+        assert total == pytest.approx(h.tts.duration_ms(GREETING) - 2 * 50  # 2 spaces
+                                      + RESUME_REWIND_MS, abs=1)
+        assert [e.segment_id for e in h.of("agent.speech_completed")] == list(texts)
         assert h.conv.context.messages()[1] == {"role": "assistant", "content": GREETING}
         assert h.llm.requests == [] and not h.of("user.turn_completed")
+        await h.close()
+
+    run_virtual(scenario())
+
+
+@pytest.mark.parametrize("gap_ms", [60, 200])
+def test_a_second_cough_right_after_the_resume_cuts_and_resumes_again(gap_ms: int) -> None:
+    async def scenario() -> None:
+        h = await start_call(greeting=GREETING, utterances=["", ""])
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(1500)
+        await h.caller.speak(240)
+        await h.wait_for("agent.false_interruption")
+        await h.caller.pause(gap_ms)  # the re-sent audio is still playing
+        await h.caller.speak(240)
+        await h.wait_for("agent.false_interruption", count=2)
+        await h.wait_for("agent.state_changed", lambda e: e.new_state == "listening")
+
+        assert len(h.sink.clears) == 2 and not h.of("agent.speech_interrupted")
+        texts = segment_texts(h)
+        # The second hold cut the re-sent audio of the same sentence, which resumed again.
+        assert any(len(chain(h, s)) == 3 for s in texts)
+        assert all(heard_in_full(h, s) for s in texts) and h.sink.dropped_ms == 0
+        total = sum(h.sink.played.values())
+        assert total == pytest.approx(h.tts.duration_ms(GREETING) - 2 * 50
+                                      + 2 * RESUME_REWIND_MS, abs=1)
+        assert h.conv.context.messages()[1] == {"role": "assistant", "content": GREETING}
         await h.close()
 
     run_virtual(scenario())
@@ -73,11 +143,13 @@ def test_stop_wait_interrupts_clears_playout_and_truncates_to_what_was_heard() -
         intr = await h.wait_for("agent.speech_interrupted")
         onset = h.of("user.speech_started")[0].mono  # the true onset (VAD edges are backdated)
 
-        assert len(h.sink.clears) == 1
+        assert len(h.sink.clears) == 1  # at the hold; the commit had nothing left to clear
         cleared_at = h.sink.clears[0][0]
-        # Committed after min_speech_ms (300) with a recognised word; audio stopped at once.
-        assert 300 <= intr.barge_in_ms <= 400
+        # Silent from the hold (VAD start_ms 200 + one frame); committed after min_speech_ms
+        # (300) with a recognised word.
+        assert 199 <= intr.barge_in_ms <= 240
         assert intr.barge_in_ms == pytest.approx((cleared_at - onset) * 1000, abs=1)
+        assert (intr.mono - onset) * 1000 >= 300
         texts = segment_texts(h)
         greeting_segments = [s for s in h.sink.segments if s in texts]
         assert not [t for t, seg in h.sink.play_log if seg in texts and t > cleared_at]
@@ -119,8 +191,15 @@ def test_mhm_never_interrupts(streaming: bool) -> None:
         await h.wait_for("agent.state_changed", lambda e: e.new_state == "listening")
 
         assert [e.text for e in h.of("agent.false_interruption")] == ["mhm", "uh huh yeah"]
-        assert not h.of("agent.speech_interrupted") and h.sink.clears == []
-        assert all(h.sink.fully_played(s) for s in h.sink.segments)
+        assert not h.of("agent.speech_interrupted")
+        # A backchannel cannot be told from a real interruption at its onset: each one
+        # held (cleared) the agent, which then went on from where the caller stopped hearing.
+        assert len(h.sink.clears) == 2
+        texts = segment_texts(h)
+        assert all(heard_in_full(h, s) for s in texts) and h.sink.dropped_ms == 0
+        total = sum(h.sink.played.values())
+        assert total == pytest.approx(h.tts.duration_ms(GREETING) - 2 * 50
+                                      + 2 * RESUME_REWIND_MS, abs=1)
         assert not h.of("user.turn_completed") and h.llm.requests == []
         assert h.conv.context.messages()[1]["content"] == GREETING
         await h.caller.pause(1000)
@@ -160,7 +239,9 @@ def test_sustained_speech_without_any_transcript_commits_at_the_window_end() -> 
         onset = h.conv._now()
         await h.caller.speak(2000)
         intr = await h.wait_for("agent.speech_interrupted")
-        assert intr.barge_in_ms == pytest.approx(1000, abs=25)
+        assert 199 <= intr.barge_in_ms <= 240  # silent from the hold
+        edge = h.of("user.speech_started")[0].mono
+        assert intr.mono - edge == pytest.approx(1.0, abs=0.025)  # committed at the window end
         assert (intr.mono - onset) < 1.1
         turn = await h.wait_for("user.turn_completed")
         assert turn.text == "I have a question about my order"

@@ -164,7 +164,10 @@ async def test_real_speech_over_the_agent_interrupts_it(engine: EngineModels) ->
         intr = await call.wait_for("agent.speech_interrupted")
         assert intr.heard_text and greeting.startswith(intr.heard_text)
         assert len(intr.heard_text) < len(greeting)
-        assert intr.barge_in_ms >= s.interruption.min_speech_ms
+        # Silent from the hold (VAD start); committed only after min_speech_ms and a word.
+        assert intr.barge_in_ms >= s.vad.start_ms
+        onset = call.of("user.speech_started")[0].mono
+        assert (intr.mono - onset) * 1000 >= s.interruption.min_speech_ms
         assert len(call.sink.clears) == 1
         turn = await call.wait_for("user.turn_completed")
         assert turn.text == "stop, wait a second"

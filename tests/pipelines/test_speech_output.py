@@ -1,4 +1,5 @@
-"""SpeechOutput: segments, hold/resume through the gate, heard-text accounting."""
+"""SpeechOutput: segments, hold/resume through the gate, cut and resume from the heard
+position, heard-text accounting."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import asyncio
 import numpy as np
 import pytest
 
-from pipelines.speech_output import SpeechError, SpeechOutput, text_prefix
+from pipelines.speech_output import (
+    RESUME_FADE_MS,
+    RESUME_REWIND_MS,
+    SpeechError,
+    SpeechOutput,
+    text_prefix,
+)
 from tests.pipelines.fakes import FakePlayoutSink, FakeTTS
 from tests.pipelines.virtual_clock import run_virtual
 
@@ -139,6 +146,93 @@ def test_tts_failure_surfaces_as_speech_error_and_audio_clips_play() -> None:
             await run
         assert err.value.stage == "tts"
         assert sink.written["s1"] == pytest.approx(500)
+        await sink.aclose()
+
+    run_virtual(scenario())
+
+
+def test_cut_clears_at_once_and_resume_continues_from_the_heard_position() -> None:
+    async def scenario() -> None:
+        sink, tts, gate = FakePlayoutSink(), FakeTTS(), asyncio.Event()
+        gate.set()
+        out = make(sink, tts, gate)
+        run = asyncio.create_task(out.run())
+        text = "A sentence that lasts a couple of seconds."  # 2.1 s
+        await out.add_text(text)
+        await out.add_text("And one more.")
+        await out.close()
+        await asyncio.sleep(1.0)
+        gate.clear()
+        await out.cut()
+        assert len(sink.clears) == 1 and out.held
+        heard = sink.played["s1"]
+        assert 800 <= heard <= 1000 and sink.written["s1"] - heard >= 100  # some was cut away
+        await asyncio.sleep(0.5)
+        assert sink.played["s1"] == heard  # silent while held, not only once the queue drained
+        # Cut short, the segment counts as heard up to the cut.
+        assert out.heard_text() == text_prefix(text, heard / tts.duration_ms(text))
+        await out.resume()
+        gate.set()
+        await run
+        assert sink.segments == ["s1", "s1~1", "s2"] and sink.dropped_ms == 0
+        tone = tts.audio(text)
+        start = int((heard - RESUME_REWIND_MS) * 16)
+        fade = int(RESUME_FADE_MS * 16)
+        again = sink.samples("s1~1")
+        np.testing.assert_array_equal(again[fade:], tone[start + fade:])
+        assert sink.fully_played("s1~1") and sink.fully_played("s2")
+        assert out.heard_text() == "A sentence that lasts a couple of seconds. And one more."
+        assert [s.played for s in out.segments] == [True, True]
+        await sink.aclose()
+
+    run_virtual(scenario())
+
+
+def test_a_cut_after_everything_was_written_holds_the_end_until_the_resume() -> None:
+    async def scenario() -> None:
+        sink, tts, gate = FakePlayoutSink(ack_delay_ms=100), FakeTTS(), asyncio.Event()
+        gate.set()
+        out = make(sink, tts, gate)
+        played: list[str] = []
+        out._on_played = lambda seg: played.append(seg.id)
+        run = asyncio.create_task(out.run())
+        await out.add_text("Short one.")  # 500 ms
+        await out.close()
+        await asyncio.sleep(0.4)  # all written, the last ~100 ms still queued
+        gate.clear()
+        await out.cut()
+        await asyncio.sleep(1.0)
+        # The clear released the sink's ack wait, but the sentence was not heard in full.
+        assert not run.done() and played == []
+        await out.resume()
+        gate.set()
+        await run
+        assert played == ["s1"] and sink.fully_played("s1~1")
+        assert out.heard_text() == "Short one."
+        await sink.aclose()
+
+    run_virtual(scenario())
+
+
+def test_stopping_after_a_cut_does_not_clear_again_and_keeps_the_heard_share() -> None:
+    async def scenario() -> None:
+        sink, tts, gate = FakePlayoutSink(), FakeTTS(), asyncio.Event()
+        gate.set()
+        out = make(sink, tts, gate)
+        run = asyncio.create_task(out.run())
+        text = "One two three four five six seven eight."
+        await out.add_text(text)
+        await out.close()
+        await asyncio.sleep(1.0)
+        gate.clear()
+        await out.cut()
+        heard = sink.played["s1"]
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await out.stop_audio()
+        assert len(sink.clears) == 1
+        assert out.heard_text() == text_prefix(text, heard / tts.duration_ms(text))
+        assert out.heard_text() == "One two three four"
         await sink.aclose()
 
     run_virtual(scenario())

@@ -4,6 +4,7 @@ local Cartesia fake."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -196,7 +197,9 @@ async def test_api_key_never_reaches_the_logs(fake: FakeCartesia, make: Any,
         await collect(tts.synthesize("Hello there."))
         fake.fail_next("websocket", Failure("status", status=503, message=FAKE_API_KEY))
         await collect(make().synthesize("Hello there."))
-    assert "> Authorization: Bearer ***" in caplog.text
+    # (`Bearer` itself may be masked too, by the service's own log redaction when an app was
+    # set up earlier in the process.)
+    assert re.search(r"> Authorization: (Bearer|\[REDACTED\]) \*\*\*", caplog.text)
     assert FAKE_API_KEY not in caplog.text
     for r in caplog.records:
         assert FAKE_API_KEY not in r.getMessage()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from email.utils import formatdate
 
 import httpx
@@ -84,7 +85,9 @@ def test_redacting_logger_formats_then_redacts(caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.DEBUG, logger="websockets.client"):
         log.debug("> %s: %s", "Authorization", "Token tok-abcdefgh12345")
     assert "tok-abcdefgh12345" not in caplog.text
-    assert "> Authorization: Token ***" in caplog.text
+    # (`Token` itself may be masked too, by the service's own log redaction when an app was
+    # set up earlier in the process.)
+    assert re.search(r"> Authorization: (Token|\[REDACTED\]) \*\*\*", caplog.text)
 
 
 async def test_iter_sse_parses_events_comments_and_multiline_data() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -372,7 +373,9 @@ async def test_api_key_never_reaches_the_logs(fake: FakeDeepgram, cx: Any,
         await s.aclose()
         await collect(aura(fake, ctx).synthesize("Hello."))
     text = caplog.text
-    assert "> Authorization: Token ***" in text  # websockets logged the handshake, redacted
+    # websockets logged the handshake, redacted (`Token` itself may be masked too, by the
+    # service's own log redaction when an app was set up earlier in the process)
+    assert re.search(r"> Authorization: (Token|\[REDACTED\]) \*\*\*", text)
     assert FAKE_API_KEY not in text
     for r in caplog.records:
         assert FAKE_API_KEY not in r.getMessage()

@@ -13,6 +13,7 @@ pytest.importorskip("pocketsphinx", reason="the `local` extra (pocketsphinx) is 
 pytest.importorskip("piper", reason="test speech is synthesised with piper-tts (`local` extra)")
 
 from pipelines.audio.g711 import ulaw_decode, ulaw_encode
+from pipelines.audio.resample import resample
 from providers import registry
 from providers.base import ProviderError, STTStream, Transcript
 from providers.stt.pocketsphinx import PocketsphinxConfig, PocketsphinxSTT
@@ -176,3 +177,34 @@ async def test_turn_survives_a_failing_primary_through_fallback(ctx) -> None:
     await stream.aclose()
     assert switches == [("stt", "cloud", "pocketsphinx")]
     assert {"what", "opening", "hours"} <= set(final.text.split()), final.text
+
+
+async def test_the_first_words_of_a_phone_call_are_recognised(ctx) -> None:
+    """The engine hands the STT 16 kHz audio, but a call's content is narrowband μ-law: the
+    bundled model starts each stream normalised for that channel, so even the caller's first
+    question comes out right (with the model's wideband start it was "... opening are")."""
+    stt = PocketsphinxSTT(PocketsphinxConfig(), ctx)
+    narrow = with_silence(synthesize("What are your opening hours?", 8000), 1000, 300, 8000)
+    phone = resample(ulaw_decode(ulaw_encode(narrow)), 8000, 16000)
+    stream = await stt.open(16000, "en-US")
+    _, final = await run_utterance(stream, stream.events(), phone)
+    await stream.aclose()
+    assert final.text == "what are your opening hours", final.text
+
+
+def test_phone_audio_is_told_from_wideband_audio() -> None:
+    from providers.stt.phone_band import BandProbe
+
+    def verdict(audio: np.ndarray) -> bool | None:
+        probe = BandProbe(16000)
+        for frame in frames(audio):
+            v = probe.feed(frame)
+            if v is not None:
+                return v
+        return None
+
+    text = "Is there parking nearby?"
+    narrow = resample(ulaw_decode(ulaw_encode(synthesize(text, 8000))), 8000, 16000)
+    assert verdict(with_silence(narrow, 500, 0)) is True
+    assert verdict(with_silence(synthesize(text), 500, 0)) is False
+    assert verdict(np.zeros(16000, dtype=np.int16)) is None  # silence says nothing

@@ -13,6 +13,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from app.telephony.plivo.codec import StreamCodec
 from app.telephony.plivo.playout import PlivoPlayout
@@ -140,6 +141,29 @@ async def test_clear_stops_within_a_frame_and_reports_heard_ms():
     await asyncio.wait_for(p.wait_played("next"), 5)
     assert p.stats.acked_order == ["next"] and p.played_ms("next") == 300.0
     assert await p.clear() == 0.0  # nothing playing: nothing to clear
+    await lb.close()
+
+
+async def test_resume_after_a_clear_goes_into_a_new_segment_while_the_cut_one_is_open():
+    # The engine's barge-in: clear at the hold (the segment is still being written), then on a
+    # false interruption re-send from the heard position in a new segment and carry on.
+    lb = Loopback(max_ahead_ms=200)
+    p = lb.playout
+    await p.start_segment("s1")
+    await _write_chunked(p, tone(1000, 1.0, 16000), 16000)
+    await asyncio.sleep(0.5)
+    heard = await p.clear()
+    assert 300 <= heard <= 700
+    await asyncio.sleep(0.2)
+    await p.start_segment("s1~1")  # no end_segment for the cut one: it is simply dropped
+    await _write_chunked(p, tone(1000, 1.0 - heard / 1000, 16000), 16000)
+    await p.end_segment()
+    await asyncio.wait_for(p.wait_played("s1~1"), 5)
+    assert p.stats.acked_order == ["s1~1"]
+    assert p.played_ms("s1") == heard
+    assert p.played_ms("s1~1") == pytest.approx(1000 - heard, abs=20)
+    rec = lb.far.recording()
+    assert abs(heard_ms(rec, 8000, 1000) - 1000) <= 40  # heard once in all, in two parts
     await lb.close()
 
 
