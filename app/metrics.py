@@ -18,7 +18,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from pipelines import events as ev
@@ -57,9 +62,12 @@ EVENT_LOOP_LAG = Histogram(
     "phonebooth_event_loop_lag_seconds", "Scheduling delay of a periodic probe on the event loop",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0), registry=REGISTRY,
 )
-WEBHOOK_FAILURES = Counter("phonebooth_webhook_delivery_failures_total",
-                           "Failed webhook delivery attempts", registry=REGISTRY)
-
+PLAYOUT_UNDERRUNS = Counter("phonebooth_playout_underruns_total",
+                            "Agent audio frames that reached Plivo late (an audible hole)",
+                            registry=REGISTRY)
+INBOUND_FRAMES_DROPPED = Counter("phonebooth_inbound_frames_dropped_total",
+                                 "Caller audio frames dropped because a call fell behind",
+                                 registry=REGISTRY)
 _STAGES = {
     "vad_stop_to_eou_ms": "vad_stop_to_eou",
     "eou_to_stt_final_ms": "eou_to_stt_final",
@@ -109,6 +117,11 @@ class EngineCollector(Collector):
                 yield from list(source())
             except Exception:  # a broken source must not break the scrape
                 continue
+
+
+def counter(name: str, help_text: str, value: float) -> Metric:
+    """A counter family; `name` may end in `_total` (the exposition adds it either way)."""
+    return CounterMetricFamily(f"phonebooth_{name.removesuffix('_total')}", help_text, value=value)
 
 
 def gauge(name: str, help_text: str, value: float) -> Metric:

@@ -105,7 +105,8 @@ def _events_metrics(state: AppState) -> Any:
     def source() -> list[Any]:
         if state.events is None:
             return []
-        return [metrics.gauge(k, k.replace("_", " "), float(v))
+        return [(metrics.counter if k.endswith("_total") else metrics.gauge)(
+                    k, k.replace("_", " "), float(v))
                 for k, v in state.events.counters().items() if isinstance(v, int | float)]
     return source
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import PlainTextResponse, Response
 
+from app import metrics
 from app.api.deps import State
 from app.calls.state_store import SessionNotFound, SessionStateStore
 from app.calls.transfer import brief_url, load_pending_transfer
@@ -109,6 +110,7 @@ def _plivo_metadata(p: dict[str, str]) -> dict[str, Any]:
 async def _record_refused(state: AppState, p: dict[str, str], direction: str, reason: str,
                           agent_id: str | None = None, agent_version: int | None = None) -> None:
     """Keep a trace of calls we turned away (busy, unknown number) in the session history."""
+    metrics.CALLS_REJECTED.labels(reason).inc()
     try:
         async with state.db.transaction() as s:
             row = await sessions_repo.create(

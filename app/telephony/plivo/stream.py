@@ -22,6 +22,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from app import metrics
 from app.calls.runner import CallInfo, CallRunner
 from app.calls.state_store import SessionStateStore
 from app.calls.transfer import transfer_via_plivo
@@ -216,6 +217,8 @@ async def _run_call(ws: WebSocket, state: AppState, edge: PlivoEdge, session_id:
                 await sessions_repo.end(s, session_id, status=status, end_reason=reason)
         except Exception:
             log.exception("session %s: could not record the end of the call", session_id)
+        metrics.PLAYOUT_UNDERRUNS.inc(playout.stats.underruns)
+        metrics.INBOUND_FRAMES_DROPPED.inc(transport.stats.frames_dropped)
         # Released last, so a drain waiting on this call also waits for its record.
         edge.admission.release(session_id)
         log.info("session %s: ended (%s, %s); %d frames in, %d dropped, %d messages skipped, "
