@@ -121,9 +121,10 @@ class LlamaCppLLM(LLMProvider):
         llama.cpp reuses the longest common token prefix of a context's last prompt. On one
         thread SmolLM2 evaluates ~200 prompt tokens/s, so this takes ~0.5 s off the first turn.
 
-        Returns False without doing anything when every context is busy: a prefill never makes
-        a generation wait. Once started it runs to the end on its worker thread (cancelling the
-        await only stops waiting for it); the context goes back to the pool from that thread."""
+        Returns False without doing anything when every context is busy and no more may be
+        loaded: a prefill never makes a generation wait. Once started it runs to the end on its
+        worker thread (cancelling the await only stops waiting for it); the context goes back to
+        the pool from that thread."""
         cfg = self.config
         offered = list(tools or []) if cfg.tools_enabled else []
         chat = plain_chat(messages, offered)

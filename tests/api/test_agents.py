@@ -164,12 +164,14 @@ async def test_missing_agent_is_404_problem(client, admin_headers):
 
 
 async def test_validate_reports_missing_credential_env_and_model(client, admin_headers,
-                                                                 monkeypatch):
+                                                                 monkeypatch, tmp_path):
     monkeypatch.delenv("APITEST_KEY", raising=False)
+    # An absolute model path, so the test never writes into the shared models dir.
+    voice = tmp_path / "voice.onnx"
     cfg = agent_config(
         llm={"provider": "apitest_llm", "api_key": {"credential": "llm-key"},
              "fallback": [{"provider": "apitest_llm", "api_key": {"env": "APITEST_KEY"}}]},
-        tts={"provider": "apitest_tts", "model_file": "voice.onnx"},
+        tts={"provider": "apitest_tts", "model_file": str(voice)},
     )
     r = await client.post("/v1/agents/validate", json=cfg, headers=admin_headers)
     assert r.status_code == 200, r.text
@@ -186,9 +188,7 @@ async def test_validate_reports_missing_credential_env_and_model(client, admin_h
                          headers=admin_headers)
     assert r.status_code == 201
     monkeypatch.setenv("APITEST_KEY", "x")
-    app_settings = client._transport.app.state.pb.settings  # type: ignore[attr-defined]
-    app_settings.models_dir.mkdir(parents=True, exist_ok=True)
-    (app_settings.models_dir / "voice.onnx").write_bytes(b"model")
+    voice.write_bytes(b"model")
     r = await client.post("/v1/agents/validate", json=cfg, headers=admin_headers)
     assert r.json() == {"valid": True, "problems": []}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -152,7 +153,7 @@ async def _call(args: argparse.Namespace, token: str, audio: tuple[np.ndarray, i
     duration = args.duration if args.duration is not None else MAX_DURATION_S
     deadline = call.t0 + duration
     try:
-        await asyncio.wait_for(_converse(args, call, audio), max(0.0, deadline - _now()))
+        await asyncio.wait_for(_converse(args, call, audio), max(0.0, deadline - time.monotonic()))
     except TimeoutError:
         pass
     finally:
@@ -169,12 +170,6 @@ async def _call(args: argparse.Namespace, token: str, audio: tuple[np.ndarray, i
         print(f"recorded what the caller heard to {args.record}")
     await _report_latency(args, call, audio)
     return 0
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
 
 
 async def _converse(args: argparse.Namespace, call: SimCall,
@@ -207,7 +202,7 @@ async def _converse(args: argparse.Namespace, call: SimCall,
     if audio is None and not args.dtmf:
         await asyncio.sleep(HOLD_S)  # nothing to say: hang up after the greeting
         return
-    spoke_at = _now()
+    spoke_at = time.monotonic()
     # Stay until the agent's answer is over; if it says nothing, until the call's cap.
     answered = await call.wait_agent_quiet(quiet_s=HOLD_S, within_s=MAX_DURATION_S,
                                            speak_within_s=MAX_DURATION_S, since=spoke_at)
