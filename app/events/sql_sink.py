@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Session, ToolCallRecord, Turn, UsageRecord
 from app.db.repos import sessions as sessions_repo
+from app.events.batching import next_batch
 from app.events.bus import Envelope
 
 log = logging.getLogger(__name__)
@@ -143,13 +144,7 @@ class SqlSink:
     # -- writer ------------------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
-            item = await self._queue.get()
-            batch = [item]
-            while len(batch) < self._batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
+            batch = await next_batch(self._queue, self._batch_size)
             envs = [b for b in batch if isinstance(b, Envelope)]
             if envs:
                 await self._write(envs)

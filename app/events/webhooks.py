@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Agent, AgentVersion, Session, WebhookDelivery, new_id, utcnow
+from app.events.batching import next_batch
 from app.events.bus import Envelope
 
 log = logging.getLogger(__name__)
@@ -162,13 +163,7 @@ class WebhookSink:
 
     async def _run(self) -> None:
         while True:
-            item = await self._queue.get()
-            batch = [item]
-            while len(batch) < self._batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
+            batch = await next_batch(self._queue, self._batch_size)
             envs = [b for b in batch if isinstance(b, Envelope)]
             if envs:
                 await self._record(envs)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from providers.base import AudioChunk, ProviderContext, ProviderError, SecretRef, TTSProvider
+from providers.base import AudioChunk, ProviderContext, ProviderError, SecretRef
 from providers.http import (
     CloudConfig,
     redact,
@@ -43,7 +43,7 @@ from providers.http import (
     ws_closed_error,
     ws_connect,
 )
-from providers.tts.audio_out import ChunkDecoder, OutputSpec
+from providers.tts.audio_out import ChunkDecoder, FormattedTTS
 from providers.usage import FirstResultClock, report_usage
 
 if TYPE_CHECKING:
@@ -86,24 +86,19 @@ class _Context:
     last_activity: float = field(default_factory=time.monotonic)
 
 
-class CartesiaTTS(TTSProvider):
+class CartesiaTTS(FormattedTTS):
     name: ClassVar[str] = "cartesia"
     Config: ClassVar[type[CartesiaTTSConfig]] = CartesiaTTSConfig
     config: CartesiaTTSConfig
 
     def __init__(self, config: CartesiaTTSConfig, ctx: ProviderContext) -> None:
         super().__init__(config, ctx)
-        self._spec = OutputSpec.parse(config.output)
-        self.sample_rate = self._spec.sample_rate
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
         self._contexts: dict[str, _Context] = {}
         self._turn: _Context | None = None  # the context open for continuations
         self._closers: set[asyncio.Task[None]] = set()
-
-    def prefers_mulaw(self) -> bool:
-        return self._spec.encoding == "mulaw"
 
     # -- connection ---------------------------------------------------------------------------
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import ClassVar, Literal
 from urllib.parse import urlencode
 
-import httpx
 from pydantic import Field
 
-from providers.base import AudioChunk, ProviderContext, SecretRef, TTSProvider
-from providers.http import CloudConfig, open_stream, resolve_api_key, shared_client
-from providers.tts.audio_out import ChunkDecoder, OutputSpec
-from providers.usage import FirstResultClock, report_usage
+from providers.base import AudioChunk, SecretRef
+from providers.http import CloudConfig, resolve_api_key
+from providers.tts.audio_out import FormattedTTS, stream_speech
 
 
 class DeepgramTTSConfig(CloudConfig):
@@ -32,18 +31,10 @@ class DeepgramTTSConfig(CloudConfig):
         "pcm_16000"
 
 
-class DeepgramTTS(TTSProvider):
+class DeepgramTTS(FormattedTTS):
     name: ClassVar[str] = "deepgram"
     Config: ClassVar[type[DeepgramTTSConfig]] = DeepgramTTSConfig
     config: DeepgramTTSConfig
-
-    def __init__(self, config: DeepgramTTSConfig, ctx: ProviderContext) -> None:
-        super().__init__(config, ctx)
-        self._spec = OutputSpec.parse(config.output)
-        self.sample_rate = self._spec.sample_rate
-
-    def prefers_mulaw(self) -> bool:
-        return self._spec.encoding == "mulaw"
 
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[AudioChunk]:
         if not text.strip():
@@ -60,20 +51,7 @@ class DeepgramTTS(TTSProvider):
         url = f"{cfg.base_url.rstrip('/')}/v1/speak?{query}"
         body = json.dumps({"text": text}).encode()
         headers = {"authorization": f"Token {key}", "content-type": "application/json"}
-        client = shared_client(self.ctx)
-        timeout = cfg.httpx_timeout()
-
-        def build() -> httpx.Request:
-            return client.build_request("POST", url, content=body, headers=headers,
-                                        timeout=timeout)
-
-        clock = FirstResultClock(self.ctx, self.name)
-        decoder = ChunkDecoder(self._spec)
-        async with open_stream(client, self.name, build, cfg.retry_policy()) as response:
-            # Deepgram bills the characters of an accepted request, even if we stop listening.
-            report_usage(self.ctx, self.name, model, "characters", float(len(text)))
-            async for data in response.aiter_bytes():
-                chunk = decoder.feed(data)
-                if chunk is not None:
-                    clock.mark()
-                    yield chunk
+        async with aclosing(stream_speech(self.ctx, self.name, cfg, url, body, headers,
+                                          self._spec, model, len(text))) as chunks:
+            async for chunk in chunks:
+                yield chunk

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import Field
 
-from providers.base import AudioChunk, ProviderContext, ProviderError, SecretRef, TTSProvider
+from providers.base import AudioChunk, ProviderError, SecretRef
 from providers.http import (
     CloudConfig,
     redact,
@@ -36,7 +36,7 @@ from providers.http import (
     ws_closed_error,
     ws_connect,
 )
-from providers.tts.audio_out import ChunkDecoder, OutputSpec
+from providers.tts.audio_out import ChunkDecoder, FormattedTTS
 from providers.usage import FirstResultClock, report_usage
 
 # Our output names → ElevenLabs `output_format` values.
@@ -64,18 +64,10 @@ class ElevenLabsTTSConfig(CloudConfig):
     connect_timeout_s: float = Field(5.0, gt=0, le=60)
 
 
-class ElevenLabsTTS(TTSProvider):
+class ElevenLabsTTS(FormattedTTS):
     name: ClassVar[str] = "elevenlabs"
     Config: ClassVar[type[ElevenLabsTTSConfig]] = ElevenLabsTTSConfig
     config: ElevenLabsTTSConfig
-
-    def __init__(self, config: ElevenLabsTTSConfig, ctx: ProviderContext) -> None:
-        super().__init__(config, ctx)
-        self._spec = OutputSpec.parse(config.output)
-        self.sample_rate = self._spec.sample_rate
-
-    def prefers_mulaw(self) -> bool:
-        return self._spec.encoding == "mulaw"
 
     def stream_url(self, voice_id: str) -> str:
         cfg = self.config

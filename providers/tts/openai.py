@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, ClassVar
 
-import httpx
 from pydantic import Field, model_validator
 
 from providers.base import AudioChunk, ProviderContext, TTSProvider
-from providers.http import CloudConfig, open_stream, resolve_api_key, shared_client
+from providers.http import CloudConfig, resolve_api_key
 from providers.llm.openai import OPENAI_BASE_URL
-from providers.tts.audio_out import ChunkDecoder, OutputSpec
-from providers.usage import FirstResultClock, report_usage
+from providers.tts.audio_out import OutputSpec, stream_speech
 
 
 class OpenAITTSConfig(CloudConfig):
@@ -66,19 +65,7 @@ class OpenAITTS(TTSProvider):
         if key:
             headers["authorization"] = f"Bearer {key}"
         url = f"{cfg.base_url.rstrip('/')}/audio/speech"
-        client = shared_client(self.ctx)
-        timeout = cfg.httpx_timeout()
-
-        def build() -> httpx.Request:
-            return client.build_request("POST", url, content=body, headers=headers,
-                                        timeout=timeout)
-
-        clock = FirstResultClock(self.ctx, self.name)
-        decoder = ChunkDecoder(self._spec)
-        async with open_stream(client, self.name, build, cfg.retry_policy()) as response:
-            report_usage(self.ctx, self.name, cfg.model, "characters", float(len(text)))
-            async for data in response.aiter_bytes():
-                chunk = decoder.feed(data)
-                if chunk is not None:
-                    clock.mark()
-                    yield chunk
+        async with aclosing(stream_speech(self.ctx, self.name, cfg, url, body, headers,
+                                          self._spec, cfg.model, len(text))) as chunks:
+            async for chunk in chunks:
+                yield chunk

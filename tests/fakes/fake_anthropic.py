@@ -26,13 +26,8 @@ from typing import Any
 from tests.fakes.vendor_base import (
     DropConnection,
     Failure,
-    FakeVendor,
     HttpExchange,
-    Recorded,
-    UvicornServer,
-    WsServer,
-    parse_query,
-    read_body,
+    HttpVendor,
 )
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -57,11 +52,15 @@ def _error(type_: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": type_, "message": message}}
 
 
+def _status_error(f: Failure) -> dict[str, Any]:
+    return _error(_ERROR_TYPES.get(f.status, "api_error"), f.message)
+
+
 class _BadRequest(Exception):
     pass
 
 
-class FakeAnthropic(FakeVendor):
+class FakeAnthropic(HttpVendor):
     thread_name = "fake-anthropic"
 
     def __init__(self, *, default_reply: str = "Hello from the fake Claude.",
@@ -70,17 +69,10 @@ class FakeAnthropic(FakeVendor):
         self.default_reply = default_reply
         self.json_fragment_chars = json_fragment_chars
         self.replies: deque[Reply] = deque()
-        self._http: UvicornServer | None = None
-
-    def _servers(self) -> list[UvicornServer | WsServer]:
-        if self._http is None:
-            self._http = UvicornServer(self._app)
-        return [self._http]
 
     @property
     def base_url(self) -> str:
-        assert self._http is not None, "start() the fake first"
-        return f"http://127.0.0.1:{self._http.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def reset(self) -> None:
         super().reset()
@@ -93,11 +85,8 @@ class FakeAnthropic(FakeVendor):
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        rec = self._record(Recorded("messages", scope["method"], scope["path"],
-                                    parse_query(scope.get("query_string", b"").decode()),
-                                    headers))
-        rec.body = await read_body(receive)
+        rec = await self._record_http("messages", scope, receive)
+        headers = rec.headers
         ex = HttpExchange(scope, receive, send, rec)
         if scope["path"] != "/v1/messages" or scope["method"] != "POST":
             await ex.json_response(404, _error("not_found_error", "Not Found"))
@@ -110,13 +99,7 @@ class FakeAnthropic(FakeVendor):
                                                "anthropic-version: header is required"))
             return
         failure = self.failures.take("messages")
-        if failure is not None and failure.kind == "status":
-            extra = {} if failure.retry_after is None else {"retry-after": str(failure.retry_after)}
-            err = _error(_ERROR_TYPES.get(failure.status, "api_error"), failure.message)
-            await ex.json_response(failure.status, err, extra)
-            return
-        if failure is not None and failure.kind == "hang":
-            await ex.hang()
+        if await ex.scripted(failure, _status_error):
             return
         try:
             body = json.loads(rec.body)
@@ -229,8 +212,7 @@ class FakeAnthropic(FakeVendor):
                 if failure.kind == "drop":
                     raise DropConnection
                 if failure.kind == "error_event":
-                    err = _error(_ERROR_TYPES.get(failure.status, "api_error"), failure.message)
-                    yield f"event: error\ndata: {json.dumps(err)}\n\n".encode()
+                    yield f"event: error\ndata: {json.dumps(_status_error(failure))}\n\n".encode()
                     return
                 if failure.kind == "hang":
                     await asyncio.Event().wait()

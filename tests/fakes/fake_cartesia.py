@@ -36,16 +36,11 @@ import numpy as np
 from pipelines.audio.g711 import ulaw_encode
 from tests.fakes.vendor_base import (
     Failure,
-    FakeVendor,
     Recorded,
-    Render,
-    UvicornServer,
-    WsServer,
-    abort,
-    tone,
+    WsTtsVendor,
+    cut,
+    refuse,
     watch_close,
-    ws_reject,
-    ws_request_info,
 )
 
 
@@ -73,28 +68,12 @@ class _Conn:
         self.chunks_sent = 0
 
 
-class FakeCartesia(FakeVendor):
+class FakeCartesia(WsTtsVendor):
     thread_name = "fake-cartesia"
 
-    def __init__(self, *, ms_per_char: float = 40.0, chunk_ms: int = 100,
-                 context_expiry_s: float = 1.0, render: Render | None = None,
-                 **kw: Any) -> None:
+    def __init__(self, *, context_expiry_s: float = 1.0, **kw: Any) -> None:
         super().__init__(**kw)
-        self.render = render
-        self.ms_per_char = ms_per_char
-        self.chunk_ms = chunk_ms
         self.context_expiry_s = context_expiry_s
-        self._ws: WsServer | None = None
-
-    def _servers(self) -> list[UvicornServer | WsServer]:
-        if self._ws is None:
-            self._ws = WsServer(self._handler, self._check)
-        return [self._ws]
-
-    @property
-    def ws_base_url(self) -> str:
-        assert self._ws is not None, "start() the fake first"
-        return f"ws://127.0.0.1:{self._ws.port}"
 
     def expected_audio(self, text: str, encoding: str = "pcm_s16le", rate: int = 16000,
                        start: int = 0) -> np.ndarray:
@@ -102,35 +81,25 @@ class FakeCartesia(FakeVendor):
         return np.frombuffer(ulaw_encode(pcm), np.uint8) if encoding == "pcm_mulaw" else pcm
 
     def _audio(self, text: str, rate: int, start: int) -> np.ndarray:
-        if self.render is not None:
-            return np.asarray(self.render(text.strip(), rate), dtype=np.int16)
-        return tone(self._samples(text, rate), rate, start=start)
-
-    def _samples(self, text: str, rate: int) -> int:
-        return max(1, int(len(text.strip()) * self.ms_per_char * rate / 1000))
+        return super()._audio(text.strip(), rate, start)
 
     def _check(self, connection: Any, request: Any) -> Any:
-        path, query, headers = ws_request_info(connection)
-        rec = self._record(Recorded("websocket", "GET", path, query, headers))
-        connection.fake_rec = rec
-        if path != "/tts/websocket":
-            rec.status = 404
-            return ws_reject(404, {"error": "Not found"})
+        rec = self._record_upgrade(connection, "websocket")
+        headers = rec.headers
+        if rec.path != "/tts/websocket":
+            return refuse(rec, 404, {"error": "Not found"})
         auth = headers.get("authorization", "")
         key = (auth[len("Bearer "):] if auth.startswith("Bearer ") else None) or \
             headers.get("x-api-key") or rec.q("api_key")
         if not self.key_ok(key):
-            rec.status = 401
-            return ws_reject(401, {"error": "Invalid API key"})
+            return refuse(rec, 401, {"error": "Invalid API key"})
         if not (headers.get("cartesia-version") or rec.q("cartesia_version")):
-            rec.status = 400
-            return ws_reject(400, {"error": "Cartesia-Version header is required"})
+            return refuse(rec, 400, {"error": "Cartesia-Version header is required"})
         failure = self.failures.take("websocket")
         connection.fake_failure = failure
         if failure is not None and failure.kind == "status":
-            rec.status = failure.status
-            extra = {} if failure.retry_after is None else {"Retry-After": str(failure.retry_after)}
-            return ws_reject(failure.status, {"error": failure.message}, extra)
+            return refuse(rec, failure.status, {"error": failure.message},
+                          failure.retry_headers())
         return None
 
     async def _handler(self, ws: Any) -> None:
@@ -265,14 +234,9 @@ class FakeCartesia(FakeVendor):
         step = max(1, rate * (1 if encoding == "pcm_mulaw" else 2) * self.chunk_ms // 1000)
         failure = conn.failure
         for k, i in enumerate(range(0, len(payload), step)):
-            if failure is not None and conn.chunks_sent >= failure.after:
-                if failure.kind == "drop":
-                    conn.rec.note("dropped")
-                    abort(conn.ws)
-                    return
-                if failure.kind == "close":
-                    await conn.ws.close(failure.close_code, failure.close_reason)
-                    return
+            if (failure is not None and conn.chunks_sent >= failure.after
+                    and await cut(conn.ws, conn.rec, failure)):
+                return
             if k == 0 and self.first_byte_delay_s:
                 await asyncio.sleep(self.first_byte_delay_s)
             elif k and self.chunk_delay_s:

@@ -29,14 +29,12 @@ import contextlib
 import json
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
 from pipelines.audio.g711 import ulaw_decode, ulaw_encode
 from tests.fakes.vendor_base import (
-    DropConnection,
     Failure,
     FakeVendor,
     HttpExchange,
@@ -44,14 +42,10 @@ from tests.fakes.vendor_base import (
     Render,
     UvicornServer,
     WsServer,
-    abort,
-    parse_query,
-    read_body,
-    speech_samples,
-    tone,
+    cut,
+    refuse,
+    speech,
     watch_close,
-    ws_reject,
-    ws_request_info,
 )
 
 SPEECH_RMS = 300.0
@@ -105,10 +99,7 @@ class FakeDeepgram(FakeVendor):
         self.transcripts.extend(texts)
 
     def speak_audio(self, text: str, encoding: str, sample_rate: int) -> bytes:
-        if self.render is not None:
-            pcm = np.asarray(self.render(text, sample_rate), dtype=np.int16)
-        else:
-            pcm = tone(speech_samples(text, sample_rate, self.tts_ms_per_char), sample_rate)
+        pcm = speech(self.render, text, sample_rate, self.tts_ms_per_char)
         return ulaw_encode(pcm) if encoding == "mulaw" else pcm.astype("<i2").tobytes()
 
     # -- STT ----------------------------------------------------------------------------------
@@ -117,31 +108,23 @@ class FakeDeepgram(FakeVendor):
         return {"err_code": code, "err_msg": msg, "request_id": str(uuid.uuid4())}
 
     def _check_listen(self, connection: Any, request: Any) -> Any:
-        path, query, headers = ws_request_info(connection)
-        rec = self._record(Recorded("listen", "GET", path, query, headers))
-        connection.fake_rec = rec
-        if path != "/v1/listen":
-            rec.status = 404
-            return ws_reject(404, self._error_body("NOT_FOUND", "Not found"))
-        auth = headers.get("authorization", "")
+        rec = self._record_upgrade(connection, "listen")
+        if rec.path != "/v1/listen":
+            return refuse(rec, 404, self._error_body("NOT_FOUND", "Not found"))
+        auth = rec.headers.get("authorization", "")
         if not (auth.startswith("Token ") and self.key_ok(auth[len("Token "):])):
-            rec.status = 401
             msg = "Invalid credentials."
-            return ws_reject(401, self._error_body("INVALID_AUTH", msg), {"dg-error": msg})
+            return refuse(rec, 401, self._error_body("INVALID_AUTH", msg), {"dg-error": msg})
         failure = self.failures.take("listen")
         connection.fake_failure = failure
         if failure is not None and failure.kind == "status":
-            rec.status = failure.status
-            extra = {"dg-error": failure.message}
-            if failure.retry_after is not None:
-                extra["Retry-After"] = str(failure.retry_after)
-            return ws_reject(failure.status,
-                             self._error_body(failure.code or "ERROR", failure.message), extra)
+            return refuse(rec, failure.status,
+                          self._error_body(failure.code or "ERROR", failure.message),
+                          {"dg-error": failure.message, **failure.retry_headers()})
         encoding = rec.q("encoding", "linear16")
         if encoding not in ("linear16", "mulaw") or not (rec.q("sample_rate") or "").isdigit():
-            rec.status = 400
-            return ws_reject(400, self._error_body("Bad Request",
-                                                   "unsupported encoding or sample_rate"))
+            return refuse(rec, 400, self._error_body("Bad Request",
+                                                     "unsupported encoding or sample_rate"))
         return None
 
     async def _listen(self, ws: Any) -> None:
@@ -169,14 +152,9 @@ class FakeDeepgram(FakeVendor):
                     frames += 1
                     rec.messages.append(len(msg))
                     rec.audio_bytes += len(msg)
-                    if failure is not None and frames > failure.after:
-                        if failure.kind == "drop":
-                            rec.note("dropped")
-                            abort(ws)
-                            return
-                        if failure.kind == "close":
-                            await ws.close(failure.close_code, failure.close_reason)
-                            break
+                    if (failure is not None and frames > failure.after
+                            and await cut(ws, rec, failure)):
+                        return
                     samples = (ulaw_decode(msg) if encoding == "mulaw"
                                else np.frombuffer(msg[: len(msg) // 2 * 2], dtype="<i2"))
                     st.add(samples, len(msg) / bps)
@@ -259,28 +237,18 @@ class FakeDeepgram(FakeVendor):
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        query = parse_query(scope.get("query_string", b"").decode())
-        rec = self._record(Recorded("speak", scope["method"], scope["path"], query, headers))
-        rec.body = await read_body(receive)
+        rec = await self._record_http("speak", scope, receive)
         ex = HttpExchange(scope, receive, send, rec)
         if scope["path"] != "/v1/speak":
             await ex.json_response(404, self._error_body("NOT_FOUND", "Not found"))
             return
-        auth = headers.get("authorization", "")
+        auth = rec.headers.get("authorization", "")
         if not (auth.startswith("Token ") and self.key_ok(auth[len("Token "):])):
             await ex.json_response(401, self._error_body(
                 "INVALID_AUTH", "Invalid credentials."))
             return
         failure = self.failures.take("speak")
-        if failure is not None and failure.kind == "status":
-            extra = {} if failure.retry_after is None else {"retry-after": str(failure.retry_after)}
-            await ex.json_response(failure.status,
-                                   self._error_body(failure.code or "ERROR", failure.message),
-                                   extra)
-            return
-        if failure is not None and failure.kind == "hang":
-            await ex.hang()
+        if await ex.scripted(failure, lambda f: self._error_body(f.code or "ERROR", f.message)):
             return
         try:
             text = json.loads(rec.body)["text"]
@@ -298,20 +266,10 @@ class FakeDeepgram(FakeVendor):
         audio = self.speak_audio(text, encoding, rate)
         bytes_per_sample = 1 if encoding == "mulaw" else 2
         step = rate * bytes_per_sample * self.tts_chunk_ms // 1000 + 1
-
-        async def chunks() -> AsyncIterator[bytes]:
-            if self.first_byte_delay_s:
-                await asyncio.sleep(self.first_byte_delay_s)
-            for n, i in enumerate(range(0, len(audio), step)):
-                if failure is not None and n == failure.after and failure.kind == "drop":
-                    raise DropConnection
-                if n and self.chunk_delay_s:
-                    await asyncio.sleep(self.chunk_delay_s)
-                yield audio[i:i + step]
-
         content_type = "audio/mulaw" if encoding == "mulaw" else "audio/l16"
         await ex.stream(200, {"content-type": content_type, "dg-char-count": str(len(text)),
-                              "dg-request-id": str(uuid.uuid4())}, chunks())
+                              "dg-request-id": str(uuid.uuid4())},
+                        self._paced(audio, step, failure))
 
 
 async def _send_later(ws: Any, message: str, delay_s: float) -> None:

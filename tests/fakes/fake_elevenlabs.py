@@ -30,16 +30,11 @@ import numpy as np
 
 from pipelines.audio.g711 import ulaw_encode
 from tests.fakes.vendor_base import (
-    FakeVendor,
     Recorded,
-    Render,
-    UvicornServer,
-    WsServer,
-    abort,
-    tone,
+    WsTtsVendor,
+    cut,
+    refuse,
     watch_close,
-    ws_reject,
-    ws_request_info,
 )
 
 _FORMATS = {"pcm_16000": ("pcm", 16000), "pcm_22050": ("pcm", 22050),
@@ -48,28 +43,12 @@ _FORMATS = {"pcm_16000": ("pcm", 16000), "pcm_22050": ("pcm", 22050),
 _PATH = re.compile(r"/v1/text-to-speech/([^/]+)/stream-input")
 
 
-class FakeElevenLabs(FakeVendor):
+class FakeElevenLabs(WsTtsVendor):
     thread_name = "fake-elevenlabs"
 
-    def __init__(self, *, ms_per_char: float = 40.0, chunk_ms: int = 100,
-                 inactivity_timeout_s: float = 20.0, render: Render | None = None,
-                 **kw: Any) -> None:
+    def __init__(self, *, inactivity_timeout_s: float = 20.0, **kw: Any) -> None:
         super().__init__(**kw)
-        self.render = render
-        self.ms_per_char = ms_per_char
-        self.chunk_ms = chunk_ms
         self.inactivity_timeout_s = inactivity_timeout_s
-        self._ws: WsServer | None = None
-
-    def _servers(self) -> list[UvicornServer | WsServer]:
-        if self._ws is None:
-            self._ws = WsServer(self._handler, self._check)
-        return [self._ws]
-
-    @property
-    def ws_base_url(self) -> str:
-        assert self._ws is not None, "start() the fake first"
-        return f"ws://127.0.0.1:{self._ws.port}"
 
     def expected_audio(self, text: str, output_format: str = "pcm_16000") -> np.ndarray:
         """The audio a complete stream of `text` carries (int16 PCM, or μ-law codes as uint8)."""
@@ -77,31 +56,20 @@ class FakeElevenLabs(FakeVendor):
         pcm = self._audio(text, rate, 0)
         return np.frombuffer(ulaw_encode(pcm), np.uint8) if kind == "ulaw" else pcm
 
-    def _audio(self, text: str, rate: int, start: int) -> np.ndarray:
-        if self.render is not None:
-            return np.asarray(self.render(text, rate), dtype=np.int16)
-        return tone(max(1, int(len(text) * self.ms_per_char * rate / 1000)), rate, start=start)
-
     def _check(self, connection: Any, request: Any) -> Any:
-        path, query, headers = ws_request_info(connection)
-        rec = self._record(Recorded("stream-input", "GET", path, query, headers))
-        connection.fake_rec = rec
-        m = _PATH.fullmatch(path)
-        if m is None:
-            rec.status = 404
-            return ws_reject(404, {"detail": {"status": "not_found", "message": "Not Found"}})
+        rec = self._record_upgrade(connection, "stream-input")
+        if _PATH.fullmatch(rec.path) is None:
+            return refuse(rec, 404, {"detail": {"status": "not_found", "message": "Not Found"}})
         failure = self.failures.take("stream-input")
         connection.fake_failure = failure
         if failure is not None and failure.kind == "status":
-            rec.status = failure.status
-            extra = {} if failure.retry_after is None else {"Retry-After": str(failure.retry_after)}
-            return ws_reject(failure.status, {"detail": {"status": failure.code or "error",
-                                                         "message": failure.message}}, extra)
+            return refuse(rec, failure.status, {"detail": {"status": failure.code or "error",
+                                                           "message": failure.message}},
+                          failure.retry_headers())
         fmt = rec.q("output_format", "mp3_44100")
         if fmt not in _FORMATS:
-            rec.status = 400
-            return ws_reject(400, {"detail": {"status": "invalid_output_format",
-                                              "message": f"unsupported output_format {fmt}"}})
+            return refuse(rec, 400, {"detail": {"status": "invalid_output_format",
+                                                "message": f"unsupported output_format {fmt}"}})
         return None
 
     async def _fail(self, ws: Any, rec: Recorded, message: str, error: str) -> None:
@@ -171,14 +139,9 @@ class FakeElevenLabs(FakeVendor):
                 chars = list(buffered)
                 buffered = ""
                 for i in range(0, len(payload), step):
-                    if failure is not None and sent_audio >= failure.after:
-                        if failure.kind == "drop":
-                            rec.note("dropped")
-                            abort(ws)
-                            return
-                        if failure.kind == "close":
-                            await ws.close(failure.close_code, failure.close_reason)
-                            return
+                    if (failure is not None and sent_audio >= failure.after
+                            and await cut(ws, rec, failure)):
+                        return
                     if self.chunk_delay_s and sent_audio:
                         await asyncio.sleep(self.chunk_delay_s)
                     elif self.first_byte_delay_s and not sent_audio:

@@ -39,17 +39,11 @@ import numpy as np
 from tests.fakes.vendor_base import (
     DropConnection,
     Failure,
-    FakeVendor,
     HttpExchange,
-    Recorded,
+    HttpVendor,
     Render,
-    UvicornServer,
-    WsServer,
     parse_multipart,
-    parse_query,
-    read_body,
-    speech_samples,
-    tone,
+    speech,
 )
 
 SPEECH_RATE = 24000
@@ -89,7 +83,7 @@ def _status_error_body(f: Failure) -> dict[str, Any]:
     return _err(f.message, "server_error", f.code)
 
 
-class FakeOpenAI(FakeVendor):
+class FakeOpenAI(HttpVendor):
     thread_name = "fake-openai"
 
     def __init__(self, *, default_reply: str = "Hello from the fake model.",
@@ -107,17 +101,6 @@ class FakeOpenAI(FakeVendor):
         self.interleave_tool_calls = interleave_tool_calls
         self.chat_replies: deque[ChatReply] = deque()
         self.transcripts: deque[str] = deque()
-        self._http: UvicornServer | None = None
-
-    def _servers(self) -> list[UvicornServer | WsServer]:
-        if self._http is None:
-            self._http = UvicornServer(self._app)
-        return [self._http]
-
-    @property
-    def port(self) -> int:
-        assert self._http is not None, "start() the fake first"
-        return self._http.port
 
     @property
     def base_url(self) -> str:
@@ -140,9 +123,7 @@ class FakeOpenAI(FakeVendor):
         self.transcripts.extend(texts)
 
     def speech_audio(self, text: str) -> np.ndarray:
-        if self.render is not None:
-            return np.asarray(self.render(text, SPEECH_RATE), dtype=np.int16)
-        return tone(speech_samples(text, SPEECH_RATE, self.tts_ms_per_char), SPEECH_RATE)
+        return speech(self.render, text, SPEECH_RATE, self.tts_ms_per_char)
 
     # -- ASGI ---------------------------------------------------------------------------------
 
@@ -150,16 +131,14 @@ class FakeOpenAI(FakeVendor):
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        query = parse_query(scope.get("query_string", b"").decode())
         azure = re.fullmatch(r"/openai/deployments/([^/]+)/chat/completions", path)
         endpoint = {
             "/v1/chat/completions": "chat",
             "/v1/audio/transcriptions": "transcriptions",
             "/v1/audio/speech": "speech",
         }.get(path, "chat" if azure else "unknown")
-        rec = self._record(Recorded(endpoint, scope["method"], path, query, headers))
-        rec.body = await read_body(receive)
+        rec = await self._record_http(endpoint, scope, receive)
+        headers, query = rec.headers, rec.query
         ex = HttpExchange(scope, receive, send, rec)
         if endpoint == "unknown":
             await ex.json_response(404, _err(f"Invalid URL (POST {path})", "invalid_request_error"))
@@ -181,12 +160,7 @@ class FakeOpenAI(FakeVendor):
             return
 
         failure = self.failures.take(endpoint)
-        if failure is not None and failure.kind == "status":
-            extra = {} if failure.retry_after is None else {"retry-after": str(failure.retry_after)}
-            await ex.json_response(failure.status, _status_error_body(failure), extra)
-            return
-        if failure is not None and failure.kind == "hang":
-            await ex.hang()
+        if await ex.scripted(failure, _status_error_body):
             return
 
         try:
@@ -365,15 +339,4 @@ class FakeOpenAI(FakeVendor):
             raise _BadRequest("this fake only serves response_format=pcm", "response_format")
         pcm = self.speech_audio(body["input"]).astype("<i2").tobytes()
         step = SPEECH_RATE * 2 * self.tts_chunk_ms // 1000 + 1  # odd: splits samples on purpose
-
-        async def chunks() -> AsyncIterator[bytes]:
-            if self.first_byte_delay_s:
-                await asyncio.sleep(self.first_byte_delay_s)
-            for n, i in enumerate(range(0, len(pcm), step)):
-                if failure is not None and n == failure.after and failure.kind == "drop":
-                    raise DropConnection
-                if n and self.chunk_delay_s:
-                    await asyncio.sleep(self.chunk_delay_s)
-                yield pcm[i:i + step]
-
-        await ex.stream(200, {"content-type": "audio/pcm"}, chunks())
+        await ex.stream(200, {"content-type": "audio/pcm"}, self._paced(pcm, step, failure))

@@ -76,6 +76,10 @@ class Failure:
     close_code: int = 1011
     close_reason: str = ""
 
+    def retry_headers(self, name: str = "Retry-After") -> dict[str, str]:
+        """The Retry-After header (spelled `name`) that goes with a refusal, if one is scripted."""
+        return {} if self.retry_after is None else {name: str(self.retry_after)}
+
 
 class Failures:
     """Scripted failures per endpoint: a queue of one-shot failures and an optional standing one."""
@@ -162,6 +166,15 @@ def tone(n: int, sample_rate: int, start: int = 0, freq: float = 233.0,
 
 def speech_samples(text: str, sample_rate: int, ms_per_char: float) -> int:
     return max(1, int(len(text) * ms_per_char * sample_rate / 1000))
+
+
+def speech(render: Render | None, text: str, sample_rate: int, ms_per_char: float,
+           start: int = 0) -> np.ndarray:
+    """What a TTS fake says for `text`: the `render` hook's audio, else a tone as long as the
+    text takes to say at `ms_per_char` (continuing from sample `start`)."""
+    if render is not None:
+        return np.asarray(render(text, sample_rate), dtype=np.int16)
+    return tone(speech_samples(text, sample_rate, ms_per_char), sample_rate, start=start)
 
 
 class _LoopThread:
@@ -274,6 +287,36 @@ class FakeVendor(abc.ABC):
     def key_ok(self, presented: str | None) -> bool:
         return presented == self.api_key
 
+    def _record_upgrade(self, connection: Any, endpoint: str) -> Recorded:
+        """Record a WebSocket upgrade request; the record rides on the connection so the
+        connection handler finds it."""
+        path, query, headers = ws_request_info(connection)
+        rec = self._record(Recorded(endpoint, "GET", path, query, headers))
+        connection.fake_rec = rec
+        return rec
+
+    async def _record_http(self, endpoint: str, scope: dict[str, Any],
+                           receive: Receive) -> Recorded:
+        """Record an HTTP request, its whole body included."""
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        query = parse_query(scope.get("query_string", b"").decode())
+        rec = self._record(Recorded(endpoint, scope["method"], scope["path"], query, headers))
+        rec.body = await read_body(receive)
+        return rec
+
+    async def _paced(self, data: bytes, step: int,
+                     failure: Failure | None) -> AsyncIterator[bytes]:
+        """`data` as `step`-byte chunks of a streamed HTTP body, with the latency knobs applied;
+        a scripted `drop` cuts the connection before chunk number `failure.after`."""
+        if self.first_byte_delay_s:
+            await asyncio.sleep(self.first_byte_delay_s)
+        for n, i in enumerate(range(0, len(data), step)):
+            if failure is not None and n == failure.after and failure.kind == "drop":
+                raise DropConnection
+            if n and self.chunk_delay_s:
+                await asyncio.sleep(self.chunk_delay_s)
+            yield data[i:i + step]
+
 
 # ---------------------------------------------------------------------------------------------
 # HTTP fakes: uvicorn serving a raw ASGI callable
@@ -323,6 +366,19 @@ class HttpExchange:
 
         await self.run_until_disconnect(produce())
         self.rec.closed_at = self.rec.closed_at or time.monotonic()
+
+    async def scripted(self, failure: Failure | None,
+                       error_body: Callable[[Failure], Any]) -> bool:
+        """Carry out a scripted `status` failure (the vendor's error body, plus Retry-After) or
+        `hang`; True when that answered the request."""
+        if failure is not None and failure.kind == "status":
+            await self.json_response(failure.status, error_body(failure),
+                                     failure.retry_headers("retry-after"))
+            return True
+        if failure is not None and failure.kind == "hang":
+            await self.hang()
+            return True
+        return False
 
     async def hang(self) -> None:
         """Never answer; return when the client disconnects."""
@@ -496,3 +552,92 @@ def watch_close(connection: Any, rec: Recorded) -> asyncio.Task[None]:
         rec.close_code = connection.close_code
 
     return asyncio.create_task(watch())
+
+
+def refuse(rec: Recorded, status: int, payload: Any,
+           headers: dict[str, str] | None = None) -> Any:
+    """Refuse a WebSocket upgrade (see `ws_reject`) and note the status on its record."""
+    rec.status = status
+    return ws_reject(status, payload, headers)
+
+
+async def cut(ws: Any, rec: Recorded, failure: Failure) -> bool:
+    """Carry out a scripted mid-stream `drop` (no close frame) or `close` on a WebSocket;
+    True when the connection is over."""
+    if failure.kind == "drop":
+        rec.note("dropped")
+        abort(ws)
+        return True
+    if failure.kind == "close":
+        await ws.close(failure.close_code, failure.close_reason)
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Vendors served by a single server
+# ---------------------------------------------------------------------------------------------
+
+
+class HttpVendor(FakeVendor):
+    """A vendor fake served by one HTTP server running the ASGI app `_app`."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._http: UvicornServer | None = None
+
+    def _servers(self) -> list[UvicornServer | WsServer]:
+        if self._http is None:
+            self._http = UvicornServer(self._app)
+        return [self._http]
+
+    @property
+    def port(self) -> int:
+        assert self._http is not None, "start() the fake first"
+        return self._http.port
+
+    @abc.abstractmethod
+    async def _app(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        """The vendor's HTTP API."""
+
+
+class WsVendor(FakeVendor):
+    """A vendor fake served by one WebSocket server: `_check` vets each upgrade request (None
+    accepts it), `_handler` serves the connection."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._ws: WsServer | None = None
+
+    def _servers(self) -> list[UvicornServer | WsServer]:
+        if self._ws is None:
+            self._ws = WsServer(self._handler, self._check)
+        return [self._ws]
+
+    @property
+    def ws_base_url(self) -> str:
+        assert self._ws is not None, "start() the fake first"
+        return f"ws://127.0.0.1:{self._ws.port}"
+
+    @abc.abstractmethod
+    def _check(self, connection: Any, request: Any) -> Any:
+        """None to accept the upgrade, or the refusal (`refuse`)."""
+
+    @abc.abstractmethod
+    async def _handler(self, ws: Any) -> None:
+        """Serve one accepted connection."""
+
+
+class WsTtsVendor(WsVendor):
+    """A WebSocket TTS vendor fake: it "says" `ms_per_char` of tone per character (or what the
+    `render` hook synthesises), sent in chunks of `chunk_ms`."""
+
+    def __init__(self, *, ms_per_char: float = 40.0, chunk_ms: int = 100,
+                 render: Render | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.render = render
+        self.ms_per_char = ms_per_char
+        self.chunk_ms = chunk_ms
+
+    def _audio(self, text: str, rate: int, start: int) -> np.ndarray:
+        return speech(self.render, text, rate, self.ms_per_char, start)

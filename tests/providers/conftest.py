@@ -1,7 +1,9 @@
-"""Fixtures for provider tests: a ProviderContext that records what adapters report."""
+"""Fixtures for provider tests: a ProviderContext that records what adapters report (`ctx` for
+the local providers, `cx` for the cloud ones)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 
 from providers.base import ProviderContext, SecretRef, Usage
+from tests.fakes.harness import Collected, context
 
 
 @dataclass
@@ -50,3 +53,11 @@ def make_ctx(models_dir: Path | str, shared: dict[str, Any], recorder: Recorder)
 @pytest.fixture
 def ctx(tmp_path: Path, shared: dict[str, Any], recorder: Recorder) -> ProviderContext:
     return make_ctx(tmp_path, shared, recorder)
+
+
+@pytest.fixture
+async def cx() -> AsyncIterator[tuple[ProviderContext, Collected]]:
+    """Cloud adapters' context: the fake vendor key resolves, usage and metrics are collected,
+    and the shared HTTP clients are closed after the test."""
+    async with context() as pair:
+        yield pair

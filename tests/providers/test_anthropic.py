@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -11,38 +9,24 @@ import pytest
 from providers.base import ProviderContext, ProviderError, TextDelta, ToolCall, ToolSpec, Usage
 from providers.llm.anthropic import AnthropicLLM, to_anthropic
 from tests.fakes.fake_anthropic import FakeAnthropic, Reply, ToolUse
-from tests.fakes.harness import KEY_REF, Collected, all_logs_at_debug, collect, context
+from tests.fakes.harness import all_logs_at_debug, collect, context
 from tests.fakes.vendor_base import FAKE_API_KEY, Failure
+from tests.providers.cloud_helpers import (
+    adapter,
+    assert_key_never_logged,
+    cancel_promptly,
+    vendor_fixtures,
+)
 
-CANCEL_BUDGET_S = 0.1
 TOOLS = [ToolSpec("get_weather", "Weather", {"type": "object",
                                              "properties": {"city": {"type": "string"}}}),
          ToolSpec("get_time", "Time", {"type": "object", "properties": {}})]
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeAnthropic]:
-    with FakeAnthropic() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeAnthropic) -> Iterator[FakeAnthropic]:
-    server.reset()
-    server.first_byte_delay_s = server.chunk_delay_s = 0.0
-    yield server
-    server.reset()
-
-
-@pytest.fixture
-async def cx() -> AsyncIterator[tuple[ProviderContext, Collected]]:
-    async with context() as pair:
-        yield pair
+server, fake = vendor_fixtures(FakeAnthropic)
 
 
 def claude(fake: FakeAnthropic, ctx: ProviderContext, **opts: Any) -> AnthropicLLM:
-    cfg = {"base_url": fake.base_url, "api_key": KEY_REF, **opts}
-    return AnthropicLLM(AnthropicLLM.Config.model_validate(cfg), ctx)
+    return adapter(AnthropicLLM, fake.base_url, ctx, **opts)
 
 
 async def test_text_streams_with_system_prompt_and_usage(fake: FakeAnthropic, cx: Any) -> None:
@@ -179,11 +163,7 @@ async def test_cancel_closes_the_stream_promptly(fake: FakeAnthropic, cx: Any) -
     fake.queue_reply("one two three four five six seven eight")
     stream = claude(fake, ctx).stream([{"role": "user", "content": "count"}])
     assert isinstance(await anext(stream), TextDelta)
-    t0 = time.monotonic()
-    await stream.aclose()
-    rec = fake.requests[-1]
-    await fake.until(lambda: rec.closed_at is not None)
-    assert rec.closed_at is not None and rec.closed_at - t0 < CANCEL_BUDGET_S
+    rec = await cancel_promptly(fake, stream)
     assert not rec.completed
 
 
@@ -197,7 +177,7 @@ async def test_api_key_never_reaches_the_logs(fake: FakeAnthropic, cx: Any,
         with pytest.raises(ProviderError) as exc:
             await collect(claude(fake, ctx).stream([{"role": "user", "content": "hi"}]))
     assert FAKE_API_KEY not in str(exc.value)
-    assert caplog.records and FAKE_API_KEY not in caplog.text
+    assert_key_never_logged(caplog)
 
 
 def test_config_requires_a_key() -> None:

@@ -6,40 +6,25 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 
-from providers.base import AudioChunk, ProviderContext, ProviderError
+from providers.base import AudioChunk, ProviderError
 from providers.tts.cartesia import CartesiaTTS
 from tests.fakes.fake_cartesia import FakeCartesia
-from tests.fakes.harness import KEY_REF, Collected, all_logs_at_debug, collect, context
+from tests.fakes.harness import all_logs_at_debug, collect, context
 from tests.fakes.vendor_base import FAKE_API_KEY, Failure
+from tests.providers.cloud_helpers import (
+    CANCEL_BUDGET_S,
+    adapter,
+    assert_key_never_logged,
+    vendor_fixtures,
+)
 
-CANCEL_BUDGET_S = 0.1
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeCartesia]:
-    with FakeCartesia() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeCartesia) -> Iterator[FakeCartesia]:
-    server.reset()
-    server.first_byte_delay_s = server.chunk_delay_s = 0.0
-    server.context_expiry_s = 1.0
-    yield server
-    server.reset()
-
-
-@pytest.fixture
-async def cx() -> AsyncIterator[tuple[ProviderContext, Collected]]:
-    async with context() as pair:
-        yield pair
+server, fake = vendor_fixtures(FakeCartesia, context_expiry_s=1.0)
 
 
 @pytest.fixture
@@ -47,8 +32,7 @@ async def make(fake: FakeCartesia, cx: Any) -> AsyncIterator[Any]:
     made: list[CartesiaTTS] = []
 
     def build(**opts: Any) -> CartesiaTTS:
-        cfg = {"base_url": fake.ws_base_url, "api_key": KEY_REF, **opts}
-        tts = CartesiaTTS(CartesiaTTS.Config.model_validate(cfg), cx[0])
+        tts = adapter(CartesiaTTS, fake.ws_base_url, cx[0], **opts)
         made.append(tts)
         return tts
 
@@ -165,8 +149,7 @@ async def test_mulaw_output(fake: FakeCartesia, make: Any) -> None:
 
 async def test_errors_and_close_codes(fake: FakeCartesia, cx: Any, make: Any) -> None:
     async with context({"FAKE_VENDOR_KEY": "bad-key-00000000000"}) as (bad, _):
-        wrong = CartesiaTTS(CartesiaTTS.Config.model_validate(
-            {"base_url": fake.ws_base_url, "api_key": KEY_REF}), bad)
+        wrong = adapter(CartesiaTTS, fake.ws_base_url, bad)
         with pytest.raises(ProviderError) as exc:
             await collect(wrong.synthesize("Hi."))
         await wrong.aclose()
@@ -200,6 +183,4 @@ async def test_api_key_never_reaches_the_logs(fake: FakeCartesia, make: Any,
     # (`Bearer` itself may be masked too, by the service's own log redaction when an app was
     # set up earlier in the process.)
     assert re.search(r"> Authorization: (Bearer|\[REDACTED\]) \*\*\*", caplog.text)
-    assert FAKE_API_KEY not in caplog.text
-    for r in caplog.records:
-        assert FAKE_API_KEY not in r.getMessage()
+    assert_key_never_logged(caplog)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -17,37 +17,22 @@ from providers.base import ProviderContext, ProviderError, STTStream, Transcript
 from providers.stt.deepgram import DeepgramSTT
 from providers.tts.deepgram import DeepgramTTS
 from tests.fakes.fake_deepgram import FakeDeepgram
-from tests.fakes.harness import KEY_REF, Collected, all_logs_at_debug, collect, context
+from tests.fakes.harness import all_logs_at_debug, collect, context
 from tests.fakes.vendor_base import FAKE_API_KEY, Failure, tone
+from tests.providers.cloud_helpers import (
+    adapter,
+    assert_key_never_logged,
+    cancel_promptly,
+    vendor_fixtures,
+)
 
-CANCEL_BUDGET_S = 0.1
 FRAME = 320  # 20 ms at 16 kHz
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeDeepgram]:
-    with FakeDeepgram() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeDeepgram) -> Iterator[FakeDeepgram]:
-    server.reset()
-    server.idle_timeout_s = 10.0
-    server.first_byte_delay_s = server.chunk_delay_s = 0.0
-    yield server
-    server.reset()
-
-
-@pytest.fixture
-async def cx() -> AsyncIterator[tuple[ProviderContext, Collected]]:
-    async with context() as pair:
-        yield pair
+server, fake = vendor_fixtures(FakeDeepgram, idle_timeout_s=10.0)
 
 
 def stt(fake: FakeDeepgram, ctx: ProviderContext, **opts: Any) -> DeepgramSTT:
-    cfg = {"base_url": fake.ws_base_url, "api_key": KEY_REF, **opts}
-    return DeepgramSTT(DeepgramSTT.Config.model_validate(cfg), ctx)
+    return adapter(DeepgramSTT, fake.ws_base_url, ctx, **opts)
 
 
 async def speak(stream: STTStream, seconds: float, rate: int = 16000, start: int = 0,
@@ -309,8 +294,7 @@ async def test_mulaw_passthrough_at_8khz(fake: FakeDeepgram, cx: Any) -> None:
 
 
 def aura(fake: FakeDeepgram, ctx: ProviderContext, **opts: Any) -> DeepgramTTS:
-    cfg = {"base_url": fake.http_base_url, "api_key": KEY_REF, **opts}
-    return DeepgramTTS(DeepgramTTS.Config.model_validate(cfg), ctx)
+    return adapter(DeepgramTTS, fake.http_base_url, ctx, **opts)
 
 
 async def test_aura_streams_linear16_in_order(fake: FakeDeepgram, cx: Any) -> None:
@@ -351,11 +335,7 @@ async def test_aura_errors_and_cancel(fake: FakeDeepgram, cx: Any) -> None:
     fake.chunk_delay_s = 0.5
     gen = aura(fake, ctx).synthesize("A fairly long sentence to be interrupted halfway.")
     await anext(gen)
-    t0 = time.monotonic()
-    await gen.aclose()
-    rec = fake.requests[-1]
-    await fake.until(lambda: rec.closed_at is not None)
-    assert rec.closed_at is not None and rec.closed_at - t0 < CANCEL_BUDGET_S
+    rec = await cancel_promptly(fake, gen)
     assert not rec.completed
 
 
@@ -376,6 +356,4 @@ async def test_api_key_never_reaches_the_logs(fake: FakeDeepgram, cx: Any,
     # websockets logged the handshake, redacted (`Token` itself may be masked too, by the
     # service's own log redaction when an app was set up earlier in the process)
     assert re.search(r"> Authorization: (Token|\[REDACTED\]) \*\*\*", text)
-    assert FAKE_API_KEY not in text
-    for r in caplog.records:
-        assert FAKE_API_KEY not in r.getMessage()
+    assert_key_never_logged(caplog)

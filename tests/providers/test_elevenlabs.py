@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
@@ -13,37 +11,22 @@ import pytest
 from providers.base import ProviderContext, ProviderError
 from providers.tts.elevenlabs import ElevenLabsTTS
 from tests.fakes.fake_elevenlabs import FakeElevenLabs
-from tests.fakes.harness import KEY_REF, Collected, all_logs_at_debug, collect, context
+from tests.fakes.harness import KEY_REF, all_logs_at_debug, collect, context
 from tests.fakes.vendor_base import FAKE_API_KEY, Failure
+from tests.providers.cloud_helpers import (
+    adapter,
+    assert_key_never_logged,
+    cancel_promptly,
+    vendor_fixtures,
+)
 
-CANCEL_BUDGET_S = 0.1
 TEXT = "Thanks for calling the bakery, how can I help you today?"
 
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeElevenLabs]:
-    with FakeElevenLabs() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeElevenLabs) -> Iterator[FakeElevenLabs]:
-    server.reset()
-    server.first_byte_delay_s = server.chunk_delay_s = 0.0
-    server.inactivity_timeout_s = 20.0
-    yield server
-    server.reset()
-
-
-@pytest.fixture
-async def cx() -> AsyncIterator[tuple[ProviderContext, Collected]]:
-    async with context() as pair:
-        yield pair
+server, fake = vendor_fixtures(FakeElevenLabs, inactivity_timeout_s=20.0)
 
 
 def eleven(fake: FakeElevenLabs, ctx: ProviderContext, **opts: Any) -> ElevenLabsTTS:
-    cfg = {"base_url": fake.ws_base_url, "api_key": KEY_REF, **opts}
-    return ElevenLabsTTS(ElevenLabsTTS.Config.model_validate(cfg), ctx)
+    return adapter(ElevenLabsTTS, fake.ws_base_url, ctx, **opts)
 
 
 async def test_pcm_audio_arrives_complete_and_in_order(fake: FakeElevenLabs, cx: Any) -> None:
@@ -91,11 +74,7 @@ async def test_cancel_closes_the_socket_promptly(fake: FakeElevenLabs, cx: Any) 
     fake.chunk_delay_s = 0.4
     gen = eleven(fake, ctx).synthesize(TEXT)
     await anext(gen)
-    t0 = time.monotonic()
-    await gen.aclose()  # barge-in
-    rec = fake.requests[-1]
-    await fake.until(lambda: rec.closed_at is not None)
-    assert rec.closed_at is not None and rec.closed_at - t0 < CANCEL_BUDGET_S
+    rec = await cancel_promptly(fake, gen)  # barge-in
     assert not rec.completed
 
 
@@ -110,13 +89,7 @@ async def test_cancel_by_task_cancellation(fake: FakeElevenLabs, cx: Any) -> Non
 
     task = asyncio.create_task(play())
     await started.wait()
-    t0 = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    rec = fake.requests[-1]
-    await fake.until(lambda: rec.closed_at is not None)
-    assert rec.closed_at is not None and rec.closed_at - t0 < CANCEL_BUDGET_S
+    await cancel_promptly(fake, task)
 
 
 async def test_vendor_errors_are_mapped(fake: FakeElevenLabs, cx: Any) -> None:
@@ -172,9 +145,7 @@ async def test_api_key_never_reaches_the_logs(fake: FakeElevenLabs, cx: Any,
         fake.fail_next("stream-input", Failure("status", status=500, message=FAKE_API_KEY))
         await collect(eleven(fake, ctx).synthesize("Hello there."))
     assert "> xi-api-key: ***" in caplog.text
-    assert FAKE_API_KEY not in caplog.text
-    for r in caplog.records:
-        assert FAKE_API_KEY not in r.getMessage()
+    assert_key_never_logged(caplog)
 
 
 def test_config_validation() -> None:
