@@ -41,8 +41,8 @@ from providers.factory import build_provider
 
 log = logging.getLogger(__name__)
 
-# A call whose providers can't even be built still gets this spoken (by the echo-free path:
-# nothing else can speak), then ends with reason "setup_failed".
+# End reason of a call whose engine could not be built: nothing can speak, so it is hung up at
+# once through the carrier's REST API, with a session.error saying why.
 SETUP_FAILED_REASON = "setup_failed"
 PROVIDER_CLOSE_TIMEOUT_S = 2.0
 
