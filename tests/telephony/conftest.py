@@ -3,6 +3,7 @@ with a number, and the simulator."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from app.config import Settings
 from app.db.repos import agents as agents_repo
 from app.db.repos import numbers as numbers_repo
+from app.db.repos import sessions as sessions_repo
 from app.telephony.plivo.simulator import PlivoSimulator, SimCall
 from tests.fakes.plivo_rest import FakePlivoRest, run_fake_plivo_rest
 from tests.live_server import LiveServer, run_live_server
@@ -117,3 +119,18 @@ async def edge_factory(edge_settings: Callable[..., Settings], plivo_rest: FakeP
 async def edge(edge_factory) -> AsyncIterator[Edge]:
     async with edge_factory() as e:
         yield e
+
+
+async def ended_session(edge: Edge, *, session_id: str | None = None,
+                        call_uuid: str | None = None, within_s: float = 10.0) -> Any:
+    """The session row once the server has recorded the call's end. The server writes it after
+    the stream closes, so the simulator sees the close first; reading at once would race it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while True:
+        async with edge.server.state.db.session() as s:
+            row = (await sessions_repo.get(s, session_id) if session_id
+                   else await sessions_repo.get_by_call_uuid(s, call_uuid or ""))
+        if (row is not None and row.status not in ("ringing", "active")) or loop.time() > deadline:
+            return row
+        await asyncio.sleep(0.05)

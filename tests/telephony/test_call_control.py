@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from lxml import etree
 
-from app.db.repos import sessions as sessions_repo
-from tests.telephony.conftest import AGENT_NUMBER, Edge
+from tests.telephony.conftest import AGENT_NUMBER, Edge, ended_session
 from tests.telephony.scripted import ScriptRunner
 
 
-async def _row(edge: Edge, call_uuid: str, *, settled_within_s: float = 5.0):
-    """The session row once the server has recorded the call's end (it writes that after the
-    socket closes, so the simulator can see the close first)."""
-    deadline = asyncio.get_running_loop().time() + settled_within_s
-    while True:
-        async with edge.server.state.db.session() as s:
-            row = await sessions_repo.get_by_call_uuid(s, call_uuid)
-        if row.status not in ("ringing", "active") or \
-                asyncio.get_running_loop().time() > deadline:
-            return row
-        await asyncio.sleep(0.05)
+async def _row(edge: Edge, call_uuid: str):
+    return await ended_session(edge, call_uuid=call_uuid)
 
 
 async def test_transfer_fetches_dial_xml_then_stream_ends(edge: Edge):

@@ -9,7 +9,7 @@ import httpx
 
 from app.db.repos import agents as agents_repo
 from app.db.repos import sessions as sessions_repo
-from tests.telephony.conftest import Edge
+from tests.telephony.conftest import Edge, ended_session
 from tests.telephony.scripted import ScriptRunner
 
 
@@ -72,7 +72,7 @@ async def test_outbound_call_is_pinned_to_the_agent_version(edge: Edge, admin_he
     await calls["c"].hangup()
     assert runner.result["version"] == 1 and runner.result["config"]["prompt"] != "v2"
     assert runner.result["direction"] == "outbound"
-    row = await _session(edge, sid)
+    row = await ended_session(edge, session_id=sid)
     assert row.status == "ended" and row.end_reason == "done"
     assert row.call_uuid == out["request_uuid"]
 
@@ -103,7 +103,7 @@ async def test_outbound_not_answered(edge: Edge, admin_headers):
         {"RequestUUID": request_uuid, "CallStatus": "no-answer", "HangupCause": "NO_ANSWER",
          "Direction": "outbound"})
     assert resp.status_code == 200
-    row = await _session(edge, sid)
+    row = await ended_session(edge, session_id=sid)
     assert (row.status, row.end_reason, row.hangup_cause) == ("failed", "no_answer",
                                                               "NO_ANSWER")
     assert not edge.server.state.extras["app.telephony.plivo"].admission.holds(sid)
