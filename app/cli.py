@@ -79,6 +79,19 @@ def with_database(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
+def in_session(args: argparse.Namespace, work: Callable[[Any], Awaitable[T]], *,
+               write: bool = False) -> T:
+    """Run `work(session)` on the configured database: in one transaction when `write`."""
+    settings = settings_from_args(args)
+    _quiet_logging(settings)
+
+    async def run(db: Any) -> T:
+        async with db.transaction() if write else db.session() as s:
+            return await work(s)
+
+    return with_database(settings, run)
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
@@ -159,14 +172,7 @@ def _register_migrate(sub: SubParsers, common: argparse.ArgumentParser) -> None:
 def _keys_create(args: argparse.Namespace) -> int:
     from app.db.repos import api_keys as repo
 
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
-
-    async def run(db: Any) -> tuple[Any, str]:
-        async with db.transaction() as s:
-            return await repo.create(s, args.name)
-
-    row, secret = with_database(settings, run)
+    row, secret = in_session(args, lambda s: repo.create(s, args.name), write=True)
     print(f"created API key {row.id} ({row.name or 'unnamed'})")
     print("secret (shown only once; store it now):")
     print(secret)
@@ -176,14 +182,7 @@ def _keys_create(args: argparse.Namespace) -> int:
 def _keys_list(args: argparse.Namespace) -> int:
     from app.db.repos import api_keys as repo
 
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
-
-    async def run(db: Any) -> list[Any]:
-        async with db.session() as s:
-            return await repo.list_keys(s)
-
-    rows = with_database(settings, run)
+    rows = in_session(args, repo.list_keys)
     _table(
         [[r.id, r.name, r.prefix + "…", r.created_at.isoformat(timespec="seconds"),
           "revoked" if r.revoked_at else "active"] for r in rows],
@@ -195,14 +194,7 @@ def _keys_list(args: argparse.Namespace) -> int:
 def _keys_revoke(args: argparse.Namespace) -> int:
     from app.db.repos import api_keys as repo
 
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
-
-    async def run(db: Any) -> Any:
-        async with db.transaction() as s:
-            return await repo.revoke(s, args.id)
-
-    if with_database(settings, run) is None:
+    if in_session(args, lambda s: repo.revoke(s, args.id), write=True) is None:
         raise CommandError(f"no API key with id {args.id}")
     print(f"revoked API key {args.id}")
     return 0
@@ -246,15 +238,9 @@ def _agents_create(args: argparse.Namespace) -> int:
     from app.db.repos import agents as repo
     from app.demo_agent import DemoAgentInvalid, create_demo_agent
 
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
     if args.demo:
-        async def run_demo(db: Any) -> tuple[Any, Any]:
-            async with db.transaction() as s:
-                return await create_demo_agent(s)
-
         try:
-            agent, version = with_database(settings, run_demo)
+            agent, version = in_session(args, create_demo_agent, write=True)
         except DemoAgentInvalid as exc:
             raise CommandError(f"demo agent config rejected: {exc}") from None
         except LookupError as exc:
@@ -269,25 +255,16 @@ def _agents_create(args: argparse.Namespace) -> int:
             print(f"{p.field}: {p.message}", file=sys.stderr)
         raise CommandError(f"invalid agent config in {args.file}")
 
-    async def run(db: Any) -> tuple[Any, Any]:
-        async with db.transaction() as s:
-            return await repo.create(s, config.model_dump(mode="json"))
-
-    _print_json(_agent_json(*with_database(settings, run)))
+    created = in_session(args, lambda s: repo.create(s, config.model_dump(mode="json")),
+                         write=True)
+    _print_json(_agent_json(*created))
     return 0
 
 
 def _agents_list(args: argparse.Namespace) -> int:
     from app.db.repos import agents as repo
 
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
-
-    async def run(db: Any) -> list[Any]:
-        async with db.session() as s:
-            return await repo.list_agents(s, limit=10_000)
-
-    rows = with_database(settings, run)
+    rows = in_session(args, lambda s: repo.list_agents(s, limit=10_000))
     _table([[a.id, a.name, str(a.current_version), a.updated_at.isoformat(timespec="seconds")]
             for a in rows], ["ID", "NAME", "VERSION", "UPDATED"])
     return 0
@@ -296,20 +273,16 @@ def _agents_list(args: argparse.Namespace) -> int:
 def _agents_get(args: argparse.Namespace) -> int:
     from app.db.repos import agents as repo
 
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
+    async def find(s: Any) -> tuple[Any, Any] | None:
+        agent = await repo.get(s, args.id)
+        if agent is None:
+            return None
+        if args.version is None:
+            return agent, await repo.current_version(s, agent)
+        version = await repo.get_version(s, agent.id, args.version)
+        return (agent, version) if version is not None else None
 
-    async def run(db: Any) -> tuple[Any, Any] | None:
-        async with db.session() as s:
-            agent = await repo.get(s, args.id)
-            if agent is None:
-                return None
-            if args.version is None:
-                return agent, await repo.current_version(s, agent)
-            version = await repo.get_version(s, agent.id, args.version)
-            return (agent, version) if version is not None else None
-
-    found = with_database(settings, run)
+    found = in_session(args, find)
     if found is None:
         what = f"agent {args.id}" + (f" version {args.version}" if args.version else "")
         raise CommandError(f"{what} not found")
@@ -346,17 +319,13 @@ def _numbers_set(args: argparse.Namespace) -> int:
 
     if not E164.match(args.number):
         raise CommandError(f"{args.number} is not an E.164 number (like +14155550100)")
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
+    async def put(s: Any) -> bool | None:
+        if await agents_repo.get(s, args.agent) is None:
+            return None
+        _, created = await repo.put(s, args.number, args.agent)
+        return created
 
-    async def run(db: Any) -> bool | None:
-        async with db.transaction() as s:
-            if await agents_repo.get(s, args.agent) is None:
-                return None
-            _, created = await repo.put(s, args.number, args.agent)
-            return created
-
-    created = with_database(settings, run)
+    created = in_session(args, put, write=True)
     if created is None:
         raise CommandError(f"agent {args.agent} not found")
     print(f"{args.number} -> {args.agent} ({'created' if created else 'updated'})")
@@ -366,28 +335,15 @@ def _numbers_set(args: argparse.Namespace) -> int:
 def _numbers_list(args: argparse.Namespace) -> int:
     from app.db.repos import numbers as repo
 
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
-
-    async def run(db: Any) -> list[Any]:
-        async with db.session() as s:
-            return await repo.list_numbers(s, limit=100_000)
-
-    _table([[n.number, n.agent_id] for n in with_database(settings, run)], ["NUMBER", "AGENT"])
+    numbers = in_session(args, lambda s: repo.list_numbers(s, limit=100_000))
+    _table([[n.number, n.agent_id] for n in numbers], ["NUMBER", "AGENT"])
     return 0
 
 
 def _numbers_delete(args: argparse.Namespace) -> int:
     from app.db.repos import numbers as repo
 
-    settings = settings_from_args(args)
-    _quiet_logging(settings)
-
-    async def run(db: Any) -> bool:
-        async with db.transaction() as s:
-            return await repo.delete(s, args.number)
-
-    if not with_database(settings, run):
+    if not in_session(args, lambda s: repo.delete(s, args.number), write=True):
         raise CommandError(f"number {args.number} not found")
     print(f"deleted {args.number}")
     return 0
