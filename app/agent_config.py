@@ -7,6 +7,8 @@ adapter's own config model at save time, so a typo fails with 422 naming the fie
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,23 +25,33 @@ from pipelines.settings import ConversationSettings
 from providers import registry
 
 BUILTIN_TOOLS = ("end_call", "transfer_call", "send_dtmf", "collect_digits")
+PROVIDER_KINDS = ("stt", "llm", "tts")
+# A fallback may have fallbacks of its own (tried depth-first), down to this depth: a flat list
+# says the same thing, and a bounded tree keeps the published schema finite.
+MAX_FALLBACK_DEPTH = 2
 
 
-class ProviderBlock(BaseModel):
-    """`{provider: NAME, ...options, fallback: [ {provider: ..., ...}, ... ]}`."""
+class ProviderChoice(BaseModel):
+    """`{provider: NAME, ...options}`: the options are checked against the adapter's model."""
 
     model_config = ConfigDict(extra="allow")
     provider: str = Field(min_length=1)
-    # Seconds to wait for the first result before switching to the next provider.
-    timeout_s: float = Field(5.0, gt=0, le=120)
-    fallback: list[ProviderBlock] = Field(default_factory=list)
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
-    def chain(self) -> list[ProviderBlock]:
-        """This block followed by its fallbacks, in order."""
-        return [self, *self.fallback]
+
+class ProviderBlock(ProviderChoice):
+    """`{provider: NAME, ...options, fallback: [ {provider: ..., ...}, ... ]}`."""
+
+    # Seconds to wait for the first result before switching to the next provider.
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    fallback: list[ProviderBlock] = Field(default_factory=list)
+
+
+class S2SBlock(ProviderChoice):
+    """`{provider: openai_realtime | gemini_live | azure_openai, model, voice, api_key, ...}`: a
+    speech-to-speech model takes the call instead of stt/llm/tts."""
 
 
 class WebhookTarget(BaseModel):
@@ -53,11 +65,17 @@ class WebhookTarget(BaseModel):
 class ToolConfig(BaseModel):
     """A function the LLM may call: a webhook, or one of the builtins."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what `_one_target` checks: exactly one of webhook and builtin is given.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["webhook"], "properties": {"webhook": {"type": "object"}}},
+        {"required": ["builtin"], "properties": {"builtin": {"type": "string"}}},
+    ]})
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
     description: str = ""
     parameters: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "object", "properties": {}}
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema of the arguments (an object)",
+        json_schema_extra={"required": ["type"], "properties": {"type": {"const": "object"}}},
     )
     webhook: WebhookTarget | None = None
     builtin: Literal["end_call", "transfer_call", "send_dtmf", "collect_digits"] | None = None
@@ -92,6 +110,10 @@ class PostCallSettings(BaseModel):
     summary_prompt: str | None = None
 
 
+# The embedded stack an agent uses when its config names no provider for a kind.
+DEFAULT_PROVIDERS = {"stt": "whisper", "llm": "llama_cpp", "tts": "piper"}
+
+
 class AgentConfig(ConversationSettings):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"title": "AgentConfig"})
 
@@ -100,10 +122,16 @@ class AgentConfig(ConversationSettings):
     greeting: str | None = "Hello! How can I help you today?"
     speaks_first: bool = True
     language: str = "en-US"
-    stt: ProviderBlock = Field(default_factory=lambda: ProviderBlock(provider="pocketsphinx"))
-    llm: ProviderBlock = Field(default_factory=lambda: ProviderBlock(provider="llama_cpp"))
-    tts: ProviderBlock = Field(default_factory=lambda: ProviderBlock(provider="piper"))
+    stt: ProviderBlock = Field(
+        default_factory=lambda: ProviderBlock(provider=DEFAULT_PROVIDERS["stt"]))
+    llm: ProviderBlock = Field(
+        default_factory=lambda: ProviderBlock(provider=DEFAULT_PROVIDERS["llm"]))
+    tts: ProviderBlock = Field(
+        default_factory=lambda: ProviderBlock(provider=DEFAULT_PROVIDERS["tts"]))
     voice: str | None = None
+    # A speech-to-speech model in place of the stt/llm/tts chain. When stt, llm and tts are also
+    # given they take the call if the s2s provider fails at call start.
+    s2s: S2SBlock | None = None
     tools: list[ToolConfig] = Field(default_factory=list)
     tool_settings: ToolsSettings = ToolsSettings()
     voicemail: VoicemailSettings = VoicemailSettings()
@@ -124,46 +152,105 @@ class AgentConfig(ConversationSettings):
         return tools
 
 
+def provider_blocks(
+    kind: str, block: ProviderBlock, loc: tuple[str | int, ...] = (), depth: int = 0
+) -> Iterator[tuple[tuple[str | int, ...], ProviderBlock, int]]:
+    """(location, block, depth) of `block` and every fallback under it, in the order the
+    fallback wrapper tries them; locations are paths such as `("llm", "fallback", 0)`."""
+    loc = loc or (kind,)
+    yield loc, block, depth
+    for i, sub in enumerate(block.fallback):
+        yield from provider_blocks(kind, sub, (*loc, "fallback", i), depth + 1)
+
+
+def all_provider_blocks(
+    config: AgentConfig,
+) -> Iterator[tuple[str, tuple[str | int, ...], ProviderBlock, int]]:
+    for kind in PROVIDER_KINDS:
+        for loc, block, depth in provider_blocks(kind, getattr(config, kind)):
+            yield kind, loc, block, depth
+
+
+def too_deep(block: ProviderBlock, depth: int) -> bool:
+    return depth >= MAX_FALLBACK_DEPTH and bool(block.fallback)
+
+
+TOO_DEEP = (f"fallback providers nest at most {MAX_FALLBACK_DEPTH} deep; list further "
+            "providers in an outer 'fallback' array")
+
+
+def _error(kind: str, message: str, loc: tuple[str | int, ...], value: Any) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
+
+
 def provider_errors(config: AgentConfig) -> list[InitErrorDetails]:
     """Check each provider block (and its fallbacks) against the adapter's config model.
 
     Locations are full paths such as `llm.fallback.0.temperature`.
     """
     errors: list[InitErrorDetails] = []
-    for kind in ("stt", "llm", "tts"):
-        block: ProviderBlock = getattr(config, kind)
-        for i, b in enumerate(block.chain()):
-            loc: tuple[str | int, ...] = (kind,) if i == 0 else (kind, "fallback", i - 1)
-            try:
-                registry.parse_config(kind, b.provider, b.options())
-            except registry.UnknownProvider as exc:
-                errors.append(
-                    InitErrorDetails(
-                        type=PydanticCustomError("unknown_provider", str(exc)),
-                        loc=(*loc, "provider"),
-                        input=b.provider,
-                    )
-                )
-            except ValidationError as exc:
-                for e in exc.errors():
-                    errors.append(
-                        InitErrorDetails(
-                            type=PydanticCustomError("provider_option", e["msg"]),
-                            loc=(*loc, *e["loc"]),
-                            input=e.get("input"),
-                        )
-                    )
-    return errors
+    for kind, loc, b, depth in all_provider_blocks(config):
+        if too_deep(b, depth):
+            errors.append(_error("fallback_depth", TOO_DEEP, (*loc, "fallback"), None))
+        errors += _block_errors(kind, b, loc)
+    return errors + s2s_errors(config)
+
+
+def _block_errors(kind: str, block: ProviderChoice,
+                  loc: tuple[str | int, ...]) -> list[InitErrorDetails]:
+    """The block's options against its adapter's config model, with JSON's types."""
+    try:
+        registry.get(kind, block.provider).Config.model_validate_json(
+            json.dumps(block.options()), strict=True)
+    except registry.UnknownProvider as exc:
+        return [_error("unknown_provider", str(exc), (*loc, "provider"), block.provider)]
+    except ValidationError as exc:
+        return [_error("provider_option", e["msg"], (*loc, *e["loc"]), e.get("input"))
+                for e in exc.errors()]
+    return []
+
+
+def s2s_errors(config: AgentConfig) -> list[InitErrorDetails]:
+    """The s2s block's options and its cascade rule."""
+    if config.s2s is None:
+        return []
+    return _block_errors("s2s", config.s2s, ("s2s",)) + s2s_cascade_errors(config)
+
+
+def s2s_cascade_errors(config: AgentConfig) -> list[InitErrorDetails]:
+    """Next to s2s, a cascaded chain is all or nothing: stt, llm and tts are its call-start
+    fallback, and a partial chain would silently borrow the embedded defaults for the missing
+    kinds."""
+    if config.s2s is None:
+        return []
+    given = [k for k in PROVIDER_KINDS if k in config.model_fields_set]
+    if not given or len(given) == len(PROVIDER_KINDS):
+        return []
+    return [_error("s2s_fallback",
+                   "with 's2s' set, give all of stt, llm and tts (its fallback) or none",
+                   (kind,), None)
+            for kind in PROVIDER_KINDS if kind not in given]
 
 
 def parse_agent_config(data: Any) -> AgentConfig:
-    """Validate a whole agent config, provider options included.
+    """Validate a whole agent config, provider options included, with JSON's types: "5" is not
+    a number nor 1 a boolean (the published JSON Schema says the same).
 
     Raises pydantic.ValidationError whose error locations name each failing field. (Provider
     checks run here rather than in a model validator so their locations survive.)
     """
-    config = AgentConfig.model_validate(data)
+    config = validate_json_strict(data)
     errors = provider_errors(config)
     if errors:
         raise ValidationError.from_exception_data("AgentConfig", errors)
     return config
+
+
+def validate_json_strict(data: Any) -> AgentConfig:
+    """AgentConfig from JSON-shaped data in strict mode (raises pydantic.ValidationError)."""
+    try:
+        text = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError.from_exception_data("AgentConfig", [
+            _error("json_type", f"not plain JSON: {exc}", (), None)]) from None
+    return AgentConfig.model_validate_json(text, strict=True)

@@ -9,19 +9,33 @@ never raised, so one broken adapter cannot take the API down.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from app.agent_config import AgentConfig, ProviderBlock, parse_agent_config
+from app.agent_config import (
+    PROVIDER_KINDS,
+    TOO_DEEP,
+    AgentConfig,
+    ProviderBlock,
+    ProviderChoice,
+    S2SBlock,
+    all_provider_blocks,
+    parse_agent_config,
+    provider_blocks,
+    s2s_cascade_errors,
+    too_deep,
+    validate_json_strict,
+)
 from providers import registry
 from providers.base import Provider, ProviderConfig, SecretRef
 
-KINDS = ("stt", "llm", "tts")
+KINDS = PROVIDER_KINDS
 
 
 @dataclass(frozen=True)
@@ -47,16 +61,17 @@ def problems_from_error(exc: ValidationError, *, strip: tuple[str, ...] = ()) ->
     return out
 
 
-def _blocks(config: AgentConfig) -> Iterable[tuple[str, str, ProviderBlock]]:
-    """(kind, dotted location, block) for every primary and fallback provider block."""
-    for kind in KINDS:
-        block: ProviderBlock = getattr(config, kind)
-        for i, b in enumerate(block.chain()):
-            yield kind, (kind if i == 0 else f"{kind}.fallback.{i - 1}"), b
+def _blocks(config: AgentConfig) -> Iterator[tuple[str, str, ProviderChoice, int]]:
+    """(kind, dotted location, block, fallback depth) for every provider block: each primary
+    and fallback, then the s2s block."""
+    for kind, loc, block, depth in all_provider_blocks(config):
+        yield kind, field_path(loc), block, depth
+    if config.s2s is not None:
+        yield "s2s", "s2s", config.s2s, 0
 
 
 def _load(
-    kind: str, block: ProviderBlock, loc: str
+    kind: str, block: ProviderChoice, loc: str
 ) -> tuple[type[Provider] | None, Problem | None]:
     try:
         return registry.get(kind, block.provider), None
@@ -70,24 +85,40 @@ def _load(
         )
 
 
+def _options(cls: type[Provider], block: ProviderChoice) -> ProviderConfig:
+    """The adapter's config from the block's options, with JSON's types (like the schema)."""
+    return cls.Config.model_validate_json(json.dumps(block.options()), strict=True)
+
+
+def _block_problems(kind: str, loc: str, block: ProviderChoice, depth: int = 0,
+                    ) -> tuple[ProviderConfig | None, type[Provider] | None, list[Problem]]:
+    """(config, adapter, problems) of one block: depth, provider name and options."""
+    deep = isinstance(block, ProviderBlock) and too_deep(block, depth)
+    problems = [Problem(f"{loc}.fallback", TOO_DEEP)] if deep else []
+    cls, problem = _load(kind, block, loc)
+    if problem is not None:
+        return None, None, [*problems, problem]
+    assert cls is not None
+    try:
+        return _options(cls, block), cls, problems
+    except ValidationError as exc:
+        return None, cls, problems + [
+            Problem(f"{loc}.{p.field}", p.message) for p in problems_from_error(exc)]
+
+
 def _chain_problems(kind: str, block: ProviderBlock) -> list[Problem]:
-    problems: list[Problem] = []
-    for i, b in enumerate(block.chain()):
-        loc = kind if i == 0 else f"{kind}.fallback.{i - 1}"
-        cls, problem = _load(kind, b, loc)
-        if problem is not None:
-            problems.append(problem)
-            continue
-        assert cls is not None
-        try:
-            cls.Config.model_validate(b.options())
-        except ValidationError as exc:
-            problems += [Problem(f"{loc}.{p.field}", p.message) for p in problems_from_error(exc)]
-    return problems
+    return [p for loc, b, depth in provider_blocks(kind, block)
+            for p in _block_problems(kind, field_path(loc), b, depth)[2]]
 
 
 def _provider_problems(config: AgentConfig) -> list[Problem]:
-    return [p for kind in KINDS for p in _chain_problems(kind, getattr(config, kind))]
+    problems = [p for kind, loc, b, depth in _blocks(config)
+                for p in _block_problems(kind, loc, b, depth)[2]]
+    cascade = s2s_cascade_errors(config)
+    if cascade:
+        problems += problems_from_error(
+            ValidationError.from_exception_data("AgentConfig", cascade))
+    return problems
 
 
 def _raw_provider_problems(data: Any) -> list[Problem]:
@@ -100,10 +131,16 @@ def _raw_provider_problems(data: Any) -> list[Problem]:
         if kind not in data:
             continue
         try:
-            block = ProviderBlock.model_validate(data[kind])
-        except ValidationError:
+            block = ProviderBlock.model_validate_json(json.dumps(data[kind]), strict=True)
+        except (ValidationError, TypeError, ValueError):
             continue
         problems += _chain_problems(kind, block)
+    if isinstance(data.get("s2s"), dict):
+        try:
+            s2s = S2SBlock.model_validate_json(json.dumps(data["s2s"]), strict=True)
+        except (ValidationError, TypeError, ValueError):
+            return problems
+        problems += _block_problems("s2s", "s2s", s2s)[2]
     return problems
 
 
@@ -122,7 +159,7 @@ def check_config(data: Any) -> tuple[AgentConfig | None, list[Problem]]:
         # parse_agent_config lets import failures of provider modules escape; redo the
         # provider part block by block so each failure is pinned to its field.
         try:
-            config = AgentConfig.model_validate(data)
+            config = validate_json_strict(data)
         except ValidationError as exc:
             return None, _merge(problems_from_error(exc), _raw_provider_problems(data))
         problems = _provider_problems(config)
@@ -162,21 +199,15 @@ async def dry_run(
     """Everything `check_config` checks, plus run-time prerequisites. Never raises for a bad
     config; returns the list of problems (empty = a call could start with this config)."""
     try:
-        config = AgentConfig.model_validate(data)
+        config = validate_json_strict(data)
     except ValidationError as exc:
         return _merge(problems_from_error(exc), _raw_provider_problems(data))
     problems: list[Problem] = []
     wanted: dict[str, list[str]] = {}  # credential name -> fields referencing it
-    for kind, loc, block in _blocks(config):
-        cls, problem = _load(kind, block, loc)
-        if problem is not None:
-            problems.append(problem)
-            continue
-        assert cls is not None
-        try:
-            pcfg = cls.Config.model_validate(block.options())
-        except ValidationError as exc:
-            problems += [Problem(f"{loc}.{p.field}", p.message) for p in problems_from_error(exc)]
+    for kind, loc, block, depth in _blocks(config):
+        pcfg, cls, block_problems = _block_problems(kind, loc, block, depth)
+        problems += block_problems
+        if pcfg is None or cls is None:
             continue
         try:
             refs = cls.secret_refs(pcfg)

@@ -1,11 +1,12 @@
 """The `phonebooth` command.
 
-    phonebooth [--config PATH] serve [--host H] [--port P]
+    phonebooth [--config PATH] serve [--host H] [--port P] [--workers N]
     phonebooth migrate
     phonebooth keys create [--name N] | keys list | keys revoke ID
     phonebooth agents create -f agent.yaml | agents create --demo | agents list | agents get ID
     phonebooth numbers set NUMBER AGENT | numbers list | numbers delete NUMBER
     phonebooth models fetch [--dir DIR] [NAME ...]
+    phonebooth doctor [--models-dir DIR]
 
 Commands that touch the database open it directly from the settings (no server needed) and
 apply pending migrations first when `database.migrate_on_start` is on. A bad config prints one
@@ -31,25 +32,15 @@ from typing import Any, TypeVar
 import yaml
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from app.cli_base import CommandError, Registrar, SubParsers, settings_from_args
+from app.config import CONFIG_ENV, ConfigError, Settings
 
 T = TypeVar("T")
-SubParsers = Any  # argparse._SubParsersAction (private type)
-Registrar = Callable[[SubParsers, argparse.ArgumentParser], None]
 
 E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 
-class CommandError(Exception):
-    """A failure to report as `error: ...` with exit status 1."""
-
-
 # --- shared helpers ------------------------------------------------------------------------
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from --config (or $PHONEBOOTH_CONFIG) and the environment."""
-    return load_settings(getattr(args, "config", None))
 
 
 def _quiet_logging(settings: Settings) -> None:
@@ -122,8 +113,20 @@ def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     host = args.host or settings.server.host
     port = args.port or settings.server.port
+    if args.workers is not None and args.workers < 1:
+        raise CommandError("--workers must be at least 1")
+    workers = args.workers or settings.server.workers
+    if workers > 1:
+        from app.workers import serve_workers
+
+        return serve_workers(settings, host, port, workers, getattr(args, "config", None))
     server = make_server(create_app(settings), settings, host, port)
-    server.run()
+    if args.reuse_port:
+        from app.workers import reuse_port_socket
+
+        server.run(sockets=[reuse_port_socket(host, port)])
+    else:
+        server.run()
     # uvicorn reports a failed start-up by returning with started == False.
     return 0 if server.started else 1
 
@@ -134,6 +137,11 @@ def _register_serve(sub: SubParsers, common: argparse.ArgumentParser) -> None:
                        "SIGTERM drains live calls, then stops.")
     p.add_argument("--host", help="bind address (default: server.host)")
     p.add_argument("--port", type=int, help="port (default: server.port)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes sharing the port, one service through bus.url "
+                   "(default: server.workers)")
+    # A worker of `--workers N`: binds with SO_REUSEPORT next to its siblings.
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_serve)
 
 
@@ -374,12 +382,12 @@ def _models_fetch(args: argparse.Namespace) -> int:
         directory = Path(args.dir).expanduser()
     else:
         directory = settings_from_args(args).models_dir
-    unknown = [n for n in args.names if n not in model_store.CATALOG]
-    if unknown:
+    try:
+        models = model_store.select(args.names)
+    except KeyError as exc:
         raise CommandError(
-            f"unknown model(s): {', '.join(unknown)}; known: {', '.join(model_store.CATALOG)}"
-        )
-    models = [model_store.CATALOG[n] for n in args.names] or list(model_store.CATALOG.values())
+            f"unknown model(s): {exc.args[0]}; known: {', '.join(model_store.CATALOG)}"
+        ) from None
     before = {m.name: model_store.is_intact(directory, m) for m in models}
     try:
         paths = model_store.fetch(directory, models, force=args.force)
@@ -397,7 +405,9 @@ def _register_models(sub: SubParsers, common: argparse.ArgumentParser) -> None:
                        "are checked against pinned sha256 sums.")
     ms = p.add_subparsers(dest="models_command", required=True, metavar="{fetch}")
     f = ms.add_parser("fetch", parents=[common], help="download and verify model files")
-    f.add_argument("names", nargs="*", metavar="NAME", help="model files (default: all)")
+    f.add_argument("names", nargs="*", metavar="NAME",
+                   help="model files, or model directories such as whisper-base "
+                   "(default: what the engine and the default local stack need)")
     f.add_argument("--dir", help="target directory (default: models.dir)")
     f.add_argument("--force", action="store_true", help="download even if present and intact")
     f.set_defaults(func=_models_fetch)
@@ -413,7 +423,8 @@ COMMANDS: dict[str, Registrar] = {
     "agents": _register_agents,
     "numbers": _register_numbers,
     "models": _register_models,
-    "call": lazy("app.telephony.plivo.simulator_cli:register"),
+    "call": lazy("app.simulator.command:register"),
+    "doctor": lazy("app.doctor:register"),
 }
 
 

@@ -32,6 +32,9 @@ class ServerSettings(BaseModel):
     node_id: str = Field("", max_length=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    # Processes `phonebooth serve` runs on this machine, sharing the port (SO_REUSEPORT); more
+    # than one needs `bus.url`, which coordinates them.
+    workers: int = Field(1, ge=1, le=64)
 
     @field_validator("public_url")
     @classmethod
@@ -101,6 +104,54 @@ class EventsSettings(BaseModel):
     ws_queue_size: int = Field(1000, ge=1)
 
 
+class OutboxSettings(BaseModel):
+    # Local SQLite file holding call records (events, session changes) until the database has
+    # them. Empty = next to the data: beside a SQLite database file, else in the directory of
+    # security.secret_key_file.
+    path: str = ""
+    # Bounds: when reached, new records are refused (an error metric and log line, the call
+    # goes on); records older than max_age_s are given up (same). Both are errors to alert on.
+    max_entries: int = Field(1_000_000, ge=1)
+    max_bytes: int = Field(1_073_741_824, ge=1024)
+    max_age_s: float = Field(7 * 86400.0, gt=0)
+    # Records held in memory between a call and the outbox file (never waits for the database).
+    queue_size: int = Field(100_000, ge=1)
+    # Records written to the database per transaction when replaying.
+    batch_size: int = Field(256, ge=1)
+    # Longest wait between attempts while the database is away (seconds).
+    retry_max_s: float = Field(5.0, gt=0)
+    # How often the cached number -> agent table is reloaded while the database answers.
+    routing_refresh_s: float = Field(30.0, gt=0)
+
+
+class BusSettings(BaseModel):
+    # Redis URL (redis://[:password@]host:6379/0, rediss:// for TLS) shared by every process
+    # and replica serving one deployment. Empty: this process is the whole service.
+    url: SecretStr | None = None
+    # Namespace of this deployment's Redis keys and channels (one Redis can hold several).
+    key_prefix: str = Field("phonebooth", min_length=1, max_length=64)
+    # How often a process renews its liveness and the calls it hosts (seconds).
+    heartbeat_s: float = Field(2.0, gt=0)
+    # A process silent this long is dead: a survivor closes its calls (reason `node_lost`).
+    owner_ttl_s: float = Field(10.0, gt=0)
+    # Calls at once across every process (0: only each process's limits.max_concurrent_calls).
+    max_concurrent_calls: int = Field(0, ge=0)
+    # How long a control request (say, hangup, ...) waits for the process hosting the call.
+    control_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("owner_ttl_s")
+    @classmethod
+    def _ttl_above_heartbeat(cls, v: float, info: Any) -> float:
+        beat = info.data.get("heartbeat_s")
+        if beat is not None and v < 2 * beat:
+            raise ValueError("must be at least twice bus.heartbeat_s")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None and bool(self.url.get_secret_value())
+
+
 class DemoSettings(BaseModel):
     # Create the offline demo agent on first start when the store has no agents.
     create_on_start: bool = True
@@ -123,6 +174,8 @@ class Settings(BaseSettings):
     models: ModelsSettings = ModelsSettings()
     inference: InferenceSettings = InferenceSettings()
     events: EventsSettings = EventsSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    bus: BusSettings = BusSettings()
     demo: DemoSettings = DemoSettings()
 
     @classmethod
@@ -143,6 +196,22 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return Path(self.models.dir).expanduser()
+
+    @property
+    def outbox_path(self) -> Path:
+        """`outbox.path`, or next to the data: beside a SQLite database file, else beside the
+        secret key file."""
+        if self.outbox.path:
+            return Path(self.outbox.path).expanduser()
+        from sqlalchemy import make_url  # config stays importable without touching the DB
+
+        url = make_url(self.database.url)
+        db = url.database or ""
+        if url.get_backend_name() == "sqlite" and db and db != ":memory:" \
+                and not db.startswith("file:"):
+            p = Path(db).expanduser()
+            return p.with_name(p.stem + "-outbox.db")
+        return Path(self.security.secret_key_file).expanduser().parent / "outbox.db"
 
 
 class ConfigError(Exception):

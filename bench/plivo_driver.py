@@ -1,7 +1,8 @@
 """A lean Plivo load driver: many simulated callers in one asyncio loop.
 
-Each caller behaves as Plivo does on the wire (shared/reference/plivo.md), like
-`app.telephony.plivo.simulator` but built for hundreds of calls on one core:
+Each caller behaves as Plivo does on the wire, in the wire formats of `app.simulator.protocol`
+(which `app.simulator.far_end`, the tests' simulator, also speaks), but built for hundreds of
+calls on one core:
 - a V3-signed answer request (shared HTTP client), a V3-signed stream upgrade, `start`;
 - 20 ms paced `media` frames from pre-encoded μ-law payloads (speech or silence); one pacing task
   serves every call, waking every 2 ms for the tenth of the calls whose phase it is, so frames of
@@ -28,10 +29,8 @@ import base64
 import contextlib
 import json
 import random
-import secrets
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,16 +38,18 @@ from typing import Any
 import httpx
 import numpy as np
 
-from app.telephony.plivo.signature import sign_v3_headers, websocket_signed_url
+from app.simulator import protocol as wire
+from app.simulator.protocol import FRAME_S
 from pipelines.audio.g711 import ulaw_decode, ulaw_encode
 from pipelines.audio.resample import resample
 
-FRAME_S = 0.02
 PHASES = 10  # pacing slots per 20 ms frame (one every 2 ms)
 RATE = 8000
 FRAME_BYTES = 160
 VOICED_PEAK = 500  # a playAudio frame whose peak exceeds this is agent speech, not silence
 AGENT_QUIET_S = 0.4  # no agent audio queued or arriving for this long: the agent is done
+CALLED = "14155550199"  # the number every caller dials (the agent is chosen by ?agent=)
+ACCOUNT_ID = "MABENCH00000000000000"
 
 
 @dataclass
@@ -123,8 +124,6 @@ class Caller:
         self.pending: list[tuple[float, str]] = []  # checkpoints: (plays out at, name)
         self.voice_started = asyncio.Event()
         self.closed = asyncio.Event()
-        self._media_prefix = ('{"event":"media","streamId":"' + self.stream_id
-                              + '","media":{"track":"inbound","timestamp":"')
 
     # --- outgoing -------------------------------------------------------------------------
     def media_message(self, now: float) -> str | None:
@@ -146,10 +145,9 @@ class Caller:
                 self.spoken.set()
         self.seq += 1
         self.chunk += 1
-        ts = int((now - self.t0) * 1000)
         self.stats.frames_sent += 1
-        return (self._media_prefix + str(ts) + '","chunk":' + str(self.chunk) + ',"payload":"'
-                + payload + '"},"sequenceNumber":' + str(self.seq) + "}")
+        return wire.media_message(seq=self.seq, stream_id=self.stream_id, chunk=self.chunk,
+                                  timestamp_ms=int((now - self.t0) * 1000), payload_b64=payload)
 
     async def send(self, text: str) -> None:
         if self.ws is not None and not self.closed.is_set():
@@ -167,12 +165,11 @@ class Caller:
         try:
             async for raw in ws:
                 now = time.monotonic()
-                try:
-                    msg = json.loads(raw)
-                    event = msg["event"]
-                except (ValueError, KeyError, TypeError):
+                parsed = wire.server_message(raw)
+                if parsed is None:
                     self.stats.error = "unparseable message from server"
                     continue
+                event, msg = parsed
                 if event == "playAudio":
                     self._on_play(msg["media"]["payload"], now)
                 elif event == "checkpoint":
@@ -230,15 +227,14 @@ class Caller:
         self.in_segment = False
         await self.ack_due(now)
         self.seq += 1
-        await self.send(json.dumps({"event": "clearedAudio", "sequenceNumber": self.seq,
-                                    "streamId": self.stream_id}))
+        await self.send(wire.cleared_audio(seq=self.seq, stream_id=self.stream_id))
 
     async def ack_due(self, now: float) -> None:
         while self.pending and self.pending[0][0] <= now:
             _, name = self.pending.pop(0)
             self.seq += 1
-            await self.send(json.dumps({"event": "playedStream", "sequenceNumber": self.seq,
-                                        "streamId": self.stream_id, "name": name}))
+            await self.send(wire.played_stream(seq=self.seq, stream_id=self.stream_id,
+                                               name=name))
 
     def agent_quiet(self, now: float) -> bool:
         return now > self.play_head + AGENT_QUIET_S and now > self.last_play_at + AGENT_QUIET_S
@@ -258,6 +254,8 @@ class Script:
 
 
 class Driver:
+    caller_cls: type[Caller] = Caller  # a subclass may record more (bench/turntaking.py)
+
     def __init__(self, base_url: str, auth_token: str, *, agent: str, script: Script,
                  rest: Any = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -338,20 +336,17 @@ class Driver:
         return c.play_head > now
 
     # --- Plivo HTTP -------------------------------------------------------------------------
-    def _signed(self, method: str, url: str, params: dict[str, str] | None) -> dict[str, str]:
-        return sign_v3_headers(self.auth_token, method, url, params,
-                               str(secrets.randbelow(10**20)))
-
     async def _post(self, path: str, params: dict[str, str]) -> httpx.Response:
         assert self._http is not None
         url = self.base_url + path
-        h = {"User-Agent": "PlivoHTTP (phonebooth bench)", **self._signed("POST", url, params)}
+        h = {"User-Agent": wire.USER_AGENT,
+             **wire.signed_headers(self.auth_token, "POST", url, params)}
         return await self._http.post(url, data=params, headers=h)
 
     # --- one call ---------------------------------------------------------------------------
     async def run_call(self, idx: int, on_done: Callable[[Caller], None] | None = None,
                        stop: asyncio.Event | None = None) -> Caller:
-        c = Caller(self, idx)
+        c = self.caller_cls(self, idx)
         self.callers.append(c)
         c.t0 = c.stats.started_at = time.monotonic()
         try:
@@ -370,50 +365,36 @@ class Driver:
             c.stats.ended_at = time.monotonic()
             if c.ws is not None:
                 with contextlib.suppress(Exception):
-                    await self._post("/plivo/hangup", {
-                        "CallUUID": c.call_uuid, "From": "14155550100", "To": "14155550199",
-                        "Direction": "inbound", "CallStatus": "completed", "Event": "Hangup",
-                        "HangupCause": "NORMAL_CLEARING", "HangupCauseName": "Normal Hangup",
-                        "HangupSource": "Caller",
-                        "Duration": str(round(c.stats.ended_at - c.t0)),
-                        "BillDuration": str(round(c.stats.ended_at - c.t0))})
+                    await self._post("/plivo/hangup", wire.hangup_params(
+                        c.call_uuid, to=CALLED, duration_s=c.stats.ended_at - c.t0))
             if on_done is not None:
                 on_done(c)
         return c
 
     async def _answer(self, c: Caller) -> str:
-        params = {"CallUUID": c.call_uuid, "From": "14155550100", "To": "14155550199",
-                  "Direction": "inbound", "CallStatus": "ringing", "Event": "StartApp"}
+        params = wire.answer_params(c.call_uuid, to=CALLED)
         if self.rest is not None:
             self.rest.live_calls.add(c.call_uuid)
         resp = await self._post(f"/plivo/answer?agent={self.agent}", params)
-        if resp.status_code != 200:
+        ans = wire.parse_answer(resp.status_code, resp.text)
+        if ans.kind == "http_error":
             raise RuntimeError(f"answer: HTTP {resp.status_code}")
-        root = ET.fromstring(resp.text.strip())
-        stream = root.find("Stream")
-        if stream is None or not (stream.text or "").strip():
+        if ans.kind != "stream" or not ans.stream_url:
             raise RuntimeError(f"answer without <Stream>: {resp.text[:200]}")
-        return (stream.text or "").strip()
+        return ans.stream_url
 
     async def _converse(self, c: Caller, stop: asyncio.Event | None) -> None:
-        from websockets.asyncio.client import connect
-
         url = await self._answer(c)
         # Connect to the server we were given, keep the path and token of the XML's URL.
-        path = url.split("://", 1)[1].split("/", 1)[1]
-        ws_url = self.base_url.replace("http", "ws", 1) + "/" + path
-        signed = self._signed("GET", websocket_signed_url(url), None)
-        c.ws = await connect(ws_url, additional_headers=signed, compression=None, proxy=None,
-                             max_size=2**20, open_timeout=30, ping_interval=None)
+        c.ws = await wire.open_stream(url, connect_url=wire.with_base(url, self.base_url),
+                                      auth_token=self.auth_token, open_timeout=30,
+                                      max_size=2**20, ping_interval=None)
         receiver = asyncio.create_task(c.receive(), name=f"recv-{c.idx}")
         try:
             c.seq += 1
-            await c.ws.send(json.dumps({
-                "event": "start", "sequenceNumber": c.seq,
-                "start": {"callId": c.call_uuid, "streamId": c.stream_id,
-                          "accountId": "MABENCH00000000000000", "tracks": ["inbound"],
-                          "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": RATE}},
-                "extra_headers": ""}))
+            await c.ws.send(json.dumps({"sequenceNumber": c.seq, **wire.start_message(
+                call_uuid=c.call_uuid, stream_id=c.stream_id, account_id=ACCOUNT_ID,
+                media_format={"encoding": "audio/x-mulaw", "sampleRate": RATE})}))
             self._slots[c.phase].append(c)
             await self._script(c, stop)
         finally:

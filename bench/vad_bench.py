@@ -1,6 +1,6 @@
 """Per-stream Silero VAD cost at 1, 32 and 128 concurrent streams, batched vs unbatched.
 
-    /work/venv/bin/python bench/vad_bench.py [--streams 1,32,128] [--seconds 3] [--threads 1]
+    python bench/vad_bench.py [--streams 1,32,128] [--seconds 3] [--threads 1]
 
 Rows (CPU = process CPU time, all threads, per second of audio per stream):
   onnx-alone    one ONNX run per stream per 32 ms window (B=1), no asyncio: the model floor

@@ -69,6 +69,13 @@ def result_text(result: Any) -> str:
         return str(result)
 
 
+@dataclass(frozen=True, slots=True)
+class ContextCheckpoint:
+    items: list[ChatItem]
+    last: ChatItem | None
+    last_content: str
+
+
 class ChatContext:
     def __init__(self, system_prompt: str, max_items: int = 50) -> None:
         if max_items < 2:
@@ -161,6 +168,17 @@ class ChatContext:
 
     def clear(self) -> None:
         self._items.clear()
+
+    def checkpoint(self) -> ContextCheckpoint:
+        """Where the context stands now, for `rollback` (an answer started early on a turn
+        that then went on: everything it added must go)."""
+        last = self._items[-1] if self._items else None
+        return ContextCheckpoint(list(self._items), last, last.content if last else "")
+
+    def rollback(self, cp: ContextCheckpoint) -> None:
+        self._items = list(cp.items)
+        if cp.last is not None:
+            cp.last.content = cp.last_content  # add_user may have merged into it
 
     # -- cap ----------------------------------------------------------------------------------
     def _append(self, item: ChatItem) -> ChatItem:

@@ -12,6 +12,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from pipelines.inference import BatchExecutor, make_inference_pool
 from pipelines.settings import TurnSettings, VadSettings
@@ -79,7 +80,7 @@ class EngineModels:
         return cls(silero, smart_turn, pool)
 
     @property
-    def executors(self) -> tuple[BatchExecutor, ...]:
+    def executors(self) -> tuple[BatchExecutor[Any, Any], ...]:
         """For metrics export: each has `.name` and `.stats`."""
         return (self.silero.executor, self.smart_turn.executor)
 

@@ -119,6 +119,16 @@ class UserTurnCompleted(Event):
 
 
 @dataclass(kw_only=True)
+class UserBackchannel(Event):
+    """"mhm", "right", "okay" while the agent talks: acknowledged, never a turn, and the agent
+    carries on from where it was."""
+
+    type: ClassVar[str] = "user.backchannel"
+    text: str = ""
+    speech_ms: float = 0.0
+
+
+@dataclass(kw_only=True)
 class UserDtmf(Event):
     type: ClassVar[str] = "user.dtmf"
     digit: str = ""
@@ -220,6 +230,13 @@ class TurnMetrics(Event):
     first_audio_out_ms: float | None = None  # vad stop -> first agent audio written
     played_ack_ms: float | None = None  # vad stop -> first playedStream ack
     server_added_ms: float | None = None  # first_audio_out minus time spent waiting on providers
+    preemptive: bool = False  # the answer was generated before the turn ended
+    # Stage times from the end of the caller's speech (the durations above do not say when).
+    stt_final_at_ms: float | None = None
+    llm_request_at_ms: float | None = None
+    llm_first_token_at_ms: float | None = None
+    tts_request_at_ms: float | None = None
+    tts_first_byte_at_ms: float | None = None
 
 
 # --- call ----------------------------------------------------------------------------------

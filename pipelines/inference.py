@@ -23,7 +23,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    # imported lazily at run time: onnxruntime takes a while to import
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +137,7 @@ class _LoopQueue(Generic[T, R]):
         self.timer: asyncio.Handle | None = None
 
 
-def cpu_onnx_session(path: str | os.PathLike[str]):  # -> onnxruntime.InferenceSession
+def cpu_onnx_session(path: str | os.PathLike[str]) -> InferenceSession:
     """One onnxruntime CPU session, single-threaded by design; one per model file per process.
 
     Parallelism comes from batching and from the pool's threads running different batches, not
@@ -145,7 +149,7 @@ def cpu_onnx_session(path: str | os.PathLike[str]):  # -> onnxruntime.InferenceS
 
 
 @functools.lru_cache(maxsize=8)
-def _load_session(path: str):  # -> onnxruntime.InferenceSession
+def _load_session(path: str) -> InferenceSession:
     # Sessions are immutable and `run` is thread-safe, so every executor (and every app
     # instance in the process) can share one instead of paying the load again.
     import onnxruntime as ort
@@ -240,7 +244,14 @@ class BatchExecutor(Generic[T, R]):
             raise
 
     def _has_capacity(self) -> bool:
-        return self.max_inflight is None or len(self._inflight) < self.max_inflight
+        if self.max_inflight is None:
+            return True
+        if len(self._inflight) >= self.max_inflight:
+            # A batch whose event loop has closed never runs its done callback (one executor
+            # can outlive a loop: a shared model across test loops or a restarted server):
+            # left counted, it would hold the cap forever and every later request would wait.
+            self._inflight = {f for f in self._inflight if not f.get_loop().is_closed()}
+        return len(self._inflight) < self.max_inflight
 
     def _flush(self, loop: asyncio.AbstractEventLoop, queue: _LoopQueue[T, R]) -> None:
         if queue.timer is not None:

@@ -105,6 +105,10 @@ class InterruptionPolicy:
         # Speech has stopped.
         if not long_enough:
             return "resume"
+        if words(f.text) and self.backchannels.is_backchannel(f.text):
+            # Only "mhm"/"okay" was heard and the caller has stopped: resume now rather than
+            # keep the agent silent for a final that almost never says more.
+            return "resume"
         if f.awaiting_final and not f.window_expired:
             return None
         return "resume"

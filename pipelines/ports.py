@@ -11,6 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from pipelines.audio.inbox import AudioFormat
+
 
 class TranscriptLike(Protocol):
     text: str
@@ -31,6 +33,17 @@ class STTLike(Protocol):
     async def open(self, sample_rate: int, language: str) -> STTStreamLike: ...
 
 
+@runtime_checkable
+class FormatChoosingSTT(Protocol):
+    """An STT that takes more than one input format. Told the carrier's format, it names the
+    one it wants (e.g. a μ-law leg's own bytes, untouched), and `open_as` opens a stream that
+    is pushed audio in that format: int16 PCM, or μ-law bytes as a uint8 array. An STT without
+    it is opened at 16 kHz PCM."""
+
+    def input_format(self, carrier: AudioFormat) -> AudioFormat: ...
+    async def open_as(self, fmt: AudioFormat, language: str) -> STTStreamLike: ...
+
+
 class LLMLike(Protocol):
     # Yields objects with .kind == "text" (.text), "tool_call" (.id .name .arguments) or
     # "usage" (.provider .model .metric .quantity).
@@ -38,6 +51,14 @@ class LLMLike(Protocol):
         self, messages: list[dict[str, Any]], tools: list[Any] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> AsyncIterator[Any]: ...
+
+
+@runtime_checkable
+class PrefillingLLM(Protocol):
+    """An LLM that can evaluate a prompt ahead of the first turn (a local one with a prompt
+    cache); the engine checks for it instead of assuming every LLM has it."""
+
+    async def prefill(self, messages: list[Any], tools: list[Any] | None = None) -> bool: ...
 
 
 class AudioChunkLike(Protocol):
@@ -70,3 +91,31 @@ class PlayoutSink(Protocol):
     async def clear(self) -> float: ...
     def is_idle(self) -> bool: ...
     async def send_dtmf(self, digits: str) -> None: ...
+
+
+@runtime_checkable
+class UsageLike(Protocol):
+    """An LLM stream item of kind "usage": what a round cost."""
+
+    kind: str
+    provider: str
+    model: str
+    metric: str
+    quantity: float
+
+
+@runtime_checkable
+class ReportsToolEvents(Protocol):
+    """A tool executor that emits tool.* events itself (the service's): the engine must not
+    echo them, or consumers would see every tool call twice."""
+
+    reports_events: bool
+
+
+@runtime_checkable
+class EncodedPlayoutSink(Protocol):
+    """A sink that can take audio already in its carrier's codec (TTS μ-law for a μ-law leg)
+    and send those bytes as they are: no decode, resample or re-encode."""
+
+    def carries(self, fmt: AudioFormat) -> bool: ...
+    async def write_encoded(self, payload: bytes, fmt: AudioFormat) -> None: ...

@@ -14,12 +14,14 @@ with the answer, and the context still receives a result for every call it recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipelines import events as ev
 from pipelines.context import ChatContext, ToolCallRecord
-from pipelines.ports import LLMLike
+from pipelines.ports import LLMLike, PrefillingLLM, ReportsToolEvents, UsageLike
 from pipelines.sentences import SentenceSegmenter
 from pipelines.speech import SpeechHandle, SpeechPart
 from pipelines.speech_output import SpeechError, SpeechOutput, aclose_stream
@@ -29,6 +31,9 @@ ToolExecutor = Callable[[Any], Awaitable[Any]]
 # "We are open Monday to Friday, ..."): TTS starts a sentence's worth of tokens sooner.
 FIRST_CLAUSE_CHARS = 4
 Emit = Callable[..., None]  # emit(EventClass, **fields)
+PREFILL_GREETING_WAIT_S = 3.0  # the LLM prefill waits this long at most for the greeting's audio
+
+log = logging.getLogger(__name__)
 
 
 async def no_tools(call: Any) -> Any:
@@ -120,11 +125,10 @@ class ReplyGenerator:
                         await speak(sentence)
                 elif kind == "tool_call":
                     calls.append(item)
-                elif kind == "usage":
-                    self._emit(ev.SessionUsage, provider=str(getattr(item, "provider", "")),
-                               model=str(getattr(item, "model", "")), kind="llm",
-                               metric=str(getattr(item, "metric", "")),
-                               quantity=float(getattr(item, "quantity", 0.0)))
+                elif kind == "usage" and isinstance(item, UsageLike):
+                    self._emit(ev.SessionUsage, provider=str(item.provider),
+                               model=str(item.model), kind="llm", metric=str(item.metric),
+                               quantity=float(item.quantity))
                 if run.done():
                     break
         except asyncio.CancelledError:
@@ -139,6 +143,9 @@ class ReplyGenerator:
 
     async def _run_tools(self, speech: SpeechHandle, part: SpeechPart, text: str,
                          calls: list[Any]) -> None:
+        # An answer started before the turn ended runs no tool (they act on the world) until
+        # the turn is over; if it is thrown away instead, it is cancelled right here.
+        await speech.released()
         records = [
             ToolCallRecord(str(c.id), str(c.name), dict(getattr(c, "arguments", None) or {}))
             for c in calls
@@ -161,9 +168,8 @@ class ReplyGenerator:
         part.item = self._context.add_tool_exchange(text, records, results)
 
     async def _run_tool(self, call: Any, rec: ToolCallRecord, results: dict[str, Any]) -> None:
-        # An executor that reports tool.* events itself (the service's) must not be echoed,
-        # or consumers would see every tool call twice.
-        reports = bool(getattr(self._execute, "reports_events", False))
+        execute = self._execute
+        reports = isinstance(execute, ReportsToolEvents) and bool(execute.reports_events)
 
         def emit(event_type: type[ev.Event], **fields: Any) -> None:
             if not reports:
@@ -193,3 +199,24 @@ class ReplyGenerator:
         results[rec.id] = result
         emit(ev.ToolCompleted, call_id=rec.id, name=rec.name, result=result,
                    latency_ms=latency())
+
+
+async def prefill(llm: PrefillingLLM, messages: list[dict[str, Any]], tools: list[Any] | None,
+                  greeting: str, greeting_audible: asyncio.Event) -> None:
+    """Let an LLM that offers `prefill` (a local one with a prompt cache) evaluate the system
+    prompt and greeting while the greeting plays and the caller has not spoken yet, so the
+    first answer starts as fast as later ones. Only an optimisation: errors are logged, never
+    reported as call errors."""
+    if greeting:
+        # As the greeting will have been recorded by the time the caller's turn is answered.
+        messages.append({"role": "assistant", "content": greeting})
+        # Not before the greeting is audible: on a small machine the prefill competes for
+        # the CPU with the greeting's synthesis, and the greeting plays for seconds anyway.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(greeting_audible.wait(), PREFILL_GREETING_WAIT_S)
+    try:
+        await llm.prefill(messages, tools)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("LLM prefill failed: %r", exc)

@@ -6,7 +6,10 @@ embed them in an agent's config and validate them when the agent is saved.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class _Strict(BaseModel):
@@ -25,12 +28,27 @@ class VadSettings(_Strict):
 class TurnSettings(_Strict):
     # "smart_turn": audio end-of-turn model; "vad": end the turn at VAD stop.
     detector: str = Field("smart_turn", pattern="^(smart_turn|vad)$")
+    # P(turn complete) at or above this ends the turn at once.
     threshold: float = Field(0.5, gt=0, lt=1)
-    max_wait_ms: int = Field(3000, ge=0, le=20000)
-    # While "incomplete", re-run the model every this many ms of continued silence.
-    recheck_ms: int = Field(500, ge=50, le=5000)
+    # Below the threshold the silence to wait (from the end of speech, VAD stop included) grows
+    # from min_wait_ms (P just under the threshold) to max_wait_ms (P = 0, or a transcript that
+    # ends mid-thought: "and", "um", a number or a spelling still going on).
+    min_wait_ms: int = Field(300, ge=0, le=20000)
+    max_wait_ms: int = Field(1200, ge=0, le=20000)
+    # While waiting, re-run the model every this many ms of continued silence.
+    recheck_ms: int = Field(400, ge=50, le=5000)
     # How long to wait for the STT's final transcript after the end-of-turn decision.
     stt_final_timeout_ms: int = Field(1500, ge=50, le=10000)
+    # Start the answer (LLM, and TTS of its first sentence) on the transcript as soon as the
+    # caller pauses; it plays only once the turn is over, and is thrown away if the caller goes
+    # on or the final transcript differs.
+    preemptive_generation: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TurnSettings:
+        if self.min_wait_ms > self.max_wait_ms:
+            raise ValueError("min_wait_ms must not exceed max_wait_ms")
+        return self
 
 
 class InterruptionSettings(_Strict):
@@ -54,9 +72,41 @@ class IdleSettings(_Strict):
     goodbye: str = "It seems you've stepped away. Goodbye!"
 
 
+SemanticVadPreset = Literal["low", "medium", "high", "auto"]
+
+
+class SemanticVad(_Strict):
+    """A preset plus overrides: `{"eagerness": "high", "min_interruption_duration_ms": 200}`.
+    The knobs are those of `pipelines.turn.presets.KNOBS`."""
+
+    eagerness: SemanticVadPreset = "medium"
+    vad_stop_ms: int | None = Field(None, ge=20, le=5000)
+    end_of_turn_threshold: float | None = Field(None, gt=0, lt=1)
+    min_turn_delay_ms: int | None = Field(None, ge=0, le=20000)
+    max_turn_delay_ms: int | None = Field(None, ge=0, le=20000)
+    min_interruption_duration_ms: int | None = Field(None, ge=0, le=5000)
+    min_interruption_words: int | None = Field(None, ge=0, le=20)
+    false_interruption_timeout_ms: int | None = Field(None, ge=100, le=10000)
+
+
 class ConversationSettings(_Strict):
     """Everything the per-call state machine needs besides providers and prompt."""
 
+    # Turn-taking presets named as Plivo AgentStack names them (pipelines/turn/presets.py):
+    # they set the vad/turn/interruption knobs below that the same config does not set itself.
+    semantic_vad: SemanticVadPreset | SemanticVad | None = None
+
+    @field_validator("semantic_vad", mode="before")
+    @classmethod
+    def _known_preset(cls, v: Any) -> Any:
+        # One clear error naming the field rather than one per member of the union.
+        if isinstance(v, str) and v not in ("low", "medium", "high", "auto"):
+            raise PydanticCustomError(
+                "semantic_vad", "unknown preset '{value}' (expected low, medium, high or auto)",
+                {"value": v})
+        if isinstance(v, dict):
+            return SemanticVad.model_validate(v)
+        return v
     vad: VadSettings = VadSettings()
     turn: TurnSettings = TurnSettings()
     interruption: InterruptionSettings = InterruptionSettings()
@@ -79,3 +129,11 @@ class ConversationSettings(_Strict):
     tool_timeout_s: float = Field(30.0, gt=0, le=600)
     # Keypad digits are collected until this gap (or '#') and then answered as one turn.
     dtmf_inter_digit_ms: int = Field(1500, ge=0, le=10000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_semantic_vad(cls, data: Any) -> Any:
+        # Imported here: the presets module builds on the settings classes above.
+        from pipelines.turn.presets import apply_preset
+
+        return apply_preset(data)

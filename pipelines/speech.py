@@ -42,6 +42,10 @@ class TurnTiming:
     llm_request_at: float | None = None
     llm_first_at: float | None = None
     first_sentence_at: float | None = None
+    # The answer was started before the turn ended (preemptive generation); `released_at` is
+    # when the end of the turn let it play.
+    preemptive: bool = False
+    released_at: float | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -94,6 +98,13 @@ class SpeechHandle:
         # Watchdog bookkeeping: waiting on a tool is not a stall; the clock restarts after it.
         self.in_tools = False
         self.watch_from = 0.0
+        # An answer generated ahead of the end of the turn: it neither plays nor runs tools
+        # until released (None: not held back).
+        self.release: asyncio.Event | None = None
+
+    async def released(self) -> None:
+        if self.release is not None:
+            await self.release.wait()
 
     @property
     def text(self) -> str:
@@ -164,7 +175,14 @@ def turn_metrics(turn: TurnTiming, out: SpeechOutput | None) -> dict[str, Any]:
     stt_wait = _ms(turn.eou_at, turn.final_at)
     llm_wait = _ms(turn.llm_request_at, turn.first_sentence_at)
     server_added = None
-    if first_audio is not None and stt_wait is not None and llm_wait is not None \
+    if turn.preemptive:
+        # The providers worked while the caller was still (maybe) talking: only what they
+        # still owed once the turn ended is theirs; the rest is the turn-taking wait and ours.
+        if first_audio is not None and out is not None and out.tts_first_chunk_at is not None \
+                and turn.released_at is not None:
+            owed = max(0.0, (out.tts_first_chunk_at - turn.released_at) * 1000.0)
+            server_added = round(first_audio - owed, 1)
+    elif first_audio is not None and stt_wait is not None and llm_wait is not None \
             and tts_ttfb is not None:
         server_added = round(first_audio - stt_wait - llm_wait - tts_ttfb, 1)
     return {
@@ -175,6 +193,14 @@ def turn_metrics(turn: TurnTiming, out: SpeechOutput | None) -> dict[str, Any]:
         "first_audio_out_ms": first_audio,
         "played_ack_ms": _ms(base, out.first_played_at) if out else None,
         "server_added_ms": server_added,
+        "preemptive": turn.preemptive,
+        # When each stage began and ended, from the end of the caller's speech (a preemptive
+        # answer's LLM request comes before the end of the turn): enough to draw the turn.
+        "stt_final_at_ms": _ms(base, turn.final_at),
+        "llm_request_at_ms": _ms(base, turn.llm_request_at),
+        "llm_first_token_at_ms": _ms(base, turn.llm_first_at),
+        "tts_request_at_ms": _ms(base, out.tts_request_at) if out else None,
+        "tts_first_byte_at_ms": _ms(base, out.tts_first_chunk_at) if out else None,
     }
 
 

@@ -8,14 +8,18 @@ confirms it was heard.
 - Latency: the next sentence is synthesised while the current one is being written
   (`lookahead` segments ahead), so TTS time-to-first-byte does not open gaps between sentences.
 - Hold: before every 20 ms write (and before ending a segment) the writer waits on `gate`.
-  Closing the gate stops new audio reaching the sink; the writer also stays at most
-  `max_ahead_ms` ahead of real-time playout, even if the sink would buffer more locally.
+  Closing the gate stops new audio reaching the sink. Pacing is the sink's alone: its `write`
+  pushes back once it holds its small budget of unplayed audio (one clock, the sink's), so
+  what a hold or a clear leaves playing is bounded by that budget.
 - Cut and resume (barge-in): a transport cannot pause, so to make a hold audible at once the
   conversation `cut`s: the sink is cleared and each unfinished segment remembers where the caller
   stopped hearing it. A false interruption then `resume`s: from just before that position the
   audio is written again (into a new sink segment, since a cleared one is gone), with a short
   fade-in, and the writer carries on. For that every segment keeps the audio it wrote but which
-  may not have been heard yet: its last `max_ahead_ms` + 1 s, dropped once it has played.
+  may not have been heard yet: its last `KEEP_FOR_RESUME_MS`, dropped once it has played.
+- Codec pass-through: TTS audio already in the sink's carrier codec (μ-law 8 kHz for a μ-law
+  phone leg, from an `EncodedPlayoutSink`) is written as the vendor's bytes (a uint8 array
+  here), never decoded and re-encoded; a resume decodes what it re-sends, for the fade-in.
 - Heard text: a segment acknowledged as played was heard in full; of a segment cut short, the
   share `heard_ms / duration` of its text (cut back to a word boundary). That is what the
   assistant's context message is truncated to.
@@ -38,7 +42,8 @@ import numpy as np
 
 from pipelines.audio.frames import as_int16
 from pipelines.audio.g711 import ulaw_decode
-from pipelines.ports import PlayoutSink, TTSLike
+from pipelines.audio.inbox import AudioFormat
+from pipelines.ports import AudioChunkLike, EncodedPlayoutSink, PlayoutSink, TTSLike
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +56,9 @@ _PLAYED_SLACK_S = 3.0  # extra wait for the last playout ack beyond the audio st
 # rather than risk dropping a syllable, and fades in over the first few ms to avoid a click.
 RESUME_REWIND_MS = 40.0
 RESUME_FADE_MS = 10.0
-_KEEP_MARGIN_MS = 1000.0  # audio kept for a resume beyond what the writer may run ahead
-_KEEP_UNPACED_MS = 5000.0  # ... and what it keeps when pacing is left to the sink
+# Audio kept per unplayed segment for a resume: well beyond what a pacing sink holds unplayed
+# (the Plivo playout: max_ahead_ms at the far end plus a few frames locally).
+KEEP_FOR_RESUME_MS = 2000.0
 _FULL_EPS_MS = 1.0  # heard up to here: heard in full (the sink rounds to whole frames)
 
 
@@ -126,8 +132,8 @@ class _Pending:
 
 class SpeechOutput:
     """One speech's playout. `lookahead`: segments synthesised ahead of the one being written;
-    `max_sentences` (0 = unbounded) / `max_chunks`: queue bounds; `max_ahead_ms`: how far the
-    writer may run ahead of real-time playout (None: rely on the sink's backpressure)."""
+    `max_sentences` (0 = unbounded) / `max_chunks`: queue bounds. The sink paces (see the
+    module docstring)."""
 
     def __init__(
         self,
@@ -143,7 +149,6 @@ class SpeechOutput:
         lookahead: int = 1,
         max_sentences: int = 64,
         max_chunks: int = 64,
-        max_ahead_ms: float | None = 250.0,
     ) -> None:
         self._sink = sink
         self._tts = tts
@@ -156,10 +161,6 @@ class SpeechOutput:
         self._max_chunks = max_chunks
         self._sentences: asyncio.Queue[Segment | None] = asyncio.Queue(max_sentences)
         self._ready: asyncio.Queue[_Pending | None] = asyncio.Queue(max(1, lookahead))
-        self._max_ahead_ms = max_ahead_ms
-        self._keep_ms = (max_ahead_ms if max_ahead_ms is not None else _KEEP_UNPACED_MS) \
-            + _KEEP_MARGIN_MS
-        self._play_head = 0.0  # loop time at which everything written so far has played
         self._played_tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._frozen = False
@@ -225,7 +226,6 @@ class SpeechOutput:
                     await self._sink.clear()
             finally:
                 self._silent = True
-                self._play_head = asyncio.get_running_loop().time()  # nothing queued now
                 for seg in live:
                     heard = seg.base_ms + self._sink.played_ms(seg.sink_id)
                     seg.base_ms = min(heard, seg.written_ms)
@@ -253,10 +253,11 @@ class SpeechOutput:
                     seg.base_ms = start
                     await self._sink.start_segment(seg.sink_id)
                     for samples, rate in pieces:
+                        if samples.dtype == np.uint8:
+                            samples = ulaw_decode(samples)  # re-sent as PCM, faded in
                         if fade:
                             samples, fade = _fade_in(samples, rate), False
                         self._silent = False
-                        self._advance_play_head(len(samples) * 1000.0 / rate)
                         await self._sink.write(samples, rate)
                         if self._stop_resend:
                             return  # the next cut finds this segment live and measures it
@@ -392,7 +393,7 @@ class SpeechOutput:
                 async for chunk in stream:
                     if self.tts_first_chunk_at is None:
                         self.tts_first_chunk_at = loop.time()
-                    samples, rate = _decode(chunk)
+                    samples, rate = self._samples(chunk)
                     seg.audio_ms += len(samples) * 1000.0 / rate
                     await pending.chunks.put((samples, rate))
             except asyncio.CancelledError:
@@ -416,8 +417,6 @@ class SpeechOutput:
             step = max(1, rate // 50)  # 20 ms at the chunk's own rate
             for off in range(0, len(samples), step):
                 await self._gate.wait()
-                if self._max_ahead_ms is not None:
-                    await self._pace(self._max_ahead_ms)
                 if not seg.started and self.first_audio_at is None \
                         and self._before_first_audio is not None:
                     await self._before_first_audio()
@@ -432,12 +431,27 @@ class SpeechOutput:
                         self.first_audio_at = loop.time()
                     self._on_started(seg)
                 self._note_written(seg, piece, rate)
-                await self._sink.write(piece, rate)
+                if piece.dtype == np.uint8:
+                    assert isinstance(self._sink, EncodedPlayoutSink)
+                    await self._sink.write_encoded(piece.tobytes(), AudioFormat(rate, "mulaw"))
+                else:
+                    await self._sink.write(piece, rate)
         if seg.started:
             await self._gate.wait()  # a resume may be writing this segment again
             await self._sink.end_segment()
             seg.ended = True
             self._track(seg)
+
+    def _samples(self, chunk: AudioChunkLike) -> tuple[np.ndarray, int]:
+        """A TTS chunk as what the sink is written: μ-law bytes (uint8) when the sink carries
+        that codec at that rate as it is, else int16 PCM."""
+        rate = int(chunk.sample_rate)
+        if chunk.encoding == "mulaw":
+            sink = self._sink
+            if isinstance(sink, EncodedPlayoutSink) and sink.carries(AudioFormat(rate, "mulaw")):
+                return np.asarray(chunk.samples, dtype=np.uint8).reshape(-1), rate
+            return ulaw_decode(chunk.samples), rate
+        return as_int16(chunk.samples), rate
 
     def _note_written(self, seg: Segment, piece: np.ndarray, rate: int) -> None:
         """Account for a piece about to be written, and keep it for a resume (bounded)."""
@@ -446,27 +460,13 @@ class SpeechOutput:
         seg.written_ms += piece_ms
         kept = seg.kept
         while kept and seg.written_ms - kept[0][0] - len(kept[0][1]) * 1000.0 / kept[0][2] \
-                > self._keep_ms:
+                > KEEP_FOR_RESUME_MS:
             kept.popleft()
         self._silent = False
-        self._advance_play_head(piece_ms)
-
-    def _advance_play_head(self, ms: float) -> None:
-        self._play_head = max(self._play_head, asyncio.get_running_loop().time()) + ms / 1000.0
 
     def _track(self, seg: Segment) -> None:
         self._played_tasks.append(asyncio.create_task(
             self._track_played(seg, seg.sink_id), name=f"played-{seg.sink_id}"))
-
-    async def _pace(self, limit_ms: float) -> None:
-        """Stay at most `limit_ms` ahead of real-time playout, whatever the sink buffers on
-        its own: closing the gate must silence the agent within that much audio. A local play
-        head (like the transport's feeder) rather than the sink's played position, so pacing
-        never depends on how promptly a sink reports progress."""
-        loop = asyncio.get_running_loop()
-        ahead_ms = (self._play_head - loop.time()) * 1000.0
-        if ahead_ms > limit_ms:
-            await asyncio.sleep((ahead_ms - limit_ms) / 1000.0)
 
     async def _track_played(self, seg: Segment, sink_id: str) -> None:
         await self._sink.wait_played(sink_id)
@@ -510,10 +510,6 @@ def _fade_in(samples: np.ndarray, rate: int) -> np.ndarray:
     return out
 
 
-def _decode(chunk: Any) -> tuple[np.ndarray, int]:
-    if getattr(chunk, "encoding", "pcm16") == "mulaw":
-        return ulaw_decode(chunk.samples), int(chunk.sample_rate)
-    return as_int16(chunk.samples), int(chunk.sample_rate)
 
 
 async def aclose_stream(stream: AsyncIterator[Any]) -> None:

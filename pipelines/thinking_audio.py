@@ -4,8 +4,7 @@ A quiet pulse (a short 440 Hz blip with a smooth envelope, then silence) loops i
 sink as its own segment. It only starts after `delay_s`, so quick answers never hear it, and it is
 stopped and cleared from the sink right before the answer's first audio.
 
-It paces itself to real time (≤ `max_ahead_ms` ahead), so it is safe even with a sink that does
-not apply backpressure on `write`.
+The sink paces it: `write` pushes back once the sink holds its budget of unplayed audio.
 """
 
 from __future__ import annotations
@@ -39,11 +38,9 @@ def thinking_clip() -> np.ndarray:
 
 
 class ThinkingAudio:
-    def __init__(self, sink: PlayoutSink, *, delay_s: float = 0.6, max_ahead_ms: float = 200.0
-                 ) -> None:
+    def __init__(self, sink: PlayoutSink, *, delay_s: float = 0.6) -> None:
         self._sink = sink
         self._delay_s = delay_s
-        self._max_ahead_ms = max_ahead_ms
         self._task: asyncio.Task[None] | None = None
         self._playing = False
 
@@ -71,18 +68,9 @@ class ThinkingAudio:
 
     async def _run(self) -> None:
         await asyncio.sleep(self._delay_s)
-        loop = asyncio.get_running_loop()
         source = LoopingSource(thinking_clip(), volume=1.0)
         await self._sink.start_segment(f"thinking-{next(_ids)}")
         self._playing = True
-        t0 = loop.time()
-        written_ms = 0.0
-        frame_ms = 1000.0 * FRAME_SAMPLES / SAMPLE_RATE
         while True:
             await self._sink.write(source.read(FRAME_SAMPLES), SAMPLE_RATE)
-            written_ms += frame_ms
-            ahead = written_ms - (loop.time() - t0) * 1000.0
-            if ahead > self._max_ahead_ms:
-                await asyncio.sleep((ahead - self._max_ahead_ms) / 1000.0)
-            else:
-                await asyncio.sleep(0)  # yield even when the sink never blocks
+            await asyncio.sleep(0)  # yield even while the sink has room

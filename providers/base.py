@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-Kind = Literal["stt", "llm", "tts"]
+# "s2s": a speech-to-speech model that replaces the whole STT → LLM → TTS chain.
+Kind = Literal["stt", "llm", "tts", "s2s"]
 
 
 # ---------------------------------------------------------------------------------------------

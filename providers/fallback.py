@@ -34,10 +34,13 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from pipelines.audio.inbox import AudioFormat
+from pipelines.engine.caller_audio import ENGINE_FORMAT, open_stt, stt_format
+from pipelines.ports import FormatChoosingSTT
 from providers.base import (
     AudioChunk,
     Kind,
@@ -342,9 +345,27 @@ class FallbackSTT(_Wrapper):
         self.replay_max_s = replay_max_s
 
     async def open(self, sample_rate: int, language: str) -> FallbackSTTStream:
-        stream = FallbackSTTStream(self._chain, sample_rate, language, self.replay_max_s)
+        return await self.open_as(AudioFormat(sample_rate, "pcm16"), language)
+
+    def input_format(self, carrier: AudioFormat) -> AudioFormat:
+        """`FormatChoosingSTT`: a format every provider of the chain takes, so a switch can
+        replay the same audio: the one they all ask for; else PCM at the call's rate when they
+        all choose (each takes that); else 16 kHz PCM."""
+        wanted = {stt_format(x.provider, carrier) for x in self._chain.links}
+        if len(wanted) == 1:
+            return wanted.pop()
+        if all(isinstance(x.provider, FormatChoosingSTT) for x in self._chain.links):
+            return AudioFormat(carrier.sample_rate, "pcm16")
+        return ENGINE_FORMAT
+
+    async def open_as(self, fmt: AudioFormat, language: str) -> FallbackSTTStream:
+        stream = FallbackSTTStream(self._chain, fmt, language, self.replay_max_s)
         await stream._start()
         return stream
+
+
+async def _open_stt(provider: Any, fmt: AudioFormat, language: str) -> STTStream:
+    return cast(STTStream, await open_stt(provider, fmt, language))
 
 
 class _Replay:
@@ -378,9 +399,10 @@ class _Replay:
 
 
 class FallbackSTTStream(STTStream):
-    def __init__(self, chain: _Chain, sample_rate: int, language: str, replay_max_s: float) -> None:
+    def __init__(self, chain: _Chain, fmt: AudioFormat, language: str,
+                 replay_max_s: float) -> None:
         self._chain = chain
-        self._sample_rate = sample_rate
+        self._format = fmt
         self._language = language
         self._order = chain.order()
         self._index = -1
@@ -388,7 +410,7 @@ class FallbackSTTStream(STTStream):
         self._pump: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._out: asyncio.Queue[Transcript | BaseException | None] = asyncio.Queue()
-        self._replay = _Replay(int(replay_max_s * sample_rate))
+        self._replay = _Replay(int(replay_max_s * fmt.sample_rate))
         self._awaiting_final = False
         self._switching = asyncio.Lock()
         self._error: BaseException | None = None
@@ -418,9 +440,9 @@ class FallbackSTTStream(STTStream):
             try:
                 if nxt is not None:
                     async with asyncio.timeout(link.timeout_s):
-                        inner = await link.provider.open(self._sample_rate, self._language)
+                        inner = await _open_stt(link.provider, self._format, self._language)
                 else:
-                    inner = await link.provider.open(self._sample_rate, self._language)
+                    inner = await _open_stt(link.provider, self._format, self._language)
                 for frame in list(self._replay.pending):
                     await inner.push(frame)
                 if self._awaiting_final:

@@ -172,7 +172,7 @@ async def resolve_api_key(
     return value
 
 
-class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
     """Formats the record itself and strips known secrets before handing it on."""
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:

@@ -25,9 +25,9 @@ ENTRY_POINT_GROUP = "phonebooth.providers"
 
 # (kind, name) -> "module:Class"
 BUILTINS: dict[tuple[str, str], str] = {
-    ("stt", "pocketsphinx"): "providers.stt.pocketsphinx:PocketsphinxSTT",
     ("stt", "deepgram"): "providers.stt.deepgram:DeepgramSTT",
     ("stt", "openai"): "providers.stt.openai:OpenAISTT",
+    ("stt", "whisper"): "providers.stt.whisper:WhisperSTT",
     ("llm", "llama_cpp"): "providers.llm.llama_cpp:LlamaCppLLM",
     ("llm", "openai"): "providers.llm.openai:OpenAILLM",
     ("llm", "anthropic"): "providers.llm.anthropic:AnthropicLLM",
@@ -36,6 +36,9 @@ BUILTINS: dict[tuple[str, str], str] = {
     ("tts", "cartesia"): "providers.tts.cartesia:CartesiaTTS",
     ("tts", "openai"): "providers.tts.openai:OpenAITTS",
     ("tts", "deepgram"): "providers.tts.deepgram:DeepgramTTS",
+    ("s2s", "openai_realtime"): "providers.s2s.openai_realtime:OpenAIRealtime",
+    ("s2s", "azure_openai"): "providers.s2s.openai_realtime:AzureOpenAIRealtime",
+    ("s2s", "gemini_live"): "providers.s2s.gemini_live:GeminiLive",
 }
 
 _extra: dict[tuple[str, str], type[Provider]] = {}

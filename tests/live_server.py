@@ -55,15 +55,16 @@ def with_public_url(settings: Settings, url: str) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def run_live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+async def run_live_server(settings: Settings,
+                          public_host: str | None = None) -> AsyncIterator[LiveServer]:
     """Start the app (lifespan included) on 127.0.0.1:<free port>; `server.public_url` is set
-    to the real address so signed webhook URLs match. On exit it drains (AppState.drain) and
-    stops like `phonebooth serve` does on SIGTERM."""
+    to the real address (or http://<public_host>:<port>) so signed webhook URLs match. On exit
+    it drains (AppState.drain) and stops like `phonebooth serve` does on SIGTERM."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()[:2]
-    app = create_app(with_public_url(settings, f"http://{host}:{port}"))
+    app = create_app(with_public_url(settings, f"http://{public_host or host}:{port}"))
     base = make_server(app, settings, host, port)
     server = _InProcessServer(base.config, app)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="live-server")

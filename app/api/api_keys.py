@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from app.api.deps import DbSession
-from app.api.problems import not_found
+from app.api.problems import not_found, problems
 from app.api.schemas import ApiKeyCreated, ApiKeyIn, ApiKeyList, ApiKeyOut
 from app.db.repos import api_keys as api_keys_repo
 
@@ -25,7 +25,7 @@ async def list_keys(s: DbSession) -> ApiKeyList:
     return ApiKeyList(items=[ApiKeyOut.model_validate(r) for r in await api_keys_repo.list_keys(s)])
 
 
-@router.get("/{key_id}", response_model=ApiKeyOut)
+@router.get("/{key_id}", response_model=ApiKeyOut, responses=problems(404))
 async def get_key(key_id: str, s: DbSession) -> ApiKeyOut:
     row = await api_keys_repo.get(s, key_id)
     if row is None:
@@ -33,7 +33,7 @@ async def get_key(key_id: str, s: DbSession) -> ApiKeyOut:
     return ApiKeyOut.model_validate(row)
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
 async def revoke_key(key_id: str, s: DbSession) -> Response:
     """Revoke a key: it stops working immediately and stays listed with `revoked_at`."""
     if await api_keys_repo.revoke(s, key_id) is None:

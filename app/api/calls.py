@@ -16,7 +16,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import State
-from app.api.problems import ApiProblem, unprocessable
+from app.api.problems import ApiProblem, problem_doc, problems, unprocessable
 from app.calls.voicemail import DETECT_KEY
 from app.db.models import new_id
 from app.db.repos import agents as agents_repo
@@ -65,7 +65,14 @@ def _plivo_number(n: str) -> str:
     return n if n.lower().startswith(("sip:", "sips:")) else re.sub(r"^\+", "", n)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=OutboundCallOut)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=OutboundCallOut,
+    responses={**problems(502), 503: {
+        **problem_doc(503, "Outbound calling is not configured, or no call slot is free"),
+        "headers": {"Retry-After": {"description": "Seconds to wait (when at capacity)",
+                                    "schema": {"type": "integer"}}},
+    }},
+)
 async def make_call(body: OutboundCallIn, state: State) -> OutboundCallOut:
     """Dial `to` from `from`; the agent talks once the callee answers."""
     edge = get_edge(state)
@@ -82,7 +89,7 @@ async def make_call(body: OutboundCallIn, state: State) -> OutboundCallOut:
     if body.voicemail.detect:
         # Read back by the call host (app.calls.voicemail) when the callee answers.
         metadata[DETECT_KEY] = body.voicemail.model_dump()
-    if state.draining or not edge.admission.try_admit(
+    if state.draining or not await edge.admission.admit(
             session_id, ttl_s=body.ring_timeout_s + _ANSWER_SLACK_S):
         raise ApiProblem(503, "at capacity: no call slot free (limits.max_concurrent_calls)",
                          headers={"Retry-After": "5"})

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response, status
 
 from app.api.deps import DbSession, State
-from app.api.problems import not_found
+from app.api.problems import not_found, problems
 from app.api.schemas import CREDENTIAL_NAME_PATTERN, CredentialIn, CredentialList, CredentialOut
 from app.db.repos import credentials as credentials_repo
 from app.logging_setup import register_secret
@@ -21,7 +21,10 @@ router = APIRouter(prefix="/credentials", tags=["credentials"])
 Name = Annotated[str, Path(pattern=CREDENTIAL_NAME_PATTERN)]
 
 
-@router.put("/{name}", response_model=CredentialOut)
+@router.put(
+    "/{name}", response_model=CredentialOut,
+    responses={201: {"model": CredentialOut, "description": "Created"}, **problems(409)},
+)
 async def put_credential(
     name: Name, body: CredentialIn, state: State, s: DbSession, response: Response
 ) -> CredentialOut:
@@ -40,7 +43,7 @@ async def list_credentials(s: DbSession) -> CredentialList:
     return CredentialList(items=[CredentialOut.model_validate(r) for r in rows])
 
 
-@router.get("/{name}", response_model=CredentialOut)
+@router.get("/{name}", response_model=CredentialOut, responses=problems(404))
 async def get_credential(name: Name, s: DbSession) -> CredentialOut:
     """Metadata only; the value is never returned."""
     row = await credentials_repo.get(s, name)
@@ -49,7 +52,7 @@ async def get_credential(name: Name, s: DbSession) -> CredentialOut:
     return CredentialOut.model_validate(row)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(404))
 async def delete_credential(name: Name, s: DbSession) -> Response:
     if not await credentials_repo.delete(s, name):
         raise not_found("credential", name)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.state import AppState
+# State lives beside AppState so the carrier's callbacks can use it without importing the API.
+from app.state import State, app_state
 
-
-def app_state(request: Request) -> AppState:
-    return request.app.state.pb  # type: ignore[no-any-return]
+__all__ = ["DbSession", "State", "app_state", "db_session"]
 
 
 async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -22,5 +21,6 @@ async def db_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield s
 
 
-State = Annotated[AppState, Depends(app_state)]
 DbSession = Annotated[AsyncSession, Depends(db_session)]
+# Bounded so the database never sees an integer it cannot store (a 500 otherwise).
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Items to skip")]

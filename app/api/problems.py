@@ -22,6 +22,61 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 _LOCATIONS = ("body", "query", "path", "header", "cookie")
 
+# The JSON Schema of every document `problem_response` writes (published in OpenAPI as
+# `Problem`): optional members are left out rather than sent as null.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details.",
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "description": "A URI naming the problem type"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string", "description": "The request path"},
+        "request_id": {"type": "string", "description": "Also in the X-Request-ID header"},
+        "errors": {
+            "type": "array",
+            "description": "Each failing field, as a dotted path into the request",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["field", "message"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["type", "title", "status", "instance"],
+    "additionalProperties": False,
+}
+PROBLEM_REF = "#/components/schemas/Problem"
+
+_WHEN: dict[int, str] = {
+    400: "Malformed request",
+    401: "Missing, invalid or revoked API key",
+    404: "Not found",
+    409: "Conflicts with the current state, or with a concurrent change (retry)",
+    413: "Too large",
+    422: "Invalid request; `errors` names each failing field",
+    500: "Internal error (the log line carries the request id)",
+    502: "The telephony provider refused or failed the action",
+    503: "Unavailable; retry later",
+}
+
+
+def problem_doc(status: int, description: str | None = None) -> dict[str, Any]:
+    """The OpenAPI response object of a problem document."""
+    return {
+        "description": description or _WHEN.get(status) or HTTPStatus(status).phrase,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}},
+    }
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the problem statuses it raises itself (401, 422 and 500 are
+    added to every operation where they apply by `app.api.openapi`)."""
+    return {s: problem_doc(s) for s in statuses}
+
 
 class ApiProblem(Exception):
     """Raise from a route to answer with a problem document."""

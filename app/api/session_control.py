@@ -1,9 +1,11 @@
-"""Live control of a call this replica hosts: `POST /v1/sessions/{id}/say|hangup|transfer|inject`.
+"""Live control of a call: `POST /v1/sessions/{id}/say|hangup|transfer|inject`.
 
 The call is looked up in the process's live-call registry (`app.calls.registry.live_calls`:
 the call host at `state.calls`, or its `.live` LiveCalls), which yields a `CallControl`. Not
-there: 404 "session not live on this replica" if the session is still live elsewhere, 404 "not
-found" if it never existed, 409 if it has ended. All actions answer 202: `say` is queued
+there: if the bus (app.bus, `bus.url`) names another live process hosting it, the request is
+sent there and its answer returned (503/504 if that process cannot be reached in time).
+Otherwise 404 "session not live on this replica" if the session is still live elsewhere, 404
+"not found" if it never existed, 409 if it has ended. All actions answer 202: `say` is queued
 (progress shows up as agent.speech_* events), the others are done by then.
 """
 
@@ -11,24 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.deps import State
-from app.api.problems import ApiProblem, not_found, unprocessable
+from app.api.problems import ApiProblem, not_found, problems, unprocessable
+from app.bus.control import ControlRefused, RemoteCall, remote_owner
 from app.calls.registry import live_calls
 from app.calls.transfer import normalize_target
 from app.db.repos import sessions as sessions_repo
 from app.state import AppState
-from app.tools.control import CallControl
+from app.tools.control import TransferMode
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
 _TASKS_KEY = "app.api.session_control.tasks"
+# Not live (404), ended (409), refused by the call (422) or by the telephony provider (502).
+_ACTION_PROBLEMS = problems(404, 409, 502)
 
 
 class SayIn(BaseModel):
@@ -65,11 +70,24 @@ class Accepted(BaseModel):
     status: Literal["accepted"] = "accepted"
 
 
-async def _live_call(state: AppState, session_id: str) -> CallControl:
+class LiveControl(Protocol):
+    """What these endpoints do to a call, hosted here (`CallControl`) or elsewhere."""
+
+    async def say(self, text: str, *, interruptible: bool = True) -> None: ...
+    async def hangup(self, reason: str) -> None: ...
+    async def transfer(self, target: str, mode: TransferMode = "cold",
+                       brief: str = "") -> None: ...
+    async def inject(self, text: str) -> None: ...
+
+
+async def _live_call(state: AppState, session_id: str) -> LiveControl:
     registry = live_calls(state)
     control = registry.get(session_id) if registry is not None else None
     if control is not None and not control.ended:
         return control
+    remote = await remote_owner(state, session_id)
+    if remote is not None:
+        return remote
     async with state.db.sessionmaker() as s:
         row = await sessions_repo.get(s, session_id)
     if row is None:
@@ -97,6 +115,8 @@ async def _act(what: str, session_id: str, action: Any) -> None:
         await action
     except ApiProblem:
         raise
+    except ControlRefused as exc:
+        raise ApiProblem(exc.status, exc.detail) from None
     except ValueError as exc:
         raise unprocessable([{"field": "body", "message": str(exc)}]) from None
     except Exception as exc:
@@ -104,17 +124,22 @@ async def _act(what: str, session_id: str, action: Any) -> None:
         raise ApiProblem(502, f"{what} failed: {type(exc).__name__}") from None
 
 
-@router.post("/{session_id}/say", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+@router.post("/{session_id}/say", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             responses=problems(404, 409))
 async def say(session_id: str, body: SayIn, state: State) -> Accepted:
     """Speak text to the caller now (queued behind anything the agent is saying)."""
     control = await _live_call(state, session_id)
-    _background(state, control.say(body.text, interruptible=body.interruptible),
-                f"say on session {session_id}")
+    if isinstance(control, RemoteCall):
+        # The owner queues it and answers at once; its refusal (e.g. 409) is this answer.
+        await _act("say", session_id, control.say(body.text, interruptible=body.interruptible))
+    else:
+        _background(state, control.say(body.text, interruptible=body.interruptible),
+                    f"say on session {session_id}")
     return Accepted(session_id=session_id, action="say")
 
 
 @router.post("/{session_id}/hangup", status_code=status.HTTP_202_ACCEPTED,
-             response_model=Accepted)
+             response_model=Accepted, responses=_ACTION_PROBLEMS)
 async def hangup(session_id: str, state: State, body: HangupIn | None = None) -> Accepted:
     control = await _live_call(state, session_id)
     await _act("hangup", session_id, control.hangup((body or HangupIn()).reason))
@@ -122,7 +147,7 @@ async def hangup(session_id: str, state: State, body: HangupIn | None = None) ->
 
 
 @router.post("/{session_id}/transfer", status_code=status.HTTP_202_ACCEPTED,
-             response_model=Accepted)
+             response_model=Accepted, responses=_ACTION_PROBLEMS)
 async def transfer(session_id: str, body: TransferIn, state: State) -> Accepted:
     """Transfer the caller to a number or SIP URI (`warm`: `brief` is spoken to the target)."""
     control = await _live_call(state, session_id)
@@ -131,7 +156,7 @@ async def transfer(session_id: str, body: TransferIn, state: State) -> Accepted:
 
 
 @router.post("/{session_id}/inject", status_code=status.HTTP_202_ACCEPTED,
-             response_model=Accepted)
+             response_model=Accepted, responses=_ACTION_PROBLEMS)
 async def inject(session_id: str, body: InjectIn, state: State) -> Accepted:
     """Add context the LLM sees on its next turn (not spoken)."""
     control = await _live_call(state, session_id)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import DbSession
-from app.api.problems import not_found, unprocessable
+from app.api.problems import not_found, problems, unprocessable
 from app.api.schemas import (
     SessionDetail,
     SessionOut,
@@ -47,7 +47,7 @@ async def list_sessions(
     )
 
 
-@router.get("/{session_id}", response_model=SessionDetail)
+@router.get("/{session_id}", response_model=SessionDetail, responses=problems(404))
 async def get_session(session_id: str, s: DbSession) -> SessionDetail:
     row = await sessions_repo.get(s, session_id)
     if row is None:

@@ -5,9 +5,11 @@ back when its stream ends. A slot whose stream never connects expires after
 `reserve_timeout_s`, so a call Plivo could not connect does not leak capacity.
 
 At `limits.max_concurrent_calls` the answer URL returns busy XML instead of accepting a call
-it cannot serve in real time. On shutdown (`drain`) no new call is admitted; live calls may
-finish on their own until `limits.drain_timeout_s`, then each is ended politely through its
-`end` callback (a carrier REST hangup), and the drain waits briefly for them to go.
+it cannot serve in real time. Across processes, `seats` (app.bus) keeps the cluster-wide count
+and which process hosts each live call; alone, `LocalSeats` keeps nothing. On shutdown
+(`drain`) no new call is admitted; live calls may finish on their own until
+`limits.drain_timeout_s`, then each is ended politely through its `end` callback (a carrier
+REST hangup), and the drain waits briefly for them to go.
 """
 
 from __future__ import annotations
@@ -18,12 +20,50 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 EndCallback = Callable[[str], Awaitable[None]]
 # While draining, an answered call whose stream has not connected after this long never will.
 DRAIN_RESERVATION_S = 5.0
+
+
+class Seats(Protocol):
+    """The calls of every process serving one deployment (see app.bus)."""
+
+    async def take(self, session_id: str, ttl_s: float) -> bool:
+        """Reserve a seat for a call this process answers; False when the cluster is full."""
+        ...
+
+    def hold(self, session_id: str) -> None:
+        """This process hosts the call now (its stream is up here). Never waits."""
+        ...
+
+    def free(self, session_id: str) -> None:
+        """This process is done with the call. Never waits."""
+        ...
+
+    def watch(self, on_taken: Callable[[str], None]) -> None:
+        """Call `on_taken(session_id)` when another process takes over a reservation of ours
+        (the call's stream connected there)."""
+        ...
+
+
+class LocalSeats:
+    """One process is the whole service: its own slots are all there is."""
+
+    async def take(self, session_id: str, ttl_s: float) -> bool:
+        return True
+
+    def hold(self, session_id: str) -> None:
+        pass
+
+    def free(self, session_id: str) -> None:
+        pass
+
+    def watch(self, on_taken: Callable[[str], None]) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -40,8 +80,11 @@ class _Slot:
 class CallAdmission:
     def __init__(self, max_calls: int, *, reserve_timeout_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic,
-                 on_expire: Callable[[str], None] | None = None) -> None:
+                 on_expire: Callable[[str], None] | None = None,
+                 seats: Seats | None = None) -> None:
         self.max_calls = max_calls
+        self.seats: Seats = seats or LocalSeats()
+        self.seats.watch(self.forget)
         # Told about each reservation that lapsed (its stream never connected), so the
         # session can be closed instead of staying "ringing" forever.
         self.on_expire = on_expire
@@ -83,6 +126,24 @@ class CallAdmission:
         self._empty.clear()
         return True
 
+    async def admit(self, session_id: str, ttl_s: float | None = None) -> bool:
+        """`try_admit` here, then a seat in the cluster (given back if the cluster is full)."""
+        if not self.try_admit(session_id, ttl_s):
+            return False
+        if await self.seats.take(session_id, ttl_s or self.reserve_timeout_s):
+            return True
+        self.rejected += 1
+        self.release(session_id)
+        return False
+
+    def forget(self, session_id: str) -> None:
+        """Another process took over this reservation (its stream connected there)."""
+        slot = self._slots.get(session_id)
+        if slot is not None and not slot.live:
+            self._slots.pop(session_id, None)
+            if not self._slots:
+                self._empty.set()
+
     def attach(self, session_id: str, end: EndCallback) -> bool:
         """The call's stream is up (allowed while draining: the call was already admitted).
         Re-admits a slot that expired if there is still room."""
@@ -93,10 +154,12 @@ class CallAdmission:
             slot = self._slots[session_id] = _Slot(self.clock(), self.reserve_timeout_s)
             self._empty.clear()
         slot.end = end
+        self.seats.hold(session_id)
         return True
 
     def release(self, session_id: str) -> None:
-        self._slots.pop(session_id, None)
+        if self._slots.pop(session_id, None) is not None:
+            self.seats.free(session_id)
         if not self._slots:
             self._empty.set()
 

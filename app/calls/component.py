@@ -17,25 +17,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app import metrics, model_store
-from app.agent_config import AgentConfig
+from app.agent_config import DEFAULT_PROVIDERS
 from app.calls.host import CallHost
 from app.db.repos import agents as agents_repo
 from app.state import AppState
 from pipelines.engine_models import EngineModels
 from providers.base import ProviderContext
 from providers.http import aclose_shared
+from providers.native.pool import close_pools, pools_problem
 
 log = logging.getLogger(__name__)
 
-# Embedded providers loaded in the background at start (their first load takes seconds).
-WARM = (("stt", "pocketsphinx"), ("tts", "piper"), ("llm", "llama_cpp"))
-AGENT_DEFAULTS = {k: AgentConfig.model_fields[k].default_factory().provider  # type: ignore[misc]
-                  for k in ("stt", "llm", "tts")}
+# Embedded providers loaded in the background at start (their first load takes seconds), in
+# the order a call needs them: the greeting's voice first.
+WARM = (("tts", "piper"), ("stt", "whisper"), ("llm", "llama_cpp"))
 
 
 def _fetch_missing(state: AppState) -> None:
     models_dir = state.settings.models_dir
-    needed = [*model_store.ENGINE_MODELS, model_store.SMOLLM2]
+    needed = list(model_store.DEFAULT_MODELS)
     missing = model_store.missing(models_dir, needed)
     if not missing:
         return
@@ -56,7 +56,7 @@ async def _providers_in_use(state: AppState) -> set[tuple[str, str]]:
         for agent in await agents_repo.list_agents(s, limit=1000):
             config = (await agents_repo.current_version(s, agent)).config
             for kind in ("stt", "llm", "tts"):
-                block = config.get(kind) or {"provider": AGENT_DEFAULTS[kind]}
+                block = config.get(kind) or {"provider": DEFAULT_PROVIDERS[kind]}
                 for b in (block, *block.get("fallback", ())):
                     used.add((kind, str(b.get("provider"))))
     return used
@@ -127,6 +127,15 @@ async def call_host_component(app: Any, state: AppState) -> AsyncIterator[CallHo
         return state.engine_models is not None
 
     state.add_ready_check(engine_models_loaded)
+
+    def native_workers() -> bool:
+        # A llama.cpp or Piper worker that cannot start (or keeps crashing) is reported, in words.
+        problem = pools_problem(host.shared)
+        if problem is not None:
+            raise RuntimeError(problem)
+        return True
+
+    state.add_ready_check(native_workers)
     metrics.ENGINE.set("engine", _engine_metrics(models))
     metrics.ENGINE.set("events", _events_metrics(state))
     # Everything allocated so far (modules, models, ORM metadata) lives as long as the process:
@@ -146,4 +155,5 @@ async def call_host_component(app: Any, state: AppState) -> AsyncIterator[CallHo
         state.calls = None
         state.engine_models = None
         await models.aclose()
+        await asyncio.to_thread(close_pools, host.shared)
         await aclose_shared(host.shared)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from app import metrics
 from app.agent_config import AgentConfig
 from app.calls.clips import ClipCache, clip_key, worth_prerendering
@@ -24,26 +26,32 @@ from app.calls.failover_budget import with_failover_budget
 from app.calls.registry import LiveCalls
 from app.calls.report import ReportCollector, final_report
 from app.calls.runner import CallInfo
+from app.calls.s2s_call import open_s2s
+from app.calls.secrets import SecretResolver
 from app.calls.state_store import shared_state_store
 from app.calls.transport import CallTransport
 from app.calls.voicemail import VoicemailScreen, wants_detection
+from app.db.repos import agents as agents_repo
 from app.events.signing import signing_secret_from_box
-from app.security.secrets import SecretResolver
+from app.outbox.service import is_outage
 from app.state import AppState
 from app.tools.control import TransferMode
 from app.tools.digits import DigitCollector
 from app.tools.executor import ToolExecutor, ToolSession
 from pipelines import events as ev
 from pipelines.conversation import Conversation
+from pipelines.engine.caller_audio import ENGINE_FORMAT, ConsumerFormats
 from pipelines.engine_models import EngineModels
-from providers.base import ProviderContext, Usage
+from pipelines.outcomes import EndReason, ErrorStage
+from pipelines.s2s.conversation import S2SConversation
+from providers.base import Kind, ProviderContext, Usage
 from providers.factory import build_provider
 
 log = logging.getLogger(__name__)
 
 # End reason of a call whose engine could not be built: nothing can speak, so it is hung up at
 # once through the carrier's REST API, with a session.error saying why.
-SETUP_FAILED_REASON = "setup_failed"
+SETUP_FAILED_REASON = EndReason.SETUP_FAILED
 PROVIDER_CLOSE_TIMEOUT_S = 2.0
 
 
@@ -66,7 +74,7 @@ class CallHost:
         return len(self.live)
 
     async def run(self, info: CallInfo, transport: CallTransport) -> str:
-        call = _Call(self, info, transport)
+        call = _Call(self, info, await self._agent_config(info), transport)
         self.live.register(info.session_id, call)
         metrics.ACTIVE_CALLS.inc()
         try:
@@ -74,6 +82,22 @@ class CallHost:
         finally:
             metrics.ACTIVE_CALLS.dec()
             self.live.unregister(info.session_id, call)
+
+    async def _agent_config(self, info: CallInfo) -> AgentConfig:
+        """The call's agent, validated here once: the config the answer URL handed over in this
+        process, else the session's agent version read from the database."""
+        raw = info.agent_config
+        if raw is None:
+            raw = {}
+            if info.agent_id and info.agent_version:
+                async with self.state.db.session() as s:
+                    v = await agents_repo.get_version(s, info.agent_id, info.agent_version)
+                raw = dict(v.config) if v is not None else {}
+        if self.state.events is not None:
+            # Events of a call whose agent has no webhook need not wait for a lookup.
+            self.state.events.targets.register(info.session_id, raw.get("webhook_url") or None,
+                                               raw.get("webhook_events") or ())
+        return AgentConfig.model_validate(raw)
 
     def publish(self, event: ev.Event) -> None:
         metrics.observe_event(event)
@@ -84,22 +108,26 @@ class CallHost:
 class _Call:
     """One live call; also its `CallControl` for tools and the live-control API."""
 
-    def __init__(self, host: CallHost, info: CallInfo, transport: CallTransport) -> None:
+    def __init__(self, host: CallHost, info: CallInfo, config: AgentConfig,
+                 transport: CallTransport) -> None:
         self.host = host
         self.info = info
         self.transport = transport
         self.session_id = info.session_id
         self.call_uuid = info.call_uuid
         self.state: dict[str, Any] = {}
-        self.config = AgentConfig.model_validate(info.agent_config)
+        self.config = config
         self.report = ReportCollector()
         self.digits = DigitCollector()
         # Outbound calls placed with voicemail detection screen the callee before greeting.
         self.screen = (VoicemailScreen(self.config.voicemail, self.session_id)
                        if wants_detection(info.direction, info.metadata) else None)
-        self.conversation: Conversation | None = None
+        self.conversation: Conversation | S2SConversation | None = None
         self.executor: ToolExecutor | None = None
-        self._providers: tuple[Any, ...] = ()
+        # Filled by `_build` as each provider is built, so that a call whose setup fails part
+        # way still closes what it built and ends without a post-call summary.
+        self._providers: list[Any] = []
+        self._llm: Any = None
         self._tts: Any = None
         self._clip_key = ""
         self._clip_render: asyncio.Task[None] | None = None
@@ -146,14 +174,21 @@ class _Call:
             self.state.update(await shared_state_store(self.host.state).get(self.session_id))
         except LookupError:
             pass
-        reason = "error"
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # The database is away: the call goes on with the state it is given from now on.
+            log.warning("session %s: stored call state unavailable (%s); starting empty",
+                        self.session_id, type(exc).__name__)
+        reason: str = EndReason.ERROR
         try:
-            self.conversation = self._build()
+            self.conversation = await self._engine()
             reason = await self._converse(self.conversation)
         except Exception as exc:
             log.exception("session %s: call failed", self.session_id)
-            self.emit(ev.SessionError(code="internal", message=str(exc)[:300], stage="host"))
-            reason = SETUP_FAILED_REASON if self.conversation is None else "error"
+            self.emit(ev.SessionError(code="internal", message=str(exc)[:300],
+                                      stage=str(ErrorStage.HOST)))
+            reason = SETUP_FAILED_REASON if self.conversation is None else EndReason.ERROR
             if not self.transport.closed:
                 # Nothing can speak an apology without a working engine; end the call
                 # explicitly rather than leave the caller in silence.
@@ -181,17 +216,37 @@ class _Call:
                 log.warning("session %s: closing %s failed: %r", self.session_id,
                             getattr(provider, "name", type(provider).__name__), exc)
 
-    def _build(self) -> Conversation:
-        cfg = with_failover_budget(self.config)
-        stt = build_provider("stt", cfg.stt, self._context("stt"), on_switch=self._on_switch("stt"))
-        llm = build_provider("llm", cfg.llm, self._context("llm"), on_switch=self._on_switch("llm"))
-        tts = build_provider("tts", cfg.tts, self._context("tts"), on_switch=self._on_switch("tts"))
-        self._llm = llm
-        self._tts = tts
-        self._providers = (stt, llm, tts)
-        self._clip_key = clip = clip_key(cfg.tts, cfg.voice, cfg.failure_goodbye)
-        tools = None
-        if cfg.tools:
+    def _provider(self, kind: Kind, block: Any) -> Any:
+        provider = build_provider(kind, block, self._context(kind), on_switch=self._on_switch(kind))
+        self._providers.append(provider)
+        return provider
+
+    async def _engine(self) -> Conversation | S2SConversation:
+        """The agent's s2s model when it has one and it answers; else the cascaded pipeline."""
+        cfg = self.config
+        if cfg.s2s is None:
+            return self._build()
+        self._tool_executor(cfg)
+        try:
+            conv = await open_s2s(
+                cfg, self._context("s2s"), sink=self.transport.playout, on_event=self.emit,
+                tools=self.executor.specs if self.executor else [],
+                tool_executor=self.executor, greeting=cfg.greeting if cfg.speaks_first else None,
+                providers=self._providers, models=self.host.models)
+        except Exception as exc:
+            # The agent's stt/llm/tts (named, or the embedded defaults) take the call; when
+            # they fail too, the cascade's own apology and failure goodbye apply.
+            log.warning("session %s: s2s provider %s failed at call start: %s", self.session_id,
+                        cfg.s2s.provider, exc)
+            self.emit(ev.ProviderFallback(kind="s2s", from_provider=cfg.s2s.provider,
+                                          to_provider="cascaded", error=str(exc)[:300]))
+            return self._build()
+        # Voicemail screening listens through the cascaded engine's STT; an s2s call greets.
+        self.screen = None
+        return conv
+
+    def _tool_executor(self, cfg: AgentConfig) -> None:
+        if cfg.tools and self.executor is None:
             self.executor = ToolExecutor(
                 cfg.tools,
                 ToolSession(
@@ -204,7 +259,15 @@ class _Call:
                 ),
                 self.emit,
             )
-            tools = self.executor.specs
+
+    def _build(self) -> Conversation:
+        cfg = with_failover_budget(self.config)
+        stt = self._provider("stt", cfg.stt)
+        llm = self._llm = self._provider("llm", cfg.llm)
+        tts = self._tts = self._provider("tts", cfg.tts)
+        self._clip_key = clip = clip_key(cfg.tts, cfg.voice, cfg.failure_goodbye)
+        self._tool_executor(cfg)
+        tools = self.executor.specs if self.executor is not None else None
         models = self.host.models
         return Conversation(
             cfg,
@@ -223,11 +286,13 @@ class _Call:
             voice=cfg.voice,
             language=cfg.language,
             session_id=self.session_id,
-            playout_ahead_ms=float(self.host.state.settings.playout.max_ahead_ms),
             failure_clip=lambda: self.host.clips.get(clip),
+            inbox=self.transport.inbox,
+            caller_format=self.transport.audio_format,
+            on_caller_audio=self._screen_audio if self.screen is not None else None,
         )
 
-    async def _converse(self, conv: Conversation) -> str:
+    async def _converse(self, conv: Conversation | S2SConversation) -> str:
         await conv.start()
         # Rendered while the TTS still works, for the moment it might not (the greeting's
         # request is already out, so it goes first).
@@ -235,10 +300,13 @@ class _Call:
             self._clip_render = self.host.clips.ensure(
                 self._clip_key, self._tts, self.config.failure_goodbye, self.config.voice)
         pumps = [
-            asyncio.create_task(self._pump_audio(conv), name=f"audio-{self.session_id}"),
+            # The engine reads the transport's inbox itself; its closing is the caller's hangup.
+            asyncio.create_task(self._pump_s2s_audio(conv) if isinstance(conv, S2SConversation)
+                                else self.transport.inbox.wait_closed(),
+                                name=f"audio-{self.session_id}"),
             asyncio.create_task(self._pump_dtmf(conv), name=f"dtmf-{self.session_id}"),
         ]
-        if self.screen is not None:
+        if self.screen is not None and isinstance(conv, Conversation):
             cfg = self.config
             pumps.append(asyncio.create_task(
                 self.screen.run(conv, self.emit, cfg.greeting if cfg.speaks_first else None),
@@ -248,7 +316,7 @@ class _Call:
             await asyncio.wait([ended, pumps[0]], return_when=asyncio.FIRST_COMPLETED)
             if not ended.done():
                 # The caller hung up (frames ended): stop the engine, keep the carrier's reason.
-                await conv.stop(self.transport.end_reason or "caller_hangup")
+                await conv.stop(self.transport.end_reason or EndReason.CALLER_HANGUP)
             reason = await ended
         finally:
             for t in pumps:
@@ -261,16 +329,24 @@ class _Call:
             # the carrier's REST API, never by just closing the socket.
             with contextlib.suppress(Exception):
                 await self.transport.hangup(reason)
-        return self.transport.end_reason if reason == "caller_hangup" and \
+        return self.transport.end_reason if reason == EndReason.CALLER_HANGUP and \
             self.transport.end_reason else reason
 
-    async def _pump_audio(self, conv: Conversation) -> None:
-        async for frame in self.transport.frames():
-            if self.screen is not None and self.screen.listening:
-                self.screen.feed_frame(frame)
-            await conv.push_audio(frame)
+    async def _pump_s2s_audio(self, conv: S2SConversation) -> None:
+        """An s2s model hears the caller at 16 kHz (it resamples to its own rate); the
+        cascaded engine reads the inbox itself."""
+        formats = ConsumerFormats(ENGINE_FORMAT)
+        async for frame in self.transport.inbox:
+            for pcm in formats.for_vad(frame):
+                self._screen_audio(pcm)
+                await conv.push_audio(pcm)
 
-    async def _pump_dtmf(self, conv: Conversation) -> None:
+    def _screen_audio(self, frame: np.ndarray) -> None:
+        """The engine's 16 kHz caller frames, for the voicemail screen while it listens."""
+        if self.screen is not None and self.screen.listening:
+            self.screen.feed_frame(frame)
+
+    async def _pump_dtmf(self, conv: Conversation | S2SConversation) -> None:
         async for d in self.transport.dtmf():
             if self.digits.active:
                 # A tool is collecting digits: they are its input, not a user turn.
@@ -300,7 +376,7 @@ class _Call:
     def ended(self) -> bool:
         return self._ended
 
-    def _conv(self) -> Conversation:
+    def _conv(self) -> Conversation | S2SConversation:
         if self.conversation is None:
             raise RuntimeError("the call is not running yet")
         return self.conversation
@@ -315,7 +391,7 @@ class _Call:
     async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
         await self.transport.transfer(target, mode, brief)
         self.emit(ev.CallTransferred(target=target, mode=mode))
-        await self._conv().stop("transferred")
+        await self._conv().stop(EndReason.TRANSFERRED)
 
     async def send_dtmf(self, digits: str) -> None:
         await self.transport.playout.send_dtmf(digits)

@@ -52,6 +52,6 @@ def live_calls(state: Any) -> LiveCallLookup | None:
     if calls is None:
         return None
     if callable(getattr(calls, "get", None)):
-        return calls  # type: ignore[no-any-return]
+        return calls
     live = getattr(calls, "live", None)
     return live if callable(getattr(live, "get", None)) else None

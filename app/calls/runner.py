@@ -1,7 +1,8 @@
 """The seam between the telephony edge and whatever runs a conversation.
 
 The stream route builds a `CallInfo` from the session row, wraps the live stream in a
-`CallTransport`, and awaits `runner.run(info, transport)`. The runner returns the end reason
+`CallTransport`, and awaits `runner.run(info, transport)`. The runner, not the edge, turns the
+session's agent version into its `AgentConfig`. The runner returns the end reason
 recorded on the session. `app.state.pb.calls` holds the server's runner (the call host);
 edge tests install an echo runner there (tests/telephony/echo_runner.py) to test the
 telephony path alone.
@@ -20,7 +21,10 @@ class CallInfo:
     session_id: str
     agent_id: str | None
     agent_version: int | None
-    agent_config: dict[str, Any]
+    # The agent version's stored config when whoever answered the call handed it over in this
+    # process (no database read, which matters while the database is away); None: the runner
+    # reads agent_id/agent_version itself.
+    agent_config: dict[str, Any] | None
     direction: str
     from_number: str
     to_number: str

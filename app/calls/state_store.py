@@ -22,26 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.calls.registry import LiveCallLookup, live_calls
 from app.db.models import Session
 from app.merge_patch import apply_merge_patch
+from app.tools.call_state import RESERVED_PREFIX, StateError, public_view
 
 MAX_STATE_BYTES = 64 * 1024
-RESERVED_PREFIX = "_"
 
 
 class SessionNotFound(LookupError):
     pass
-
-
-class StateError(ValueError):
-    """A patch that cannot be applied; `.field` names the offending key when there is one."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def public_view(state: dict[str, Any]) -> dict[str, Any]:
-    """State without the server's reserved keys (what REST and webhooks see)."""
-    return {k: v for k, v in state.items() if not k.startswith(RESERVED_PREFIX)}
 
 
 class SessionStateStore:

@@ -17,35 +17,17 @@ Modes:
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.calls.state_store import SessionStateStore
+from app.tools.control import normalize_target
 from pipelines.events import CallTransferred, Event
 
 TRANSFER_KEY = "_transfer"
 MAX_BRIEF_CHARS = 1000
-_PHONE = re.compile(r"^\+?[1-9][0-9]{5,16}$")
-_SIP = re.compile(r"^sips?:[^\s@]+@[^\s@]+$", re.IGNORECASE)
-
-
-def normalize_target(target: str) -> str:
-    """An E.164-ish number (spaces, dashes, dots and brackets removed) or a sip: URI.
-
-    Raises ValueError for anything else, so a tool argument cannot smuggle XML or a URL in.
-    """
-    t = target.strip()
-    if _SIP.match(t):
-        return t
-    compact = re.sub(r"[\s\-().]", "", t)
-    if _PHONE.match(compact):
-        return compact
-    raise ValueError(f"not a phone number or sip: URI: {target!r}")
-
-
 @dataclass
 class PendingTransfer:
     target: str

@@ -1,8 +1,9 @@
 """What a call host needs from a telephony leg, independent of the carrier.
 
 The Plivo stream implements this (app.telephony.plivo.transport); a runner written against it
-never sees JSON, codecs or WebSockets: audio arrives as 16 kHz int16 20 ms frames, leaves
-through a `PlayoutSink`, and call control is two awaitables.
+never sees JSON or WebSockets: caller audio arrives in one bounded `AudioInbox` as 20 ms frames
+at the carrier's own rate (with the μ-law bytes when the leg is μ-law), leaves through a
+`PlayoutSink`, and call control is two awaitables.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-
+from pipelines.audio.inbox import AudioFormat, AudioInbox
 from pipelines.ports import PlayoutSink
 
 
@@ -25,8 +25,6 @@ class DtmfEvent:
 
 @dataclass(slots=True)
 class TransportStats:
-    frames_in: int = 0
-    frames_dropped: int = 0  # caller audio dropped because the runner fell behind
     messages_skipped: int = 0  # malformed / oversized / unusable inbound messages
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -36,10 +34,21 @@ class CallTransport(Protocol):
     call_uuid: str
     stream_id: str
     codec: str  # e.g. "audio/x-mulaw;rate=8000"
-    playout: PlayoutSink
 
-    def frames(self) -> AsyncIterator[np.ndarray]:
-        """Caller audio as 16 kHz mono int16 frames of 320 samples; ends when the call does."""
+    @property
+    def playout(self) -> PlayoutSink:
+        """Where the agent's audio goes (read-only here, so a transport may narrow its type)."""
+        ...
+
+    @property
+    def inbox(self) -> AudioInbox:
+        """Caller audio, 20 ms `CallerFrame`s at the carrier's rate; closed when the call ends.
+        Its drop counter is the call's one count of caller audio lost to an engine behind."""
+        ...
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        """The carrier leg's format (e.g. μ-law 8 kHz): what the STT may take as it is."""
         ...
 
     def dtmf(self) -> AsyncIterator[DtmfEvent]:

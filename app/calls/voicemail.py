@@ -26,12 +26,13 @@ import numpy as np
 from app.agent_config import VoicemailSettings
 from pipelines import events as ev
 from pipelines.conversation import Conversation
+from pipelines.outcomes import EndReason
 from pipelines.voicemail import VoicemailDetector
 
 log = logging.getLogger(__name__)
 
 DETECT_KEY = "_voicemail"  # sessions.metadata entry written by POST /v1/calls
-END_REASON = "voicemail"
+END_REASON = EndReason.VOICEMAIL
 # The longest wait for a beep (or the end of the greeting) before leaving the message anyway.
 MESSAGE_SLOT_MAX_WAIT_S = 30.0
 

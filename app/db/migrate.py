@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import importlib.util
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -17,7 +18,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-import migrations
 from app.db.engine import Database
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,20 @@ log = logging.getLogger(__name__)
 # Arbitrary constant naming Phonebooth's migration lock among Postgres advisory locks.
 MIGRATION_LOCK_ID = 0x50484F4E45  # "PHONE"
 
-# __path__ (not __file__) also works when an old editable install maps it as a namespace.
-MIGRATIONS_DIR = Path(next(iter(migrations.__path__))).resolve()
+
+
+def _migrations_dir() -> Path:
+    """Where the installed `migrations` package (Alembic's scripts) lives. Found, not imported:
+    its env.py imports the models, so the scripts sit above the database layer, not below it.
+    The search locations (not __file__) also work when an old editable install maps it as a
+    namespace package."""
+    spec = importlib.util.find_spec("migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the migrations package is not installed beside app")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def alembic_config(database_url: str | None = None) -> Config:

@@ -174,6 +174,8 @@ class UsageRecord(Base):
     metric: Mapped[str] = mapped_column(String(64))  # input_tokens | audio_seconds | characters ...
     quantity: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The event that reported it: a replayed event is recognised and not counted twice.
+    event_id: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
 
 
 class WebhookDelivery(Base):

@@ -185,7 +185,6 @@ class EventBus:
         slog = self._session_log(sid)
         slog.seq += 1
         env = Envelope(id=new_event_id(), seq=slog.seq, event=event)
-        slog.history.append(env)
         self.published_total += 1
 
         for name, sink in self._sinks:
@@ -195,16 +194,26 @@ class EventBus:
                 self.sink_errors_total += 1
                 log.exception("event sink %s failed on %s", name, event.type)
 
-        for sub in list(self._by_session.get(sid, ())):
+        self._fan_out(slog, env)
+        return env
+
+    def deliver(self, env: Envelope) -> None:
+        """An envelope another process published (its id and seq kept): to this process's
+        subscribers and history only — the publishing process feeds the sinks."""
+        slog = self._session_log(env.session_id)
+        slog.seq = max(slog.seq, env.seq)
+        self._fan_out(slog, env)
+
+    def _fan_out(self, slog: _SessionLog, env: Envelope) -> None:
+        slog.history.append(env)
+        for sub in list(self._by_session.get(env.session_id, ())):
             if not sub._offer(env):
                 self._drop(sub)
         for sub in list(self._global):
             if not sub._offer(env):
                 self._drop(sub)
-
-        if event.type == "session.ended":
-            self._mark_ended(sid, slog)
-        return env
+        if env.type == "session.ended":
+            self._mark_ended(env.session_id, slog)
 
     def publish_threadsafe(self, loop: asyncio.AbstractEventLoop, event: Event) -> None:
         loop.call_soon_threadsafe(self.publish, event)

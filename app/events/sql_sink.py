@@ -1,37 +1,36 @@
 """SQL sink: persists what a call's events say (session status, turns, tool calls, usage).
 
-The bus hands each envelope to `SqlSink.__call__`, which only enqueues (bounded; overflow is
-counted and logged, never waited for). One writer task drains the queue in batches, one
-transaction per batch, so the database is written off the call's hot path. If a batch fails, its
-events are retried one per transaction so one bad event cannot take the others down with it.
-Writes are idempotent (deterministic row ids), so a retried event does not duplicate rows.
+Events reach it through the outbox (app.outbox): the bus's `records` sink puts each envelope in
+the durable local queue, and the outbox's replayer calls `SqlSink.apply` for it inside its
+batch transaction, in publish order, off the call's hot path. A batch is retried after an
+outage and replayed after a crash, so every write here is idempotent: deterministic row ids for
+turns and tool calls, the event id on usage rows, guarded status updates.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import hashlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Session, ToolCallRecord, Turn, UsageRecord
 from app.db.repos import sessions as sessions_repo
-from app.events.batching import next_batch
 from app.events.bus import Envelope
+from pipelines.outcomes import is_failure
 
 log = logging.getLogger(__name__)
 
-# session.ended reasons that mean the call failed rather than finished normally.
-FAILED_END_REASONS = frozenset(
-    {"error", "failed", "transport_error", "provider_error", "stream_error", "watchdog",
-     "setup_failed"}
-)
+# The event types `SqlSink.apply` writes or needs (turn timing); others are not its business.
+SQL_EVENT_TYPES = frozenset({
+    "session.started", "session.ended", "user.speech_started", "user.turn_completed",
+    "agent.speech_started", "turn.completed", "turn.metrics", "tool.called", "tool.completed",
+    "tool.failed", "session.usage", "voicemail.detected",
+})
 TOOL_STATUSES = frozenset({"ok", "error", "timeout", "cancelled"})
 LATENCY_FIELDS = (
     "vad_stop_to_eou_ms", "eou_to_stt_final_ms", "llm_ttft_ms", "tts_ttfb_ms",
@@ -44,7 +43,7 @@ def ts_to_dt(ts: float) -> datetime:
 
 
 def end_status(reason: str) -> str:
-    return "failed" if reason in FAILED_END_REASONS or reason.startswith("error") else "ended"
+    return "failed" if is_failure(reason) else "ended"
 
 
 def _short_hash(*parts: str, n: int = 32) -> str:
@@ -78,110 +77,29 @@ class _TurnTiming:
 
 
 class SqlSink:
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        *,
-        queue_size: int = 10_000,
-        batch_size: int = 256,
-        max_tracked: int = 10_000,
-    ) -> None:
-        self._sm = sessionmaker
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
-        self._batch_size = batch_size
+    """Writes one event's meaning inside the outbox replayer's transaction (see module doc)."""
+
+    def __init__(self, *, max_tracked: int = 10_000) -> None:
         self._max_tracked = max_tracked
-        self._task: asyncio.Task[None] | None = None
         self._timing: collections.OrderedDict[str, _TurnTiming] = collections.OrderedDict()
         self._agent_ids: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         # turn.metrics that arrived before their turn.completed, keyed by (session, turn).
         self._pending_metrics: collections.OrderedDict[tuple[str, str], dict[str, Any]] = (
             collections.OrderedDict()
         )
-        self.dropped_total = 0
-        self.errors_total = 0
-        self.written_total = 0
+        # Metrics attached by the open transaction: forgotten once it commits.
+        self._after: list[tuple[str, str]] = []
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="sql-event-sink")
-
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """Write everything queued so far, then stop the writer."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(("stop", stop))
-        try:
-            await asyncio.wait_for(asyncio.shield(task), grace_s)
-        except TimeoutError:
-            log.error("SQL event sink did not flush within %.1fs; %d events lost",
-                      grace_s, self._queue.qsize())
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def flush(self) -> None:
-        """Return once every event enqueued before this call has been written."""
-        if self._task is None:
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(("flush", done))
-        await done
-
-    def __call__(self, env: Envelope) -> None:
-        if not env.session_id:
-            return
-        try:
-            self._queue.put_nowait(env)
-        except asyncio.QueueFull:
-            self.dropped_total += 1
-            if self.dropped_total == 1 or self.dropped_total % 1000 == 0:
-                log.error("SQL event sink queue full: %d events dropped so far",
-                          self.dropped_total)
-
-    # -- writer ------------------------------------------------------------------------------
-    async def _run(self) -> None:
-        while True:
-            batch = await next_batch(self._queue, self._batch_size)
-            envs = [b for b in batch if isinstance(b, Envelope)]
-            if envs:
-                await self._write(envs)
-            stop = False
-            for b in batch:
-                if isinstance(b, tuple):
-                    kind, fut = b
-                    if not fut.done():
-                        fut.set_result(None)
-                    stop = stop or kind == "stop"
-            if stop:
-                return
-
-    async def _write(self, envs: list[Envelope]) -> None:
-        after: list[tuple[str, str]] = []
-        try:
-            async with self._sm() as db, db.begin():
-                for env in envs:
-                    await self._apply(db, env, after)
-            self.written_total += len(envs)
-        except Exception:
-            log.warning("event batch of %d failed; retrying one by one", len(envs), exc_info=True)
-            after.clear()
-            for env in envs:
-                try:
-                    async with self._sm() as db, db.begin():
-                        await self._apply(db, env, after)
-                    self.written_total += 1
-                except Exception:
-                    self.errors_total += 1
-                    log.exception("could not persist %s for session %s", env.type,
-                                  env.session_id)
-        for key in after:
+    def committed(self) -> None:
+        for key in self._after:
             self._pending_metrics.pop(key, None)
+        self._after.clear()
+
+    def discarded(self) -> None:
+        self._after.clear()
 
     # -- event handlers ----------------------------------------------------------------------
-    async def _apply(self, db: AsyncSession, env: Envelope, after: list[tuple[str, str]]) -> None:
+    async def apply(self, db: AsyncSession, env: Envelope) -> None:
         ev = env.event
         sid = ev.session_id
         t = ev.type
@@ -200,7 +118,7 @@ class SqlSink:
             if timing.agent_started is None:
                 timing.agent_started = ev.ts
         elif t == "turn.completed":
-            await self._turn_completed(db, env, after)
+            await self._turn_completed(db, env)
         elif t == "turn.metrics":
             await self._turn_metrics(db, env)
         elif t == "tool.called":
@@ -212,7 +130,7 @@ class SqlSink:
         elif t == "voicemail.detected":
             await db.execute(
                 update(Session).where(Session.id == sid)
-                .values(voicemail=str(getattr(ev, "result", "")) or None)
+                .values(voicemail=str(ev.payload().get("result") or "") or None)
             )
 
     async def _session_started(self, db: AsyncSession, env: Envelope) -> None:
@@ -256,9 +174,7 @@ class SqlSink:
         self._timing.pop(ev.session_id, None)
         self._agent_ids.pop(ev.session_id, None)
 
-    async def _turn_completed(
-        self, db: AsyncSession, env: Envelope, after: list[tuple[str, str]]
-    ) -> None:
+    async def _turn_completed(self, db: AsyncSession, env: Envelope) -> None:
         ev = env.event
         d = ev.payload()
         sid = ev.session_id
@@ -313,7 +229,7 @@ class SqlSink:
             db.add(r)
         await db.flush()
         if latency is not None:
-            after.append(key)
+            self._after.append(key)
 
     async def _turn_metrics(self, db: AsyncSession, env: Envelope) -> None:
         ev = env.event
@@ -323,7 +239,7 @@ class SqlSink:
         latency = {k: d[k] for k in LATENCY_FIELDS if d.get(k) is not None}
         # Keep any extra stages a newer engine reports.
         latency.update({k: v for k, v in d.items() if k not in LATENCY_FIELDS
-                        and k != "turn_id" and v is not None})
+                        and k != "turn_id" and v is not None and v is not False})
         for role in ("assistant", "user"):
             res = await db.execute(
                 update(Turn).where(Turn.id == turn_row_id(sid, turn_id, role))
@@ -391,7 +307,13 @@ class SqlSink:
                 select(Session.agent_id).where(Session.id == sid)
             )).scalar()
             self._remember(self._agent_ids, sid, agent_id)
+        # Replayed after a crash: the row may already be there.
+        if (await db.execute(
+            select(UsageRecord.id).where(UsageRecord.event_id == env.id)
+        )).first() is not None:
+            return
         db.add(UsageRecord(
+            event_id=env.id,
             session_id=sid,
             agent_id=agent_id,
             kind=str(d.get("kind") or "")[:8],

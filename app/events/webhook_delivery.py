@@ -19,8 +19,9 @@ import contextlib
 import json
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import exists, func, select, update
@@ -29,8 +30,10 @@ from sqlalchemy.orm import aliased
 
 from app.db.models import WebhookDelivery, utcnow
 from app.events.signing import EVENT_ID_HEADER, EVENT_TYPE_HEADER, signature_headers
+from app.outbox.service import is_outage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BACKOFF_S = 3600.0
 USER_AGENT = "Phonebooth-Webhooks/1"
@@ -110,19 +113,26 @@ class WebhookDeliverer:
 
     # -- loop --------------------------------------------------------------------------------
     async def _run(self) -> None:
+        away = False
         while True:
             self._wake.clear()
             delay = self.poll_interval_s
             try:
                 claimed, next_due = await self._dispatch_due()
+                away = False
                 if claimed:
                     continue
                 if next_due is not None:
                     delay = max(0.0, min(delay, (next_due - utcnow()).total_seconds()))
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("webhook delivery scan failed")
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception("webhook delivery scan failed")
+                elif not away:  # once per outage: pending rows wait in the table
+                    away = True
+                    log.warning("webhook deliveries paused: the database is unreachable (%s)",
+                                type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
@@ -173,15 +183,15 @@ class WebhookDeliverer:
 
     # -- one attempt -------------------------------------------------------------------------
     async def _deliver(self, row_id: str, attempt: int) -> None:
+        lease_ends = asyncio.get_running_loop().time() + self.lease_s
         try:
-            async with self._sm() as db:
-                row = await db.get(WebhookDelivery, row_id)
-                if row is None:
-                    return
-                url, payload = row.url, dict(row.payload)
-                event_id, event_type = row.event_id, row.event_type
+            row = await self._while_leased(lambda: self._load(row_id), lease_ends)
+            if row is None:
+                return
+            url, payload, event_id, event_type = row
             status_code, error = await self._post(url, payload, event_id, event_type, attempt)
-            await self._record_outcome(row_id, attempt, status_code, error)
+            await self._while_leased(
+                lambda: self._record_outcome(row_id, attempt, status_code, error), lease_ends)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -218,6 +228,29 @@ class WebhookDeliverer:
         """Delay before attempt `attempt + 1`: exponential with ±10% jitter, capped."""
         base = min(MAX_BACKOFF_S, self.backoff_s * (2 ** (attempt - 1)))
         return base * random.uniform(0.9, 1.1)
+
+    async def _load(self, row_id: str) -> tuple[str, dict[str, Any], str, str] | None:
+        async with self._sm() as db:
+            row = await db.get(WebhookDelivery, row_id)
+            if row is None:
+                return None
+            return row.url, dict(row.payload), row.event_id, row.event_type
+
+    async def _while_leased(self, step: Callable[[], Awaitable[T]], lease_ends: float) -> T:
+        """Run a database step of a claimed delivery, retrying while the database is away and
+        the lease holds: a row claimed just before an outage then goes out as soon as the
+        database is back (not a lease later), and a delivery the receiver already accepted is
+        not sent again."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        while True:
+            try:
+                return await step()
+            except Exception as exc:
+                if not is_outage(exc) or loop.time() + delay >= lease_ends:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _record_outcome(
         self, row_id: str, attempt: int, status_code: int | None, error: str | None

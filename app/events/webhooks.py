@@ -1,18 +1,17 @@
 """Agent event webhooks: which events go where, recorded as `webhook_deliveries` rows.
 
 An agent's config names `webhook_url` and optionally `webhook_events` (exact types, `prefix.*`
-or `*`; empty means all). `WebhookSink` is a bus sink: it enqueues envelopes (bounded, never
-blocking the call) and a writer task turns each matching event into a pending delivery row whose
-`event_id` is the event's id — the idempotency key receivers see on every retry. Sending is the
+or `*`; empty means all). Events reach `WebhookSink` through the outbox (app.outbox), like the
+SQL sink: each matching event becomes a pending delivery row whose `event_id` is the event's id
+(unique, so a replayed event is recorded once) — the idempotency key receivers see on every
+retry. Sending is the
 job of `app.events.webhook_delivery.WebhookDeliverer`, which works from those rows only, so a
 restart (or another replica) picks up whatever was not yet delivered.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Agent, AgentVersion, Session, WebhookDelivery, new_id, utcnow
-from app.events.batching import next_batch
 from app.events.bus import Envelope
 
 log = logging.getLogger(__name__)
@@ -66,6 +64,13 @@ class WebhookTargets:
     def register(self, session_id: str, url: str | None, events: Iterable[str] = ()) -> None:
         self._put(session_id, WebhookTarget(url, tuple(events)) if url else None)
 
+    def may_want(self, session_id: str, event_type: str) -> bool:
+        """False only when this session is known to have no webhook for this event type."""
+        if session_id not in self._cache:
+            return True
+        target = self._cache[session_id]
+        return target is not None and target.wants(event_type)
+
     def forget(self, session_id: str) -> None:
         self._cache.pop(session_id, None)
 
@@ -104,91 +109,35 @@ class WebhookTargets:
 
 
 class WebhookSink:
-    """Bus sink that records one pending delivery per (event, matching agent webhook)."""
+    """Records one pending delivery per (event, matching agent webhook), inside the outbox
+    replayer's transaction (so a delivery survives an outage and a restart like any record)."""
 
     def __init__(
         self,
-        sessionmaker: async_sessionmaker[AsyncSession],
         targets: WebhookTargets,
         *,
         on_recorded: Callable[[], None] = lambda: None,
-        queue_size: int = 10_000,
-        batch_size: int = 256,
     ) -> None:
-        self._sm = sessionmaker
         self.targets = targets
         self._on_recorded = on_recorded
-        self._queue: asyncio.Queue[Envelope | asyncio.Future[None]] = asyncio.Queue(queue_size)
-        self._batch_size = batch_size
-        self._task: asyncio.Task[None] | None = None
         # Per-session strictly increasing created_at: the deliverer orders a session's
         # deliveries by it, so equal timestamps must never happen.
         self._last_created: collections.OrderedDict[str, datetime] = collections.OrderedDict()
-        self.dropped_total = 0
-        self.errors_total = 0
+        self._added = 0
         self.recorded_total = 0
 
-    def __call__(self, env: Envelope) -> None:
-        try:
-            self._queue.put_nowait(env)
-        except asyncio.QueueFull:
-            self.dropped_total += 1
-            if self.dropped_total == 1 or self.dropped_total % 1000 == 0:
-                log.error("webhook sink queue full: %d events dropped so far",
-                          self.dropped_total)
+    async def apply(self, db: AsyncSession, env: Envelope) -> None:
+        if await self._add(db, env):
+            self._added += 1
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="webhook-event-sink")
-
-    async def flush(self) -> None:
-        """Return once every event enqueued before this call has been recorded."""
-        if self._task is None:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(fut)
-        await fut
-
-    async def stop(self, grace_s: float = 10.0) -> None:
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(self.flush(), grace_s)
-        except TimeoutError:
-            log.error("webhook sink did not flush within %.1fs", grace_s)
-        task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    async def _run(self) -> None:
-        while True:
-            batch = await next_batch(self._queue, self._batch_size)
-            envs = [b for b in batch if isinstance(b, Envelope)]
-            if envs:
-                await self._record(envs)
-            for b in batch:
-                if isinstance(b, asyncio.Future) and not b.done():
-                    b.set_result(None)
-
-    async def _record(self, envs: list[Envelope]) -> None:
-        try:
-            async with self._sm() as db, db.begin():
-                added = [await self._add(db, env) for env in envs]
-        except Exception:
-            log.warning("webhook batch failed; retrying one by one", exc_info=True)
-            added = []
-            for env in envs:
-                try:
-                    async with self._sm() as db, db.begin():
-                        added.append(await self._add(db, env))
-                except Exception:
-                    self.errors_total += 1
-                    log.exception("could not record webhook for %s", env.type)
-        n = sum(added)
+    def committed(self) -> None:
+        n, self._added = self._added, 0
         if n:
             self.recorded_total += n
             self._on_recorded()
+
+    def discarded(self) -> None:
+        self._added = 0
 
     async def _add(self, db: AsyncSession, env: Envelope) -> bool:
         if not env.session_id:

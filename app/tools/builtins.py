@@ -20,8 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.agent_config import ToolConfig
-from app.calls.transfer import normalize_target
-from app.tools.control import CallControl, CollectTimeout
+from app.tools.control import CallControl, CollectTimeout, normalize_target
 from app.tools.digits import VALID_KEYS
 from app.tools.errors import ToolExecutionError
 from providers.base import ToolSpec

@@ -8,9 +8,27 @@ use this protocol, so they work the same for any transport.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Protocol, runtime_checkable
 
 TransferMode = Literal["cold", "warm"]
+
+_PHONE = re.compile(r"^\+?[1-9][0-9]{5,16}$")
+_SIP = re.compile(r"^sips?:[^\s@]+@[^\s@]+$", re.IGNORECASE)
+
+
+def normalize_target(target: str) -> str:
+    """An E.164-ish number (spaces, dashes, dots and brackets removed) or a sip: URI.
+
+    Raises ValueError for anything else, so a tool argument cannot smuggle XML or a URL in.
+    """
+    t = target.strip()
+    if _SIP.match(t):
+        return t
+    compact = re.sub(r"[\s\-().]", "", t)
+    if _PHONE.match(compact):
+        return compact
+    raise ValueError(f"not a phone number or sip: URI: {target!r}")
 
 
 class CollectTimeout(Exception):

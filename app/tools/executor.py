@@ -33,9 +33,9 @@ from typing import Any, ClassVar
 import httpx
 
 from app.agent_config import ToolConfig, ToolsSettings
-from app.calls.state_store import SessionStateStore, StateError, public_view
 from app.merge_patch import apply_merge_patch
 from app.tools.builtins import run_builtin, tool_parameters, tool_specs
+from app.tools.call_state import StateError, StatePatcher, public_view
 from app.tools.control import CallControl
 from app.tools.errors import ToolExecutionError
 from app.tools.webhook import call_webhook_tool, validate_arguments
@@ -55,7 +55,7 @@ class ToolSession:
     call_uuid: str = ""
     signing_secret: str = ""
     control: CallControl | None = None
-    state_store: SessionStateStore | None = None
+    state_store: StatePatcher | None = None
     # Speaks the hold line; defaults to control.say.
     say: Callable[[str], Awaitable[Any]] | None = None
     settings: ToolsSettings = field(default_factory=ToolsSettings)

@@ -16,7 +16,7 @@ class EndOfTurnModel(Protocol):
 
 @dataclass(slots=True)
 class EndOfTurnDecision:
-    trigger: Literal["model", "max_wait", "vad"]
+    trigger: Literal["model", "timeout", "vad"]
     probability: float | None
     # ms from VAD stop to the decision (model time included)
     decided_after_ms: float

@@ -1,31 +1,41 @@
 """Endpointing: when has the user finished their turn?
 
-The conversation calls `decide()` right at VAD stop and cancels the task if speech resumes.
+The conversation calls `decide()` right at VAD stop — at the same moment as it asks the STT for
+its final transcript, so neither waits for the other — and cancels the task if speech resumes.
 - detector "vad" (or no model loaded): the VAD stop ends the turn at once.
 - detector "smart_turn": run the model on the turn's audio (last ≤ 8 s). P ≥ threshold ends the
-  turn now. Otherwise the user may just be pausing mid-sentence: wait, re-run the model every
-  `recheck_ms` on the audio grown by the silence heard since (a longer pause after a complete
-  thought raises P), and give up waiting `max_wait_ms` after the end of speech.
+  turn now. Otherwise the caller may be pausing mid-sentence: the silence budget
+  (pipelines/turn/delay.py) grows as P falls and as the words look unfinished; while it runs
+  the model is re-run every `recheck_ms` on the audio grown by the silence heard since (a longer
+  pause after a complete thought raises P), and the budget is recomputed from the latest P and
+  the latest transcript (the final usually lands during the first check).
 
 Budgets are measured from the true end of speech: the VAD reports stop only after `stop_ms` of
-silence, which the caller passes as `silence_ms_at_start`, so `max_wait_ms` means the same pause
+silence, which the caller passes as `silence_ms_at_start`, so a budget means the same pause
 length whatever the VAD settings. `decided_after_ms` is measured from the call (the VAD stop
-event), with time.monotonic, model time included.
+event), model time included, on the event loop's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 import numpy as np
 
 from pipelines.settings import TurnSettings
 from pipelines.turn.base import EndOfTurnDecision, EndOfTurnModel
+from pipelines.turn.delay import silence_budget_ms
 
 log = logging.getLogger(__name__)
+
+Scale = Callable[[float], float]  # adapts a silence budget (semantic_vad "auto")
+TEXT_POLL_S = 0.05
+
+
+def _no_text() -> str:
+    return ""
 
 
 class EndpointingPolicy:
@@ -34,36 +44,58 @@ class EndpointingPolicy:
         self.settings = settings
 
     async def decide(
-        self, get_audio: Callable[[], np.ndarray], silence_ms_at_start: float = 0
+        self,
+        get_audio: Callable[[], np.ndarray],
+        silence_ms_at_start: float = 0,
+        get_text: Callable[[], str] = _no_text,
+        scale: Scale | None = None,
     ) -> EndOfTurnDecision:
-        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        # The true end of speech, on the loop clock.
+        speech_end = t0 - max(0.0, silence_ms_at_start) / 1000.0
 
         def elapsed_ms() -> float:
-            return (time.monotonic() - t0) * 1000.0
+            return (loop.time() - t0) * 1000.0
 
         s = self.settings
         if s.detector == "vad" or self.model is None:
             return EndOfTurnDecision("vad", None, elapsed_ms())
 
-        deadline = t0 + max(0.0, s.max_wait_ms - max(0.0, silence_ms_at_start)) / 1000.0
+        def deadline(p: float | None) -> float:
+            budget = silence_budget_ms(p, get_text(), s)
+            if scale is not None:
+                budget = scale(budget)
+            return speech_end + budget / 1000.0
+
+        if silence_ms_at_start >= s.max_wait_ms:
+            return EndOfTurnDecision("timeout", None, elapsed_ms())  # no budget is longer
+        # Nothing is known before the first check: never end the turn before it.
         probability: float | None = None
+        next_check = loop.time()
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return EndOfTurnDecision("max_wait", probability, elapsed_ms())
-            try:
-                # Never let a slow (overloaded) model push the decision past max_wait.
-                probability = await asyncio.wait_for(self.model.predict(get_audio()), remaining)
-            except TimeoutError:
-                return EndOfTurnDecision("max_wait", probability, elapsed_ms())
-            except Exception as exc:
-                # A broken model must not stall the call: fall back to the VAD's decision.
-                log.warning("end-of-turn model failed, ending the turn on VAD stop: %r", exc)
-                return EndOfTurnDecision("vad", probability, elapsed_ms())
-            if probability >= s.threshold:
-                return EndOfTurnDecision("model", probability, elapsed_ms())
-            pause = min(s.recheck_ms / 1000.0, deadline - time.monotonic())
-            if pause > 0:
-                await asyncio.sleep(pause)
-            if time.monotonic() >= deadline:
-                return EndOfTurnDecision("max_wait", probability, elapsed_ms())
+            now = loop.time()
+            if probability is not None and now >= deadline(probability):
+                return EndOfTurnDecision("timeout", probability, elapsed_ms())
+            if now >= next_check:
+                limit = (s.max_wait_ms / 1000.0 if probability is None
+                         else deadline(probability) - now)
+                try:
+                    # Never let a slow (overloaded) model push the decision past the budget.
+                    probability = await asyncio.wait_for(
+                        self.model.predict(get_audio()), max(limit, 0.001))
+                except TimeoutError:
+                    return EndOfTurnDecision("timeout", probability, elapsed_ms())
+                except Exception as exc:
+                    # A broken model must not stall the call: fall back to the VAD's decision.
+                    log.warning("end-of-turn model failed, ending the turn on VAD stop: %r",
+                                exc)
+                    return EndOfTurnDecision("vad", probability, elapsed_ms())
+                next_check = loop.time() + s.recheck_ms / 1000.0
+                if deadline(probability) <= speech_end:
+                    return EndOfTurnDecision("model", probability, elapsed_ms())
+                continue
+            # Between checks the transcript may change (the final arriving and finishing the
+            # sentence), which moves the deadline: look again every TEXT_POLL_S.
+            pause = min(next_check, deadline(probability)) - loop.time()
+            await asyncio.sleep(max(0.0, min(TEXT_POLL_S, pause)))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -32,7 +33,7 @@ _MEL_FLOOR = 1e-10
 _VAR_EPS = 1e-7
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: npt.ArrayLike) -> np.ndarray:
     """Slaney (Auditory Toolbox) mel scale: linear to 1 kHz, logarithmic above."""
     f_sp = 200.0 / 3.0  # Hz per mel in the linear part
     brk_hz = 1000.0
@@ -44,7 +45,7 @@ def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     )
 
 
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def _mel_to_hz(mel: npt.ArrayLike) -> np.ndarray:
     f_sp = 200.0 / 3.0
     brk_hz = 1000.0
     brk_mel = brk_hz / f_sp

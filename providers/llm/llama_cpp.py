@@ -1,26 +1,29 @@
-"""llama.cpp LLM (llama-cpp-python): any GGUF chat model, SmolLM2-135M-Instruct by default.
+"""llama.cpp LLM (llama-cpp-python): any GGUF chat model, Qwen2.5-Coder-0.5B-Instruct (Q4_K_M) by
+default; SmolLM2-135M-Instruct is the smaller, faster and much less faithful choice
+(docs/benchmarks.md).
 
-Each generation runs on its own thread and streams tokens back through a bounded queue; closing
-or cancelling the iterator stops generation at the next token. At most `max_concurrent`
-generations per model run at once in the process (each needs its own llama.cpp context, see
-`llama_pool`); further requests wait for a free context. Contexts are loaded once, off the event
-loop, and shared by every call through `ctx.shared`. A context keeps its last prompt's KV cache
-and llama.cpp reuses the longest common prefix, so a call's later turns evaluate only the new
-messages; `prefill` does the same for the first turn by evaluating the system prompt and greeting
-while the greeting plays.
+llama.cpp runs in worker processes, not in the server (`llama_pool`, `providers.native`): a crash
+in native code costs the one generation it was running, which fails with a ProviderError at
+once (the call's fallback LLM takes over, or the engine apologises), and the worker is replaced.
+Tokens stream back over the worker's pipe as they are sampled; closing or cancelling the
+iterator tells the worker to stop at the next token. At most `max_concurrent` generations per
+model run at once in the server (one worker each); further requests wait for a free worker.
+Workers load the model once and are shared by every call through `ctx.shared`. A worker keeps
+its last prompt's KV cache and llama.cpp reuses the longest common prefix, so a call's later
+turns evaluate only the new messages; `prefill` does the same for the first turn by evaluating
+the system prompt and greeting while the greeting plays.
 
 Small local models have no native tool support: tools are offered only when `tools_enabled`, by
 describing them in the system prompt (see `prompted_tools`). Usage: `input_tokens` and
 `output_tokens`, yielded as Usage events at the end of a generation. Latency: `ttfb_ms` from the
-request (including any wait for a free context) to the first token.
+request (including any wait for a free worker) to the first token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,17 +40,13 @@ from providers.base import (
     ToolSpec,
     Usage,
 )
-from providers.llm.llama_pool import NAME, LlamaPool, ModelSpec, Slot
+from providers.llm.llama_pool import NAME, WINDOW, LlamaPool, ModelSpec, Slot, llama_pool
 from providers.llm.prompted_tools import ToolReplyParser, plain_chat
-from providers.llm.sentence_limit import SentenceLimit
-from providers.threaded import run_in_thread
 from providers.usage import FirstResultClock
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Tokens kept free for the template's own markup around each message when fitting the context.
-_PER_MESSAGE_OVERHEAD = 8
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 # The user turn added when a conversation has none yet (chat templates need one).
 _FILLER_TURN = "Hello."
 
@@ -84,6 +83,8 @@ class LlamaCppLLM(LLMProvider):
     def __init__(self, config: ProviderConfig, ctx: ProviderContext) -> None:
         super().__init__(config, ctx)
         self._last_slot: Slot | None = None
+        # Set while this conversation's prefill runs (see `stream`).
+        self._prefilling: asyncio.Event | None = None
 
     @classmethod
     def model_files(cls, config: ProviderConfig) -> list[str]:
@@ -101,30 +102,26 @@ class LlamaCppLLM(LLMProvider):
     def pool(self) -> LlamaPool:
         cfg = self.config
         spec = ModelSpec(self.model_path(), cfg.n_ctx, cfg.n_threads, cfg.n_batch)
-        pools: dict[ModelSpec, LlamaPool] = self.ctx.shared.setdefault(NAME, {})
-        pool = pools.get(spec)
-        if pool is None:
-            pool = pools.setdefault(spec, LlamaPool(spec, cfg.max_concurrent))
-        pool.grow(cfg.max_concurrent)
-        return pool
+        return llama_pool(self.ctx.shared, spec, cfg.max_concurrent)
 
     async def warm(self) -> None:
-        """Load one context now (startup) rather than on the first turn."""
+        """Start one worker (it loads the model) now, at startup, rather than on the first turn."""
         pool = self.pool()
         slot = await pool.acquire(self._last_slot)
         self._last_slot = slot
         pool.release(slot)
 
     async def prefill(self, messages: list[Message], tools: list[ToolSpec] | None = None) -> bool:
-        """Evaluate the start of a conversation (system prompt, greeting) into a context now,
-        while nobody waits for it; the first answer then evaluates only the caller's words, as
-        llama.cpp reuses the longest common token prefix of a context's last prompt. On one
-        thread SmolLM2 evaluates ~200 prompt tokens/s, so this takes ~0.5 s off the first turn.
+        """Evaluate the start of a conversation (system prompt, greeting) into a worker's context
+        now, while nobody waits for it; the first answer then evaluates only the caller's words,
+        as llama.cpp reuses the longest common token prefix of a context's last prompt. On one
+        thread Qwen2.5 0.5B evaluates ~80 prompt tokens/s, so this takes ~3 s off the first turn
+        (SmolLM2-135M: ~200 tokens/s, ~0.5 s).
 
-        Returns False without doing anything when every context is busy and no more may be
-        loaded: a prefill never makes a generation wait. Once started it runs to the end on its
-        worker thread (cancelling the await only stops waiting for it); the context goes back to
-        the pool from that thread."""
+        Returns False without doing anything when every worker is busy and no more may be
+        started: a prefill never makes a generation wait. Cancelling the await gives the worker
+        back at once; a generation sent to it after that waits in its pipe until the prefill
+        (one prompt evaluation) is over."""
         cfg = self.config
         offered = list(tools or []) if cfg.tools_enabled else []
         chat = plain_chat(messages, offered)
@@ -137,22 +134,21 @@ class LlamaCppLLM(LLMProvider):
         if slot is None:
             return False
         self._last_slot = slot
-        budget = cfg.n_ctx - cfg.max_tokens
-
-        def evaluate() -> None:
-            try:
-                llama = slot.llama
-                llama.create_chat_completion(messages=_fit(llama, chat, budget), max_tokens=1,
-                                             temperature=0.0)
-            finally:
-                pool.release(slot)
-
+        job = {"messages": chat, "params": {"max_tokens": 1, "temperature": 0.0},
+               "budget": cfg.n_ctx - cfg.max_tokens, "stream": False}
+        done = self._prefilling = asyncio.Event()
+        run = slot.worker.run(job, WINDOW)
         try:
-            await asyncio.to_thread(evaluate)
+            async for _ in run:
+                pass
         except ProviderError:
             raise
         except Exception as exc:
             raise ProviderError(NAME, f"prefill failed: {exc}") from exc
+        finally:
+            await run.aclose()
+            pool.release(slot)
+            done.set()
         return True
 
     async def stream(self, messages: list[Message], tools: list[ToolSpec] | None = None,
@@ -165,38 +161,51 @@ class LlamaCppLLM(LLMProvider):
         params = self._params(settings or {})
         clock = FirstResultClock(self.ctx, NAME)
         pool = self.pool()
+        if self._prefilling is not None:
+            # The prefill is evaluating this very prefix: waiting for the rest of it is cheaper
+            # than a free worker evaluating the whole prompt again (the system prompt alone is
+            # seconds of prompt evaluation for a 0.5B model on one core).
+            await self._prefilling.wait()
+            self._prefilling = None
         slot = await pool.acquire(self._last_slot)
         self._last_slot = slot
-        handoff = _Handoff(pool, slot)
         parser = ToolReplyParser(offered) if offered else None
-        limit = cfg.max_sentences if not offered else None
-        events = run_in_thread(self._producer(slot, chat, params, handoff, limit), max_ahead=16,
-                               thread_name="llama-generation")
+        job = {"messages": chat, "params": params, "budget": cfg.n_ctx - params["max_tokens"],
+               # A JSON tool call must stay whole: no sentence limit while tools are offered.
+               "max_sentences": cfg.max_sentences if not offered else None, "stream": True}
+        # Closed explicitly (not left to the garbage collector) so the worker hears of a cancel
+        # before the next request reaches it.
+        run = slot.worker.run(job, WINDOW)
         try:
-            async for event in events:
-                if isinstance(event, TextDelta) and parser is not None:
-                    text = parser.feed(event.text)
-                    if not text:
-                        continue
-                    event = TextDelta(text)
-                if isinstance(event, Usage) and parser is not None:
+            async for msg in run:
+                if msg[0] == "item":
+                    text = msg[1]
+                    if parser is not None:
+                        text = parser.feed(text)
+                        if not text:
+                            continue
+                    clock.mark()
+                    yield TextDelta(text)
+                    continue
+                stats = msg[1]
+                if parser is not None:
                     call = parser.finish()
                     if call is not None:
                         clock.mark()
                         yield call
-                    parser = None
-                if isinstance(event, TextDelta):
-                    clock.mark()
-                yield event
+                model = self.model_name
+                yield Usage(NAME, model, "input_tokens", float(stats["input_tokens"]))
+                yield Usage(NAME, model, "output_tokens", float(stats["output_tokens"]))
         except ProviderError:
             raise
         except Exception as exc:
             raise ProviderError(NAME, f"generation failed: {exc}") from exc
         finally:
-            await events.aclose()
-            handoff.release_unclaimed()
+            await run.aclose()
+            pool.release(slot)
 
     def _params(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """create_chat_completion's sampling keywords, passed through the worker as they are."""
         cfg = self.config
         return {
             "max_tokens": int(settings.get("max_tokens", cfg.max_tokens)),
@@ -206,105 +215,3 @@ class LlamaCppLLM(LLMProvider):
             "stop": list(cfg.stop),
             "seed": settings.get("seed", cfg.seed),
         }
-
-    def _producer(self, slot: Slot, chat: list[dict[str, str]], params: dict[str, Any],
-                  handoff: _Handoff, max_sentences: int | None
-                  ) -> Callable[[Callable[[LLMEvent], bool], threading.Event], None]:
-        model = self.model_name
-        n_ctx = self.config.n_ctx
-
-        def produce(emit: Callable[[LLMEvent], bool], stop: threading.Event) -> None:
-            if not handoff.claim():
-                return
-            try:
-                llama = slot.llama
-                fitted = _fit(llama, chat, n_ctx - params["max_tokens"])
-                parts = llama.create_chat_completion(messages=fitted, stream=True, **params)
-                prompt_tokens: int | None = None
-                chunks = 0
-                limit = SentenceLimit(max_sentences) if max_sentences else None
-                try:
-                    for part in parts:
-                        if stop.is_set():
-                            return
-                        text = part["choices"][0]["delta"].get("content")
-                        if not text:
-                            continue
-                        if prompt_tokens is None:
-                            # The prompt is evaluated (prefix reuse included) and one token
-                            # sampled but not yet evaluated: n_tokens is the prompt length.
-                            prompt_tokens = llama.n_tokens
-                        chunks += 1  # llama-cpp-python streams one chunk per token
-                        complete = False
-                        if limit is not None:
-                            text, complete = limit.feed(text)
-                        if text and not emit(TextDelta(text)):
-                            return
-                        if complete:
-                            break
-                finally:
-                    parts.close()  # stops llama.cpp now, not when the generator is collected
-                end = llama.n_tokens
-                if prompt_tokens is None:
-                    prompt_tokens = end
-                emit(Usage(NAME, model, "input_tokens", float(prompt_tokens)))
-                emit(Usage(NAME, model, "output_tokens", float(max(chunks, end - prompt_tokens))))
-            finally:
-                handoff.release()
-
-        return produce
-
-
-class _Handoff:
-    """Who returns the context to the pool: the generation thread once it starts, or the async
-    side if the request ends before the thread ever ran. Exactly one of them does."""
-
-    def __init__(self, pool: LlamaPool, slot: Slot) -> None:
-        self._pool = pool
-        self._slot = slot
-        self._lock = threading.Lock()
-        self._state = "pending"  # pending | claimed | released
-
-    def claim(self) -> bool:
-        with self._lock:
-            if self._state != "pending":
-                return False
-            self._state = "claimed"
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            if self._state == "released":
-                return
-            self._state = "released"
-        self._pool.release(self._slot)
-
-    def release_unclaimed(self) -> None:
-        with self._lock:
-            if self._state != "pending":
-                return
-            self._state = "released"
-        self._pool.release(self._slot)
-
-
-def _fit(llama: Any, chat: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
-    """Drop the oldest turns after the system prompt until the prompt fits `budget` tokens
-    (the engine bounds history by items, not tokens; a long call must not overflow n_ctx)."""
-
-    def cost(m: dict[str, str]) -> int:
-        return len(llama.tokenize(m["content"].encode("utf-8"), add_bos=False,
-                                  special=False)) + _PER_MESSAGE_OVERHEAD
-
-    head = chat[:1] if chat and chat[0]["role"] == "system" else []
-    tail = chat[len(head):]
-    costs = [cost(m) for m in tail]
-    total = sum(cost(m) for m in head) + sum(costs)
-    dropped = False
-    while len(tail) > 1 and (total > budget or (dropped and tail[0]["role"] != "user")):
-        total -= costs.pop(0)
-        tail.pop(0)
-        dropped = True  # then keep dropping to a user turn: templates expect one first
-    if total > budget:
-        raise ProviderError(NAME, f"prompt of ~{total} tokens does not fit the context "
-                            f"(n_ctx minus max_tokens = {budget})")
-    return head + tail

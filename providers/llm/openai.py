@@ -142,7 +142,8 @@ class _ToolCallAssembler:
             idx = frag.get("index")
             if idx is None:
                 # Some servers omit `index`; fall back to the call id, then the list position.
-                idx = self._index_for_id(frag.get("id")) if frag.get("id") else None
+                frag_id = frag.get("id")
+                idx = self._index_for_id(frag_id) if frag_id else None
                 idx = pos if idx is None else idx
             call = self._calls.setdefault(int(idx), {"id": "", "name": "", "args": []})
             if frag.get("id") and not call["id"]:

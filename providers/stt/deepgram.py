@@ -10,6 +10,10 @@ audio as a final result marked `from_finalize`) and `CloseStream` (on close). Se
 `UtteranceEnd`; errors arrive as close frames (e.g. 1011 NET-0001) or refused upgrades with a
 `{"err_code", "err_msg"}` body.
 
+Input format (`encoding`, `FormatChoosingSTT`): with "auto" a μ-law phone leg goes up as the
+carrier's own μ-law bytes at 8 kHz (untouched: a quarter of the bytes of 16 kHz linear16, and
+no resampling) and any other leg as linear16 at its own rate; "linear16" / "mulaw" force one.
+
 Resilience: audio since the last final result is kept in a bounded buffer; if the socket drops,
 the stream reconnects and replays that audio (and a pending Finalize), so the caller's current
 turn is not lost. Result times are mapped back onto the stream's own clock across reconnects.
@@ -38,6 +42,8 @@ from urllib.parse import urlencode
 import numpy as np
 from pydantic import Field
 
+from pipelines.audio.g711 import ulaw_encode
+from pipelines.audio.inbox import AudioFormat
 from providers.base import ProviderError, SecretRef, STTProvider, STTStream, Transcript
 from providers.http import (
     CloudConfig,
@@ -67,9 +73,9 @@ class DeepgramSTTConfig(CloudConfig):
     model: str = "nova-3"
     # Deepgram language code; None uses the agent's language (e.g. "en-US").
     language: str | None = None
-    # linear16 sends our int16 frames as they are; mulaw re-encodes 8 kHz frames to G.711
-    # (lossless for audio that arrived as μ-law, and half the bytes).
-    encoding: Literal["linear16", "mulaw"] = "linear16"
+    # auto: a μ-law call's own bytes (8 kHz), else linear16 at the call's rate; linear16 /
+    # mulaw force that encoding (the engine converts the call's audio to it).
+    encoding: Literal["auto", "linear16", "mulaw"] = "auto"
     interim_results: bool = True
     # Deepgram's own silence endpointing in ms (`speech_final`), or False to disable it.
     endpointing: Annotated[int, Field(ge=10, le=10_000)] | Literal[False] = 300
@@ -97,13 +103,30 @@ class DeepgramSTT(STTProvider):
     Config: ClassVar[type[DeepgramSTTConfig]] = DeepgramSTTConfig
     config: DeepgramSTTConfig
 
-    def listen_url(self, sample_rate: int, language: str) -> str:
+    def input_format(self, carrier: AudioFormat) -> AudioFormat:
+        """`FormatChoosingSTT`: what the engine should push on a leg in `carrier` format."""
+        enc = self.config.encoding
+        if enc == "mulaw" or (enc == "auto" and carrier.encoding == "mulaw"):
+            return AudioFormat(8000, "mulaw")
+        return AudioFormat(carrier.sample_rate, "pcm16")
+
+    async def open_as(self, fmt: AudioFormat, language: str) -> STTStream:
+        if fmt.encoding == "mulaw" and fmt.sample_rate != 8000:
+            raise ProviderError(self.name, "encoding 'mulaw' needs 8000 Hz audio, got "
+                                f"{fmt.sample_rate} Hz", code="config")
+        key = await resolve_api_key(self.ctx, self.config.api_key, self.name)
+        assert key is not None
+        stream = _DeepgramStream(self, fmt, language, key)
+        await stream.start()
+        return stream
+
+    def listen_url(self, fmt: AudioFormat, language: str) -> str:
         cfg = self.config
         params: list[tuple[str, str]] = [
             ("model", cfg.model),
             ("language", cfg.language or language),
-            ("encoding", cfg.encoding),
-            ("sample_rate", str(sample_rate)),
+            ("encoding", "mulaw" if fmt.encoding == "mulaw" else "linear16"),
+            ("sample_rate", str(fmt.sample_rate)),
             ("channels", "1"),
             ("interim_results", _flag(cfg.interim_results)),
             ("endpointing", "false" if cfg.endpointing is False else str(cfg.endpointing)),
@@ -118,23 +141,20 @@ class DeepgramSTT(STTProvider):
         return f"{cfg.base_url.rstrip('/')}/v1/listen?{urlencode(params)}"
 
     async def open(self, sample_rate: int, language: str) -> STTStream:
-        if self.config.encoding == "mulaw" and sample_rate != 8000:
-            raise ProviderError(self.name, "encoding 'mulaw' needs 8000 Hz audio, got "
-                                f"{sample_rate} Hz", code="config")
-        key = await resolve_api_key(self.ctx, self.config.api_key, self.name)
-        assert key is not None
-        stream = _DeepgramStream(self, sample_rate, language, key)
-        await stream.start()
-        return stream
+        """int16 PCM at `sample_rate` (re-encoded to μ-law when `encoding` is "mulaw")."""
+        mulaw = self.config.encoding == "mulaw"
+        return await self.open_as(AudioFormat(sample_rate, "mulaw" if mulaw else "pcm16"),
+                                  language)
 
 
 class _DeepgramStream(STTStream):
-    def __init__(self, provider: DeepgramSTT, sample_rate: int, language: str, key: str) -> None:
+    def __init__(self, provider: DeepgramSTT, fmt: AudioFormat, language: str, key: str) -> None:
         self._p = provider
         self._cfg = provider.config
-        self._url = provider.listen_url(sample_rate, language)
+        self._mulaw = fmt.encoding == "mulaw"
+        self._url = provider.listen_url(fmt, language)
         self._headers = {"Authorization": f"Token {key}"}
-        self._bytes_per_s = sample_rate * (1 if self._cfg.encoding == "mulaw" else 2)
+        self._bytes_per_s = fmt.sample_rate * (1 if self._mulaw else 2)
         self._queue: asyncio.Queue[Transcript | ProviderError | None] = asyncio.Queue(_QUEUE_MAX)
         self._lock = asyncio.Lock()
         self._ws: ClientConnection | None = None
@@ -214,9 +234,9 @@ class _DeepgramStream(STTStream):
             raise self._error
         if self._closed:
             return
-        if self._cfg.encoding == "mulaw":
-            from pipelines.audio.g711 import ulaw_encode
-
+        if self._mulaw and frame.dtype == np.uint8:
+            payload = frame.tobytes()  # the carrier's own μ-law bytes, as they came
+        elif self._mulaw:
             payload = ulaw_encode(np.asarray(frame, dtype=np.int16))
         else:
             payload = np.asarray(frame, dtype="<i2").tobytes()
@@ -304,7 +324,7 @@ class _DeepgramStream(STTStream):
 
     # -- results out --------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[Transcript]:  # type: ignore[override]
+    async def events(self) -> AsyncIterator[Transcript]:
         while True:
             item = await self._queue.get()
             if item is None:

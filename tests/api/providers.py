@@ -58,6 +58,9 @@ class ApiTestSTT(STTProvider):
 
     class Config(ProviderConfig):
         model: str = "tiny"
+        # What the demo agent sets for its real STT (whisper), which this one stands in for.
+        beam_size: int = 1
+        prompt: str = ""
 
     async def open(self, sample_rate: int, language: str) -> STTStream:
         return _EchoStream()
@@ -74,6 +77,7 @@ class ApiTestLLM(LLMProvider):
         max_tokens: int = Field(120, ge=1)
         max_sentences: int | None = Field(None, ge=1)
         stop: list[str] = Field(default_factory=list)
+        repeat_penalty: float = Field(1.1, ge=1.0, le=2.0)
 
     async def stream(
         self,

@@ -30,7 +30,7 @@ async def test_create_read_patch_keeps_old_version(client, admin_headers):
     assert created["version"] == 1
     assert created["config"]["prompt"] == "You are a helpful receptionist."
     # Defaults from ARCHITECTURE.md are filled in and frozen into the version.
-    assert created["config"]["turn"]["max_wait_ms"] == 3000
+    assert created["config"]["turn"]["max_wait_ms"] == 1200
     agent_id = created["id"]
 
     r = await client.get(f"/v1/agents/{agent_id}", headers=admin_headers)

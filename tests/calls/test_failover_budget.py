@@ -19,7 +19,7 @@ def test_each_link_but_the_last_adds_its_timeout() -> None:
     cfg = agent(
         stt={"provider": "deepgram", "timeout_s": 2,
              "fallback": [{"provider": "openai", "timeout_s": 3,
-                           "fallback": [{"provider": "pocketsphinx", "timeout_s": 9}]}]},
+                           "fallback": [{"provider": "whisper", "timeout_s": 9}]}]},
         llm={"provider": "openai", "timeout_s": 4, "fallback": [{"provider": "anthropic"}]},
         tts={"provider": "elevenlabs", "timeout_s": 1.5, "fallback": [{"provider": "piper"}]},
     )

@@ -60,7 +60,7 @@ async def test_upgrade_downgrade_upgrade(blank_database_url: str):
 
 def test_migrations_found_outside_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert migrate.head_revision() == "0001"
+    assert migrate.head_revision() == "0002"
     assert (migrate.MIGRATIONS_DIR / "alembic.ini").is_file()
 
 

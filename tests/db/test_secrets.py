@@ -7,11 +7,11 @@ import logging
 
 import pytest
 
+from app.calls.secrets import SecretNotFound, SecretResolver
 from app.config import Settings
 from app.db.repos import credentials
 from app.logging_setup import configure_logging
 from app.security.crypto import DecryptError, SecretBox
-from app.security.secrets import SecretNotFound, SecretResolver
 from providers.base import SecretRef
 
 

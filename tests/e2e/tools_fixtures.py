@@ -33,7 +33,7 @@ from app.config import Settings
 from app.db.repos import agents as agents_repo
 from app.db.repos import numbers as numbers_repo
 from app.events.bus import Envelope, SubscriptionClosed
-from app.telephony.plivo.simulator import PlivoSimulator, SimCall
+from app.simulator.far_end import PlivoSimulator, SimCall
 from tests.conftest import TEST_ADMIN_KEY
 from tests.fakes.fake_deepgram import FakeDeepgram
 from tests.fakes.fake_elevenlabs import FakeElevenLabs

@@ -200,11 +200,10 @@ async def test_two_deliverers_on_one_database_send_each_event_once(
         sids = [(await make_session(database, webhook_url=server.url))[0] for _ in range(4)]
         producer = events_factory()
         # Record rows without a running deliverer in the producer, then let two race.
-        producer.sql.start()
-        producer.webhooks.start()
+        await producer.outbox.start()
         ids = [producer.publish(ev.UserTranscription(session_id=sid, text=str(i))).id
                for i in range(10) for sid in sids]
-        await producer.webhooks.flush()
+        await producer.outbox.flush()
         a, b = events_factory(), events_factory()
         await a.start()
         await b.start()

@@ -152,6 +152,7 @@ class FakeDeepgram(FakeVendor):
                     frames += 1
                     rec.messages.append(len(msg))
                     rec.audio_bytes += len(msg)
+                    rec.audio += msg
                     if (failure is not None and frames > failure.after
                             and await cut(ws, rec, failure)):
                         return
@@ -161,6 +162,7 @@ class FakeDeepgram(FakeVendor):
                     if interim and st.speech_s > 0 and st.since_interim >= self.interim_every_s:
                         st.since_interim = 0.0
                         await ws.send(json.dumps(self._results(st, final=False)))
+                        rec.note("interim-sent")
                     continue
                 try:
                     ctrl = json.loads(msg)

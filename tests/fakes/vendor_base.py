@@ -130,6 +130,7 @@ class Recorded:
     # frames as their length in bytes).
     messages: list[Any] = field(default_factory=list)
     audio_bytes: int = 0
+    audio: bytearray = field(default_factory=bytearray)  # the binary frames' bytes, in order
     started_at: float = field(default_factory=time.monotonic)
     # When the client went away (HTTP disconnect, WS close/abort) or the exchange ended.
     closed_at: float | None = None

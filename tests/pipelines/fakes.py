@@ -33,6 +33,7 @@ from pipelines import events as ev
 from pipelines.conversation import Conversation
 from pipelines.settings import ConversationSettings, TurnSettings, VadSettings
 from pipelines.turn.base import EndOfTurnDecision
+from pipelines.turn.endpointing import EndpointingPolicy
 from pipelines.vad.base import VadEvent
 from pipelines.vad.segmenter import SpeechSegmenter
 from providers.base import AudioChunk, ProviderError, TextDelta, ToolCall, Transcript, Usage
@@ -136,8 +137,10 @@ class FakeSTT:
 
     def __init__(self, utterances: list[str], *, streaming: bool = True, word_ms: int = 150,
                  latency_ms: int = 40, endpoint_ms: int | None = None,
-                 fail_streams: int = 0) -> None:
+                 fail_streams: int = 0, corrections: dict[str, str] | None = None) -> None:
         self.utterances = deque(utterances)
+        # final text that differs from what the interims showed (an STT revising its guess)
+        self.corrections = corrections or {}
         self.fail_streams = fail_streams  # this many streams break (events() raises) at once
         self.streaming = streaming
         self.word_ms = word_ms
@@ -207,6 +210,7 @@ class FakeSTTStream:
 
     def _finalise(self) -> None:
         text = " ".join(self._pending)
+        text = self._stt.corrections.get(text, text)
         self._pending = []
         self._send(text, final=True)
 
@@ -231,11 +235,26 @@ class FakeSTTStream:
 # ---------------------------------------------------------------------------------------------
 
 
-class ScriptedEndpointing:
-    """EndpointingPolicy's algorithm on the loop clock, with scripted model probabilities.
+class _ScriptedModel:
+    """An EndOfTurnModel that answers `probs` in turn (the last repeats), `model_ms` each."""
 
-    `script[i]` is used for the i-th decide() call: one probability per model check (the last
-    repeats). The model takes `model_ms` per check."""
+    def __init__(self, owner: ScriptedEndpointing, probs: list[float]) -> None:
+        self.owner = owner
+        self.probs = probs
+        self.k = 0
+
+    async def predict(self, audio: np.ndarray) -> float:
+        self.owner.audio_ms.append(len(audio) / SR * 1000)
+        await asyncio.sleep(self.owner.model_ms / 1000)
+        p = self.probs[min(self.k, len(self.probs) - 1)]
+        self.k += 1
+        return p
+
+
+class ScriptedEndpointing:
+    """The real EndpointingPolicy (silence budget from P and the words, re-checks) on the loop
+    clock, with scripted model probabilities: `script[i]` is used for the i-th decide() call,
+    one probability per model check (the last repeats). The model takes `model_ms` per check."""
 
     def __init__(self, settings: TurnSettings, script: list[list[float]] | None = None,
                  model_ms: int = 60) -> None:
@@ -245,33 +264,22 @@ class ScriptedEndpointing:
         self.calls = 0
         self.cancelled = 0
         self.audio_ms: list[float] = []
+        self.texts: list[str] = []
 
     async def decide(self, get_audio: Callable[[], np.ndarray],
-                     silence_ms_at_start: float = 0) -> EndOfTurnDecision:
+                     silence_ms_at_start: float = 0, get_text: Callable[[], str] = lambda: "",
+                     scale: Callable[[float], float] | None = None) -> EndOfTurnDecision:
         self.calls += 1
         probs = self.script.popleft() if self.script else [0.9]
-        s = self.settings
-        t0 = _now()
-        deadline = t0 + max(0.0, s.max_wait_ms - silence_ms_at_start) / 1000
+        policy = EndpointingPolicy(_ScriptedModel(self, probs), self.settings)
 
-        def elapsed() -> float:
-            return (_now() - t0) * 1000
+        def text() -> str:
+            t = get_text()
+            self.texts.append(t)
+            return t
 
-        k = 0
-        p: float | None = None
         try:
-            while True:
-                self.audio_ms.append(len(get_audio()) / SR * 1000)
-                await asyncio.sleep(self.model_ms / 1000)
-                p = probs[min(k, len(probs) - 1)]
-                k += 1
-                if p >= s.threshold:
-                    return EndOfTurnDecision("model", p, elapsed())
-                pause = min(s.recheck_ms / 1000, deadline - _now())
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                if _now() >= deadline:
-                    return EndOfTurnDecision("max_wait", p, elapsed())
+            return await policy.decide(get_audio, silence_ms_at_start, text, scale)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise

@@ -195,7 +195,7 @@ def test_stop_ends_at_once_and_releases_everything() -> None:
         await h.wait_for("agent.speech_started")
         await h.conv.stop("caller_hangup")
         assert await h.conv.wait_ended() == "caller_hangup"
-        assert h.conv._tasks == set()
+        assert h.conv._core.tasks == set()
         assert h.stt.streams[0].closed and h.vad.closed
         assert not h.of("agent.speech_interrupted")  # a hangup is not a barge-in
         await h.conv.stop("again")  # idempotent

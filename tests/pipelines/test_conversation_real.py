@@ -149,7 +149,7 @@ async def test_unfinished_sentence_with_a_400ms_pause_stays_one_turn(
         assert len(call.of("user.turn_completed")) == 1, timeline
         assert turn.text == f"{first} {second}"
         # The whole turn is an odd sentence: smart-turn may end it or let max_wait do it.
-        assert turn.trigger in ("model", "max_wait")
+        assert turn.trigger in ("model", "timeout")
 
 
 async def test_real_speech_over_the_agent_interrupts_it(engine: EngineModels) -> None:
@@ -167,8 +167,10 @@ async def test_real_speech_over_the_agent_interrupts_it(engine: EngineModels) ->
         # Silent from the hold (VAD start); committed only after min_speech_ms and a word.
         assert intr.barge_in_ms >= s.vad.start_ms
         onset = call.of("user.speech_started")[0].mono
-        assert (intr.mono - onset) * 1000 >= s.interruption.min_speech_ms
-        assert len(call.sink.clears) == 1
+        assert (intr.mono - onset) * 1000 >= s.interruption.min_speech_ms - 20  # ±1 frame
+        # One clear made the hold audible (a later one may stop the answer to this very turn
+        # if the caller goes on after their pause).
+        assert len([c for c in call.sink.clears if c[0] <= intr.mono]) == 1
         turn = await call.wait_for("user.turn_completed")
         assert turn.text == "stop, wait a second"
         assert call.conv.context.items[0].content == intr.heard_text

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.settings import TurnSettings
+from pipelines.turn.delay import silence_budget_ms
 from pipelines.turn.endpointing import EndpointingPolicy
 from pipelines.turn.smart_turn import SmartTurnModel
 from tests.speech import silence, synthesize, with_silence
@@ -67,10 +68,13 @@ async def test_unfinished_sentence_waits_rechecking_until_max_wait(
     t0 = time.monotonic()
     decision = await EndpointingPolicy(smart_turn, settings).decide(audio, STOP_MS)
     waited_ms = (time.monotonic() - t0) * 1000
-    assert decision.trigger == "max_wait"
+    assert decision.trigger == "timeout"
     assert decision.probability is not None and decision.probability < 0.5
-    # Ends max_wait after the true end of speech, i.e. max_wait - stop_ms after the VAD stop.
-    assert decision.decided_after_ms >= settings.max_wait_ms - STOP_MS - 1
+    # Ends the silence budget the last P sets after the true end of speech, i.e. that minus
+    # stop_ms after the VAD stop.
+    budget = silence_budget_ms(decision.probability, "", settings)
+    assert settings.min_wait_ms < budget <= settings.max_wait_ms
+    assert decision.decided_after_ms >= budget - STOP_MS - 1
     assert decision.decided_after_ms <= waited_ms + 1
     # Re-checked as the silence grew (first check + one per recheck_ms: ~5 on an idle box).
     assert len(audio.lengths) >= 2
@@ -108,7 +112,7 @@ async def test_silence_already_past_max_wait_ends_without_the_model(
     audio = GrowingTurn(turn("I wanted to ask about, um, and then I"))
     policy = EndpointingPolicy(smart_turn, TurnSettings(max_wait_ms=300))
     decision = await policy.decide(audio, silence_ms_at_start=400)
-    assert decision.trigger == "max_wait"
+    assert decision.trigger == "timeout"
     assert audio.lengths == []
 
 

@@ -198,3 +198,33 @@ def test_histogram_buckets_and_quantiles() -> None:
     assert h.quantile(1.0) == 10  # +Inf bucket reports the observed max
     with pytest.raises(ValueError):
         Histogram((3, 1))
+
+
+def test_a_batch_left_running_by_a_closed_loop_does_not_hold_the_cap() -> None:
+    """One executor serves several event loops over its life (a model shared across servers or
+    test loops). A loop that closes while its batch runs never hears back; the next loop's
+    requests must not wait behind that batch forever."""
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    pool = ThreadPoolExecutor(max_workers=2)
+    ex = BatchExecutor(rec, max_batch=8, max_wait_ms=1, pool=pool, max_inflight=1)
+
+    async def abandon() -> None:
+        caller = asyncio.create_task(ex.submit(1))
+        assert await asyncio.to_thread(rec.started.wait, 5)  # running when the loop goes
+        caller.cancel()  # the caller is gone with its loop; the batch still runs
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+    first = asyncio.new_event_loop()
+    first.run_until_complete(abandon())
+    first.close()
+    gate.set()
+
+    async def later() -> int:
+        return await asyncio.wait_for(ex.submit(2), 5)
+
+    try:
+        assert asyncio.run(later()) == 4
+    finally:
+        pool.shutdown()

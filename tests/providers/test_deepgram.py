@@ -254,7 +254,14 @@ async def test_a_hung_connection_fails_the_stream_instead_of_promoting(
     await speak(s, 0.5)
     interim = await asyncio.wait_for(anext(events), 5)
     assert not interim.is_final
+    rec = fake.for_endpoint("listen")[0]
+    # Let the fake read all of that audio before it hangs, then take every interim it sent:
+    # one still on its way when Finalize goes out would count as the server answering.
+    await fake.until(lambda: rec.audio_bytes >= 16000, within_s=10)
     live.kind = "hang"  # the fake swallows everything from now on
+    sent = sum(1 for _, what, _ in rec.events if what == "interim-sent")
+    for _ in range(sent - 1):
+        assert not (await asyncio.wait_for(anext(events), 5)).is_final
     await speak(s, 0.8, start=8000)
     t0 = time.monotonic()
     await s.flush()
@@ -262,7 +269,6 @@ async def test_a_hung_connection_fails_the_stream_instead_of_promoting(
         await next_final(events)
     assert exc.value.code == "timeout" and exc.value.retryable
     assert time.monotonic() - t0 >= 0.3
-    rec = fake.for_endpoint("listen")[0]
     await fake.until(lambda: rec.closed_at is not None)
     assert len(fake.for_endpoint("listen")) == 1  # no reconnect: the owner replaces the stream
     await s.aclose()

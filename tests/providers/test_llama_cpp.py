@@ -18,6 +18,9 @@ from providers.base import ProviderError, TextDelta, ToolCall, ToolSpec, Usage
 from providers.llm.llama_cpp import LlamaCppConfig, LlamaCppLLM
 from tests.providers.conftest import Recorder, make_ctx
 
+# The small model: these tests are about the adapter and its workers, not answer quality.
+SMOL = model_store.SMOLLM2.name
+
 SYSTEM = ("You are a friendly receptionist at a dental clinic. The clinic is open from 9am to "
           "5pm, Monday to Friday. Answer in one short sentence.")
 
@@ -40,7 +43,7 @@ def ask(question: str) -> list[dict[str, Any]]:
 
 
 async def test_streams_an_answer_with_usage(llm_ctx, recorder) -> None:
-    llm = LlamaCppLLM(LlamaCppConfig(), llm_ctx)
+    llm = LlamaCppLLM(LlamaCppConfig(model=SMOL), llm_ctx)
     events = [e async for e in llm.stream(ask("What are your opening hours?"))]
     deltas = [e for e in events if isinstance(e, TextDelta)]
     usage = {e.metric: e.quantity for e in events if isinstance(e, Usage)}
@@ -55,7 +58,7 @@ async def test_streams_an_answer_with_usage(llm_ctx, recorder) -> None:
 
 
 async def test_closing_the_stream_stops_generation(llm_ctx) -> None:
-    llm = LlamaCppLLM(LlamaCppConfig(max_tokens=400, temperature=0.8), llm_ctx)
+    llm = LlamaCppLLM(LlamaCppConfig(model=SMOL, max_tokens=400, temperature=0.8), llm_ctx)
     question = ask("Tell me a very long story about the clinic and its history.")
     probe = [e async for e in llm.stream(question, settings={"max_tokens": 1})]
     prompt = next(e.quantity for e in probe if isinstance(e, Usage) and e.metric == "input_tokens")
@@ -64,21 +67,24 @@ async def test_closing_the_stream_stops_generation(llm_ctx) -> None:
         assert isinstance(await anext(it), TextDelta)
     await it.aclose()
     pool = llm.pool()
-    for _ in range(500):  # the generation thread gives its context back once it has stopped
-        if pool.in_use == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert pool.in_use == 0
+    assert pool.in_use == 0  # the worker is back in the pool as soon as the consumer leaves
     slot = llm._last_slot
     assert slot is not None
-    # Stopped right after the consumer left: at most the read-ahead window (16) beyond the 3
-    # tokens read, where 400 were allowed.
-    assert slot.llama.n_tokens - prompt <= 3 + 16 + 1
+    for _ in range(500):  # the worker reports the stopped job once it has stopped
+        if slot.worker.last_stats.get("cancelled"):
+            break
+        await asyncio.sleep(0.01)
+    stats = slot.worker.last_stats
+    assert stats["cancelled"], stats
+    # Stopped right after the consumer left: within a few tokens (those in the pipe when the
+    # cancel arrived) of the 3 read, where 400 were allowed.
+    assert stats["n_tokens"] - prompt <= 3 + 16 + 1, stats
 
 
 async def test_concurrent_generations_are_bounded(smollm_dir, recorder) -> None:
     ctx = make_ctx(smollm_dir, {}, recorder)  # a fresh process-wide pool for this bound
-    llms = [LlamaCppLLM(LlamaCppConfig(max_concurrent=2, max_tokens=12), ctx) for _ in range(5)]
+    llms = [LlamaCppLLM(LlamaCppConfig(model=SMOL, max_concurrent=2, max_tokens=12), ctx)
+            for _ in range(5)]
 
     async def one(llm: LlamaCppLLM, q: str) -> str:
         return "".join([e.text async for e in llm.stream(ask(q)) if isinstance(e, TextDelta)])
@@ -94,8 +100,8 @@ async def test_concurrent_generations_are_bounded(smollm_dir, recorder) -> None:
 
 async def test_waiting_for_a_context_can_be_cancelled(smollm_dir, recorder) -> None:
     ctx = make_ctx(smollm_dir, {}, recorder)
-    busy = LlamaCppLLM(LlamaCppConfig(max_concurrent=1, max_tokens=200), ctx)
-    waiting = LlamaCppLLM(LlamaCppConfig(max_concurrent=1, max_tokens=8), ctx)
+    busy = LlamaCppLLM(LlamaCppConfig(model=SMOL, max_concurrent=1, max_tokens=200), ctx)
+    waiting = LlamaCppLLM(LlamaCppConfig(model=SMOL, max_concurrent=1, max_tokens=8), ctx)
     it = busy.stream(ask("Describe every service you offer in detail."))
     await anext(it)  # holds the only context
 
@@ -114,7 +120,7 @@ async def test_waiting_for_a_context_can_be_cancelled(smollm_dir, recorder) -> N
 
 
 async def test_long_history_is_trimmed_to_fit_the_context(llm_ctx) -> None:
-    llm = LlamaCppLLM(LlamaCppConfig(n_ctx=512, max_tokens=16), llm_ctx)
+    llm = LlamaCppLLM(LlamaCppConfig(model=SMOL, n_ctx=512, max_tokens=16), llm_ctx)
     history: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
     for i in range(40):
         history.append({"role": "user", "content": f"Question {i}: what about day {i}?"})
@@ -127,7 +133,7 @@ async def test_long_history_is_trimmed_to_fit_the_context(llm_ctx) -> None:
 
 
 async def test_tool_messages_are_mapped_for_a_model_without_tools(llm_ctx) -> None:
-    llm = LlamaCppLLM(LlamaCppConfig(max_tokens=24), llm_ctx)
+    llm = LlamaCppLLM(LlamaCppConfig(model=SMOL, max_tokens=24), llm_ctx)
     history = [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": "Is Dr. Smith in tomorrow?"},
@@ -143,7 +149,7 @@ async def test_tool_messages_are_mapped_for_a_model_without_tools(llm_ctx) -> No
 
 async def test_missing_model_is_a_provider_error(tmp_path, recorder) -> None:
     ctx = make_ctx(tmp_path, {}, recorder)
-    llm = LlamaCppLLM(LlamaCppConfig(), ctx)
+    llm = LlamaCppLLM(LlamaCppConfig(model=SMOL), ctx)
     with pytest.raises(ProviderError, match="model file not found"):
         async for _ in llm.stream(ask("Hi")):
             pass
@@ -153,6 +159,7 @@ def test_config_and_model_files() -> None:
     cfg = registry.parse_config("llm", "llama_cpp", {"model": "/models/other.gguf",
                                                       "n_threads": 2})
     assert LlamaCppLLM.model_files(cfg) == ["/models/other.gguf"]
-    assert LlamaCppLLM.model_files(LlamaCppConfig()) == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    # The default is the model `phonebooth models fetch` gets without names.
+    assert LlamaCppLLM.model_files(LlamaCppConfig()) == [model_store.QWEN25_05B.name]
     with pytest.raises(registry.ValidationError):
         registry.parse_config("llm", "llama_cpp", {"max_concurrent": 0})

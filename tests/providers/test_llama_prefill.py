@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +17,9 @@ from providers.llm.llama_cpp import LlamaCppConfig, LlamaCppLLM
 from providers.llm.sentence_limit import SentenceLimit
 from tests.providers.conftest import make_ctx
 from tests.providers.test_llama_cpp import SYSTEM, ask
+
+# The small model: these tests are about the adapter and its workers, not answer quality.
+SMOL = model_store.SMOLLM2.name
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +34,6 @@ GREETING = "Hello, thanks for calling the clinic. How can I help you?"
 START = [{"role": "system", "content": SYSTEM}, {"role": "assistant", "content": GREETING}]
 
 
-def spy_eval(llama: Any) -> list[int]:
-    """Record how many tokens each llama.cpp evaluation processes (the real eval still runs)."""
-    counts: list[int] = []
-    real: Callable[[Any], None] = llama.eval
-
-    def counting(tokens: Any) -> None:
-        counts.append(len(tokens))
-        real(tokens)
-
-    llama.eval = counting
-    return counts
-
-
 async def settle(llm: LlamaCppLLM) -> None:
     pool = llm.pool()
     for _ in range(500):
@@ -56,27 +44,29 @@ async def settle(llm: LlamaCppLLM) -> None:
 
 
 async def test_prefill_leaves_only_the_callers_words_to_evaluate(smollm_dir, recorder) -> None:
-    llm = LlamaCppLLM(LlamaCppConfig(max_tokens=6, temperature=0.0),
+    llm = LlamaCppLLM(LlamaCppConfig(model=SMOL, max_tokens=6, temperature=0.0),
                       make_ctx(smollm_dir, {}, recorder))
     assert await llm.prefill(START) is True
     await settle(llm)
     slot = llm._last_slot
     assert slot is not None
-    evaluated = spy_eval(slot.llama)
     events = [e async for e in llm.stream([*START, {"role": "user",
                                                     "content": "When are you open?"}])]
     prompt = next(e.quantity for e in events if isinstance(e, Usage)
                   and e.metric == "input_tokens")
     assert any(isinstance(e, TextDelta) for e in events)
     assert prompt > 60  # the whole prompt: system prompt, greeting, question
-    # Only the caller's turn (and the template's markup around it) was evaluated.
-    assert evaluated and evaluated[0] <= 16, (evaluated, prompt)
+    # Only the caller's turn (and the template's markup around it) was evaluated: the worker
+    # counts the tokens of the job's first llama.cpp evaluation.
+    assert llm._last_slot is slot  # the same worker, holding the prefilled context
+    evaluated = slot.worker.last_stats["prompt_evaluated"]
+    assert 0 < evaluated <= 16, (slot.worker.last_stats, prompt)
 
 
 async def test_prefill_never_waits_for_a_busy_context(smollm_dir, recorder) -> None:
     ctx = make_ctx(smollm_dir, {}, recorder)
-    busy = LlamaCppLLM(LlamaCppConfig(max_concurrent=1, max_tokens=200), ctx)
-    other = LlamaCppLLM(LlamaCppConfig(max_concurrent=1), ctx)
+    busy = LlamaCppLLM(LlamaCppConfig(model=SMOL, max_concurrent=1, max_tokens=200), ctx)
+    other = LlamaCppLLM(LlamaCppConfig(model=SMOL, max_concurrent=1), ctx)
     it = busy.stream(ask("Describe every service you offer in detail."))
     await anext(it)  # holds the only context
     try:
@@ -89,7 +79,7 @@ async def test_prefill_never_waits_for_a_busy_context(smollm_dir, recorder) -> N
 
 
 async def test_answers_end_after_max_sentences(smollm_dir, recorder) -> None:
-    cfg = LlamaCppConfig(max_sentences=1, max_tokens=150, temperature=0.0)
+    cfg = LlamaCppConfig(model=SMOL, max_sentences=1, max_tokens=150, temperature=0.0)
     llm = LlamaCppLLM(cfg, make_ctx(smollm_dir, {}, recorder))
     events = [e async for e in llm.stream(ask("Tell me everything about the clinic."))]
     answer = "".join(e.text for e in events if isinstance(e, TextDelta))

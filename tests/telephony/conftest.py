@@ -14,7 +14,7 @@ from app.config import Settings
 from app.db.repos import agents as agents_repo
 from app.db.repos import numbers as numbers_repo
 from app.db.repos import sessions as sessions_repo
-from app.telephony.plivo.simulator import PlivoSimulator, SimCall
+from app.simulator.far_end import PlivoSimulator, SimCall
 from tests.fakes.plivo_rest import FakePlivoRest, run_fake_plivo_rest
 from tests.live_server import LiveServer, run_live_server
 from tests.telephony.echo_runner import GreetingEchoRunner

@@ -16,7 +16,6 @@ import logging
 
 from app.calls.runner import CallInfo
 from app.calls.transport import CallTransport
-from pipelines.audio.frames import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +43,14 @@ class GreetingEchoRunner:
         playout = transport.playout
         n = 0
         segment = 0
-        async for frame in transport.frames():
+        async for caller in transport.inbox:
+            frame = caller.pcm
             if n % SEGMENT_FRAMES == 0:
                 if n:
                     await playout.end_segment()
                 segment += 1
                 await playout.start_segment(f"echo-{segment}")
-            await playout.write(frame, SAMPLE_RATE)
+            await playout.write(frame, caller.rate)
             n += 1
         if n:
             await playout.end_segment()

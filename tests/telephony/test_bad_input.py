@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from app.telephony.plivo.simulator import SimCall
+from app.simulator.far_end import SimCall
 from tests.telephony.audio_checks import heard_ms, tone
 from tests.telephony.conftest import AGENT_NUMBER, Edge
 

@@ -15,9 +15,9 @@ import time
 import numpy as np
 import pytest
 
+from app.simulator.playout import FarEndPlayout
 from app.telephony.plivo.codec import StreamCodec
 from app.telephony.plivo.playout import PlivoPlayout
-from app.telephony.plivo.sim_playout import FarEndPlayout
 from pipelines.ports import PlayoutSink
 from tests.telephony.audio_checks import heard_ms, last_heard_ms, tone
 from tests.telephony.conftest import AGENT_NUMBER, Edge
@@ -36,11 +36,15 @@ JITTER_MS = 20.0
 class Loopback:
     """PlivoPlayout wired straight into a FarEndPlayout (Plivo's buffer) on one clock."""
 
-    def __init__(self, max_ahead_ms: int = 200, codec: StreamCodec = MULAW) -> None:
+    def __init__(self, max_ahead_ms: int = 200, codec: StreamCodec = MULAW,
+                 local_buffer_ms: int = 5000) -> None:
+        # A deep local buffer by default: the tests below hand over seconds of audio at once
+        # (a TTS still streaming) and check what a clear does with all of it.
         self.codec = codec
         self.far = FarEndPlayout(codec.sample_rate)
         self.sent: list[dict] = []
-        self.playout = PlivoPlayout(self.send, codec, "stream-1", max_ahead_ms=max_ahead_ms)
+        self.playout = PlivoPlayout(self.send, codec, "stream-1", max_ahead_ms=max_ahead_ms,
+                                    local_buffer_ms=local_buffer_ms)
         self._ticker = asyncio.create_task(self._tick())
 
     async def send(self, text: str) -> None:
@@ -211,10 +215,12 @@ async def test_clear_through_the_server(edge: Edge):
     async def script(info, transport, out):
         p = transport.playout
         await p.start_segment("long")
-        await _write_chunked(p, tone(1000, 3.0, 24000), 24000)
-        await p.end_segment()
+        # The TTS is still streaming in (the playout paces the writer) when the clear comes.
+        writer = asyncio.create_task(_write_chunked(p, tone(1000, 3.0, 24000), 24000))
         await asyncio.sleep(0.8)
         out["heard"] = await p.clear()
+        await writer  # its remaining audio is dropped: the segment was cleared
+        await p.end_segment()
         await asyncio.sleep(0.4)
         await p.start_segment("after")
         await _write_chunked(p, tone(500, 0.3, 24000), 24000)
@@ -240,3 +246,22 @@ async def test_clear_through_the_server(edge: Edge):
     assert r.checkpoints_received == ["after"] and r.checkpoints_acked == ["after"]
     assert runner.result["cleared_acks"] == 1
     assert abs(heard_ms(r.heard, 8000, 500) - 300) <= 30
+
+
+async def test_write_pushes_back_so_a_writer_stays_within_the_budget():
+    """The playout is the engine's one pacing clock: a writer handing it audio as fast as it
+    can is held to max_ahead_ms at the far end plus the small local budget."""
+    lb = Loopback(max_ahead_ms=200, local_buffer_ms=60)  # the playout's own default
+    p = lb.playout
+    frame = tone(700, 0.02, 8000)
+    await p.start_segment("a")
+    written, worst = 0.0, 0.0
+    for _ in range(75):  # 1.5 s
+        await p.write(frame, 8000)
+        written += 20.0
+        worst = max(worst, written - p.played_ms("a"))
+    await p.end_segment()
+    await asyncio.wait_for(p.wait_played("a"), 10)
+    assert worst <= 200.0 + p.local_buffer_frames * 20.0 + 20.0 + JITTER_MS
+    assert p.played_ms("a") == 1500.0
+    await lb.close()

@@ -33,6 +33,10 @@ async def _wait_row(edge: Edge, call_uuid: str, pred, within_s: float = 10.0):
         await asyncio.sleep(0.05)
 
 
+async def _wait_tone_heard(call, rate: int, ms: float) -> None:
+    await call.wait_for(lambda: heard_ms(call.far.recording(), rate, 1000) >= ms, within_s=15)
+
+
 async def test_echo_call_round_trip(edge: Edge):
     call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
     async with call:
@@ -40,9 +44,10 @@ async def test_echo_call_round_trip(edge: Edge):
         row = await _wait_row(edge, call.call_uuid, lambda r: r.status == "active")
         assert row.stream_id == call.stream_id and row.answered_at is not None
         call.say(tone(1000, 1.0, 8000), 8000)
-        # the echo runner sends it straight back; wait until it has played out here
-        await call.wait_for(lambda: call.far.played_ms >= 900, within_s=10)
-        await asyncio.sleep(0.3)
+        # the echo runner sends it straight back; wait until the tone has played out here
+        # (played_ms alone also counts the echoed silence before it)
+        await _wait_tone_heard(call, 8000, 900)
+        await call.wait_for(lambda: "echo-1" in call.result.checkpoints_acked, within_s=10)
     heard = call.result.heard
     assert heard_ms(heard, 8000, 1000) >= 900
     assert call.result.checkpoints_acked == call.result.checkpoints_received[
@@ -61,7 +66,7 @@ async def test_echo_call_on_l16_16k(edge_factory):
         async with call:
             assert call.codec.content_type == "audio/x-l16;rate=16000"
             call.say(tone(1000, 0.6, 16000), 16000)
-            await call.wait_for(lambda: call.far.played_ms >= 590, within_s=10)
+            await _wait_tone_heard(call, 16000, 500)
         assert heard_ms(call.result.heard, 16000, 1000) >= 500
         assert call.result.play_errors == []
 

@@ -83,6 +83,35 @@ async def get_by_call_uuid(s: AsyncSession, call_uuid: str) -> Session | None:
     return (await s.execute(stmt)).scalar_one_or_none()
 
 
+
+async def get_by_request_uuid(s: AsyncSession, request_uuid: str) -> Session | None:
+    """Plivo's hangup callback for an outbound call that never connected may carry only the
+    `RequestUUID` the Make Call API returned."""
+    stmt = (
+        select(Session)
+        .where(Session.request_uuid == request_uuid)
+        .order_by(Session.created_at.desc())
+        .limit(1)
+    )
+    return (await s.execute(stmt)).scalar_one_or_none()
+
+
+async def find(s: AsyncSession, *, session_id: str | None = None,
+               call_uuid: str | None = None,
+               request_uuid: str | None = None) -> Session | None:
+    """The session a carrier callback refers to, trying the most specific key first."""
+    if session_id:
+        row = await get(s, session_id)
+        if row is not None:
+            return row
+    if call_uuid:
+        row = await get_by_call_uuid(s, call_uuid)
+        if row is not None:
+            return row
+    if request_uuid:
+        return await get_by_request_uuid(s, request_uuid)
+    return None
+
 async def list_sessions(
     s: AsyncSession,
     *,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Date, cast, func, select
+from sqlalchemy import Date, SQLColumnExpression, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -78,8 +78,9 @@ async def aggregate(
     if group_by not in GROUP_BY:
         raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
     dialect = s.get_bind().dialect.name
-    key: ColumnElement[Any]
-    kind_col: ColumnElement[Any] | None = None
+    # A mapped column or a computed day: both are column expressions.
+    key: SQLColumnExpression[Any]
+    kind_col: SQLColumnExpression[Any] | None = None
     if group_by == "agent":
         key = UsageRecord.agent_id
     elif group_by == "provider":
@@ -89,7 +90,7 @@ async def aggregate(
         key = UsageRecord.kind
     else:
         key = _day(dialect)
-    exprs: list[ColumnElement[Any]] = [key] if kind_col is None else [key, kind_col]
+    exprs: list[SQLColumnExpression[Any]] = [key] if kind_col is None else [key, kind_col]
     labelled = [key.label("key")] + ([] if kind_col is None else [kind_col.label("kind")])
     stmt = select(
         *labelled,

@@ -12,6 +12,7 @@ import numpy as np
 
 from pipelines.audio import g711
 from pipelines.audio.frames import samples_per_frame
+from pipelines.audio.inbox import AudioFormat, CallerFrame
 from pipelines.audio.wav import pcm16_from_bytes, pcm16_to_bytes
 
 MULAW = "audio/x-mulaw"
@@ -54,6 +55,10 @@ class StreamCodec:
         return f"{self.encoding};rate={self.sample_rate}"
 
     @property
+    def audio_format(self) -> AudioFormat:
+        return AudioFormat(self.sample_rate, "mulaw" if self.encoding == MULAW else "pcm16")
+
+    @property
     def bytes_per_sample(self) -> int:
         return 1 if self.encoding == MULAW else 2
 
@@ -82,3 +87,31 @@ class StreamCodec:
 
 
 DEFAULT_CODEC = StreamCodec(MULAW, 8000)
+
+
+class FrameDecoder:
+    """Cuts a stream's media payloads (any length) into 20 ms frames at the codec's own rate
+    and decodes each to PCM, keeping the μ-law bytes alongside: nothing is resampled here."""
+
+    __slots__ = ("_carry", "codec")
+
+    def __init__(self, codec: StreamCodec) -> None:
+        self.codec = codec
+        self._carry = b""
+
+    def push(self, payload: bytes) -> list[CallerFrame]:
+        data = self._carry + payload if self._carry else payload
+        size = self.codec.frame_bytes
+        whole = len(data) - len(data) % size
+        self._carry = data[whole:]
+        mulaw = self.codec.encoding == MULAW
+        out: list[CallerFrame] = []
+        for off in range(0, whole, size):
+            chunk = data[off:off + size]
+            out.append(CallerFrame(self.codec.decode(chunk), self.codec.sample_rate,
+                                   chunk if mulaw else None))
+        return out
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        return self.codec.audio_format

@@ -13,14 +13,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from app.bus.base import get_bus
 from app.calls.admission import CallAdmission
 from app.config import Settings
+from app.db.models import utcnow
 from app.db.repos import sessions as sessions_repo
+from app.outbox.sessions import SESSION_END, iso
 from app.state import AppState
+from app.telephony.plivo.offline import AnsweredCalls, RoutingCache
 from app.telephony.plivo.rest import PlivoRestClient
 from app.telephony.plivo.token import TOKEN_KEY_PURPOSE
 
@@ -35,6 +39,9 @@ class PlivoEdge:
     admission: CallAdmission
     rest: PlivoRestClient
     token_key: bytes
+    # Answering calls while the database is away (app.telephony.plivo.offline).
+    routes: RoutingCache
+    answered: AnsweredCalls = field(default_factory=AnsweredCalls)
 
     @property
     def public_url(self) -> str:
@@ -60,7 +67,7 @@ def get_edge(state: AppState) -> PlivoEdge:
     edge = state.extras.get(EDGE_KEY)
     if edge is None:
         raise RuntimeError("the Plivo edge is not started (plivo_edge_component missing)")
-    return edge  # type: ignore[no-any-return]
+    return edge
 
 
 def build_edge(state: AppState) -> PlivoEdge:
@@ -71,6 +78,17 @@ def build_edge(state: AppState) -> PlivoEdge:
     pending: set[asyncio.Task[None]] = set()
 
     async def close_unconnected(session_id: str) -> None:
+        if await get_bus(state).owner(session_id) is not None:
+            return  # its stream connected to another process, which hosts the call now
+        edge = state.extras.get(EDGE_KEY)
+        if edge is not None:
+            edge.answered.forget(session_id)
+        if state.events is not None:
+            # In order behind the session's creation, which may still be in the outbox.
+            state.events.outbox.put(SESSION_END, session_id, {
+                "id": session_id, "status": "failed", "end_reason": "stream_never_connected",
+                "ended_at": iso(utcnow())})
+            return
         try:
             async with state.db.transaction() as db:
                 await sessions_repo.end(db, session_id, status="failed",
@@ -86,9 +104,11 @@ def build_edge(state: AppState) -> PlivoEdge:
 
     return PlivoEdge(
         settings=s,
-        admission=CallAdmission(s.limits.max_concurrent_calls, on_expire=on_expire),
+        admission=CallAdmission(s.limits.max_concurrent_calls, on_expire=on_expire,
+                                seats=get_bus(state).seats),
         rest=rest,
         token_key=state.crypto.derive(TOKEN_KEY_PURPOSE),
+        routes=RoutingCache(state.db, s.outbox.routing_refresh_s),
     )
 
 
@@ -96,6 +116,14 @@ def build_edge(state: AppState) -> PlivoEdge:
 async def plivo_edge_component(app: Any, state: AppState) -> AsyncIterator[PlivoEdge]:
     edge = build_edge(state)
     state.extras[EDGE_KEY] = edge
+    try:
+        await edge.routes.load()
+    except Exception as exc:  # the answer URL reads the database itself while it answers
+        log.warning("could not load the number → agent table: %s", exc)
+    outbox = state.events.outbox if state.events is not None else None
+    edge.routes.start(lambda: outbox is None or outbox.db_up)
+    if outbox is not None:
+        outbox.on_database_back(edge.routes.invalidate)
 
     def calls_admitting() -> bool:
         return not edge.admission.draining
@@ -117,5 +145,6 @@ async def plivo_edge_component(app: Any, state: AppState) -> AsyncIterator[Plivo
             # Normally a no-op (the SIGTERM drain already ran); covers embedded shutdowns.
             await edge.admission.drain(0)
         finally:
+            await edge.routes.stop()
             await edge.rest.aclose()
             state.extras.pop(EDGE_KEY, None)

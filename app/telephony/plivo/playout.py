@@ -6,7 +6,13 @@ hears the bot talk over them (plivo.md §3.3). We therefore keep at most `max_ah
 Plivo, tracked on a local clock: `play_head` is when everything sent so far will have finished
 playing. A frame is sent only when it keeps `play_head - now <= max_ahead_ms`.
 
-Segments: `start_segment` / `write` (any rate; resampled, encoded and cut into 20 ms frames) /
+This is the engine's only pacing clock: `write` pushes back once `local_buffer_ms` waits here
+unsent, so a writer (speech, thinking audio) is never more than `max_ahead_ms` plus that small
+local budget ahead of what the caller hears, and a hold or a clear takes effect that quickly.
+
+Segments: `start_segment` / `write` (any rate; resampled, encoded and cut into 20 ms frames) or
+`write_encoded` (bytes already in the stream's codec, e.g. TTS μ-law on a μ-law stream: cut into
+20 ms frames and sent as they are) /
 `end_segment` (a `checkpoint` named after the segment follows its last frame). A segment counts
 as played only when Plivo echoes that checkpoint in `playedStream`. `clear()` stops feeding,
 drops what is queued locally, sends `clearAudio`, and returns how much of the current segment
@@ -29,6 +35,8 @@ import numpy as np
 from app.telephony.plivo import protocol
 from app.telephony.plivo.codec import StreamCodec
 from pipelines.audio.frames import FRAME_MS, Framer
+from pipelines.audio.g711 import ulaw_decode
+from pipelines.audio.inbox import AudioFormat
 from pipelines.audio.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,7 @@ class _Segment:
     done: asyncio.Future[None]
     framer: Framer
     resampler: StreamResampler | None = None
+    carry: bytes = b""  # encoded bytes short of a whole frame (write_encoded)
     frames_queued: int = 0
     frames_sent: int = 0
     first_play_at: float | None = None  # clock time its first frame starts playing at Plivo
@@ -94,7 +103,7 @@ class PlivoPlayout:
         stream_id: str,
         *,
         max_ahead_ms: int = 200,
-        local_buffer_ms: int = 5000,
+        local_buffer_ms: int = 60,
         ack_timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -133,25 +142,72 @@ class PlivoPlayout:
         self.stats.segments += 1
         self._forget_old()
 
-    async def write(self, samples: np.ndarray, sample_rate: int) -> None:
+    async def _writable(self) -> _Segment | None:
+        """The segment a write goes into (opened if none is), or None to drop the write."""
         if self._closed:
-            return
+            return None
         if self._current is None or self._current.ended:
             await self.start_segment(f"seg-auto-{next(self._auto_ids)}")
         seg = self._current
         assert seg is not None
-        if seg.cleared:
-            return  # barge-in already cut this segment; late TTS audio is dropped
+        # Barge-in already cut this segment: late TTS audio is dropped.
+        return None if seg.cleared else seg
+
+    async def write(self, samples: np.ndarray, sample_rate: int) -> None:
+        seg = await self._writable()
+        if seg is None:
+            return
+        self._flush_carry(seg)
         if seg.resampler is None or seg.resampler.in_rate != sample_rate:
             if seg.resampler is not None:  # rate changed mid-segment: drain the old filter
                 self._enqueue(seg, seg.resampler.flush())
             seg.resampler = StreamResampler(sample_rate, self.codec.sample_rate)
         self._enqueue(seg, seg.resampler.process(samples))
+        await self._wait_for_space(seg)
+
+    async def _wait_for_space(self, seg: _Segment) -> None:
         # Back-pressure instead of an unbounded local queue: wait for the feeder to drain.
         while (len(self._queue) > self.local_buffer_frames and not seg.cleared
                and not self._closed):
             self._space.clear()
             await self._space.wait()
+
+    def carries(self, fmt: AudioFormat) -> bool:
+        """`EncodedPlayoutSink`: bytes in `fmt` go out as they are."""
+        return fmt == self.codec.audio_format
+
+    async def write_encoded(self, payload: bytes, fmt: AudioFormat) -> None:
+        if not self.carries(fmt):
+            if fmt.encoding != "mulaw":
+                raise ValueError(f"cannot play {fmt} on a {self.codec.content_type} stream")
+            await self.write(ulaw_decode(payload), fmt.sample_rate)
+            return
+        seg = await self._writable()
+        if seg is None:
+            return
+        if seg.framer.pending or (seg.resampler is not None and not seg.resampler.passthrough):
+            self._drain_pcm(seg)  # PCM written before: it plays first
+        data = seg.carry + payload
+        size = self.codec.frame_bytes
+        whole = len(data) - len(data) % size
+        seg.carry = data[whole:]
+        for off in range(0, whole, size):
+            self._queue_frame(seg, data[off:off + size])
+        await self._wait_for_space(seg)
+
+    def _flush_carry(self, seg: _Segment) -> None:
+        """Encoded bytes short of a frame: pad with silence and queue them."""
+        if seg.carry:
+            pad = self.codec.frame_bytes - len(seg.carry)
+            self._queue_frame(seg, seg.carry + bytes([self.codec.silence_byte]) * pad)
+            seg.carry = b""
+
+    def _drain_pcm(self, seg: _Segment) -> None:
+        if seg.resampler is not None:
+            self._enqueue(seg, seg.resampler.flush())
+        tail = seg.framer.flush()
+        if tail is not None:
+            self._queue_frame(seg, self.codec.encode(tail))
 
     async def end_segment(self) -> None:
         seg = self._current
@@ -161,11 +217,8 @@ class PlivoPlayout:
         seg.ended = True
         if seg.cleared:
             return
-        if seg.resampler is not None:
-            self._enqueue(seg, seg.resampler.flush())
-        tail = seg.framer.flush()
-        if tail is not None:
-            self._queue_frame(seg, self.codec.encode(tail))
+        self._drain_pcm(seg)
+        self._flush_carry(seg)
         if seg.frames_queued == 0:
             seg.acked = True  # nothing to play: trivially "played"
             seg.finish()
@@ -212,6 +265,7 @@ class PlivoPlayout:
             if seg.resampler is not None:
                 seg.resampler.reset()
             seg.framer.reset()
+            seg.carry = b""
             seg.finish()
             if seg is current:
                 heard = seg.heard_ms

@@ -134,7 +134,8 @@ class PlivoRestClient:
             return False
         return True
 
-    async def transfer(self, call_uuid: str, aleg_url: str, aleg_method: str = "POST") -> dict:
+    async def transfer(self, call_uuid: str, aleg_url: str,
+                       aleg_method: str = "POST") -> dict[str, Any]:
         """Make the caller's leg fetch new XML from `aleg_url` (e.g. our <Dial> endpoint)."""
         resp = await self._request(
             "POST", f"Call/{call_uuid}/",
@@ -142,7 +143,7 @@ class PlivoRestClient:
             idempotent=True)
         return self._json(resp)
 
-    async def send_dtmf(self, call_uuid: str, digits: str, leg: str = "aleg") -> dict:
+    async def send_dtmf(self, call_uuid: str, digits: str, leg: str = "aleg") -> dict[str, Any]:
         resp = await self._request("POST", f"Call/{call_uuid}/DTMF/",
                                    {"digits": digits, "leg": leg}, idempotent=False)
         return self._json(resp)
@@ -151,7 +152,7 @@ class PlivoRestClient:
                         answer_method: str = "POST", hangup_url: str | None = None,
                         hangup_method: str = "POST", ring_timeout: int | None = None,
                         time_limit: int | None = None, caller_name: str | None = None,
-                        extra: dict[str, Any] | None = None) -> dict:
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Place an outbound call; returns Plivo's body (`request_uuid`, `message`, ...)."""
         body: dict[str, Any] = {"from": from_, "to": to, "answer_url": answer_url,
                                 "answer_method": answer_method}
@@ -176,7 +177,7 @@ class PlivoRestClient:
         return data
 
     @staticmethod
-    def _json(resp: httpx.Response) -> dict:
+    def _json(resp: httpx.Response) -> dict[str, Any]:
         if not resp.content:
             return {}
         try:

@@ -4,10 +4,16 @@
    signatures are on) the upgrade must carry a valid V3 signature over the stream URL in its
    `http://` form (plivo.md §6). Failures close with 1008 and a log line saying why.
 2. Wait for `start` and take the codec and streamId from it, not from the XML we served.
-3. Decode `media` into 16 kHz 20 ms frames for the runner; route `dtmf`, `playedStream`/`played`,
-   `clearedAudio`, `stop`, `playFailed`, `error` and unknown events.
+3. Decode `media` into 20 ms frames at the stream's own rate for the runner; route `dtmf`,
+   `playedStream`/`played`, `clearedAudio`, `stop`, `playFailed`, `error` and unknown events.
 4. Run the call: `app.state.pb.calls` (a `CallRunner`), or the echo runner for edge tests.
 5. Record how it ended on the session and free the admission slot.
+
+The session row fields and agent config come in-process from the answer URL (app.telephony.
+plivo.offline) when this process answered the call, through the bus (app.bus) when another
+process did, else the session row from the database (the call host reads the agent version); the
+activation and end of the session are written through
+the outbox, so a call survives the database going away mid-call.
 
 Bad input never ends a call: malformed JSON, missing fields, oversized frames and media in the
 wrong codec are logged (rate-limited) and skipped.
@@ -23,13 +29,15 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from app import metrics
+from app.bus.base import get_bus
 from app.calls.runner import CallInfo, CallRunner
 from app.calls.state_store import SessionStateStore
 from app.calls.transfer import transfer_via_plivo
+from app.calls.transport import CallTransport
 from app.db.models import utcnow
-from app.db.repos import agents as agents_repo
 from app.db.repos import sessions as sessions_repo
 from app.events.sql_sink import end_status
+from app.outbox.sessions import SESSION_ACTIVATE, SESSION_END, iso
 from app.state import AppState
 from app.telephony.plivo import protocol as proto
 from app.telephony.plivo.codec import StreamCodec, UnsupportedCodec
@@ -38,14 +46,13 @@ from app.telephony.plivo.playout import PlivoPlayout
 from app.telephony.plivo.signature import verify_v3, websocket_signed_url
 from app.telephony.plivo.token import InvalidToken, verify_stream_token
 from app.telephony.plivo.transport import PlivoTransport
-from pipelines.audio.frames import SAMPLE_RATE
-from pipelines.audio.resample import StreamResampler
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0  # Plivo sends `start` right after connecting
 RUNNER_EXIT_GRACE_S = 10.0  # after the stream ends, how long the runner gets to wrap up
 FAR_END_CLOSE_GRACE_S = 5.0  # after the runner ends (e.g. REST hangup), wait for Plivo's close
+END_RECORDS_WAIT_S = 5.0  # at most this long for a call's records before its slot is freed
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 
@@ -83,9 +90,9 @@ async def _receive_text(ws: WebSocket) -> str | bytes | None:
     if msg["type"] == "websocket.disconnect":
         return None
     if msg.get("text") is not None:
-        return msg["text"]  # type: ignore[no-any-return]
+        return msg["text"]
     if msg.get("bytes") is not None:
-        return msg["bytes"]  # type: ignore[no-any-return]
+        return msg["bytes"]
     return ""
 
 
@@ -114,24 +121,64 @@ def _choose_codec(start: proto.Start, edge: PlivoEdge, session_id: str) -> Strea
         return fallback
 
 
-async def serve_stream(ws: WebSocket, session_id: str, state: AppState) -> None:
-    edge = get_edge(state)
-    async with state.db.session() as s:
-        row = await sessions_repo.get(s, session_id)
-        if row is not None:
-            info_row = {
+async def _load_session(
+    state: AppState, edge: PlivoEdge, session_id: str
+) -> tuple[dict[str, Any], dict[str, Any] | None] | str | None:
+    """(session fields, agent config or None) for the stream: both handed over in-process by
+    the answer URL when this process answered the call, through the bus when another did, else
+    the session read from the database (the call host loads its agent version). None = no such
+    session; a string = why it could not be read."""
+    answered = edge.answered.get(session_id)
+    if answered is not None:
+        return dict(answered.row), dict(answered.config)
+    shared = await get_bus(state).shared_answer(session_id)
+    if shared is not None:
+        return dict(shared["row"]), dict(shared["config"])
+    try:
+        async with state.db.session() as s:
+            row = await sessions_repo.get(s, session_id)
+            if row is None:
+                return None
+            info_row: dict[str, Any] = {
                 "agent_id": row.agent_id, "agent_version": row.agent_version,
                 "direction": row.direction, "from_number": row.from_number,
                 "to_number": row.to_number, "call_uuid": row.call_uuid or "",
                 "status": row.status, "metadata": dict(row.metadata_ or {}),
             }
-            config: dict[str, Any] = {}
-            if row.agent_id and row.agent_version:
-                v = await agents_repo.get_version(s, row.agent_id, row.agent_version)
-                config = dict(v.config) if v is not None else {}
-    if row is None or not info_row["call_uuid"]:
+    except Exception as exc:
+        if state.events is not None:
+            state.events.outbox.report_db_error(exc)
+        return f"database unavailable ({type(exc).__name__})"
+    return info_row, None
+
+
+async def _wait_for_records(state: AppState) -> None:
+    """Let the call's records reach the database before its slot is released (so a drain that
+    waits for calls also waits for their records) — unless the database is away: then they
+    wait in the outbox, which a shutdown keeps on disk."""
+    outbox = state.events.outbox if state.events is not None else None
+    if outbox is not None and outbox.db_up:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(outbox.flush(), END_RECORDS_WAIT_S)
+
+
+def _record(state: AppState, kind: str, session_id: str, body: dict[str, Any]) -> None:
+    """A session write, in order behind the session's creation and its events (the outbox)."""
+    if state.events is None:
+        raise RuntimeError("no event service: the session record cannot be written")
+    state.events.outbox.put(kind, session_id, body)
+
+
+async def serve_stream(ws: WebSocket, session_id: str, state: AppState) -> None:
+    edge = get_edge(state)
+    loaded = await _load_session(state, edge, session_id)
+    if isinstance(loaded, str):
+        await _reject(ws, session_id, loaded)
+        return
+    if loaded is None or not loaded[0]["call_uuid"]:
         await _reject(ws, session_id, "unknown session")
         return
+    info_row, config = loaded
     try:
         verify_stream_token(edge.token_key, ws.query_params.get("token"), session_id,
                             info_row["call_uuid"])
@@ -166,7 +213,7 @@ async def serve_stream(ws: WebSocket, session_id: str, state: AppState) -> None:
 
 
 async def _run_call(ws: WebSocket, state: AppState, edge: PlivoEdge, session_id: str,
-                    row: dict[str, Any], config: dict[str, Any], start: proto.Start,
+                    row: dict[str, Any], config: dict[str, Any] | None, start: proto.Start,
                     codec: StreamCodec, skip: _SkipLog) -> None:
     call_uuid = row["call_uuid"]
 
@@ -196,11 +243,12 @@ async def _run_call(ws: WebSocket, state: AppState, edge: PlivoEdge, session_id:
         return
     status, reason = "ended", "stream_closed"
     try:
-        async with state.db.transaction() as s:
-            # A reconnect (Plivo retries a dropped stream) keeps the first answer time.
-            extra = {"answered_at": utcnow()} if row["status"] == "ringing" else {}
-            await sessions_repo.set_status(s, session_id, "active", stream_id=start.stream_id,
-                                           **extra)
+        # A reconnect (Plivo retries a dropped stream) keeps the first answer time.
+        _record(state, SESSION_ACTIVATE, session_id, {
+            "id": session_id, "stream_id": start.stream_id[:64],
+            "answered_at": iso(utcnow()) if row["status"] == "ringing" else None,
+            "node_id": sessions_repo.current_node_id()})
+        edge.answered.set_status(session_id, "active")
         info = CallInfo(
             session_id=session_id, agent_id=row["agent_id"], agent_version=row["agent_version"],
             agent_config=config, direction=row["direction"], from_number=row["from_number"],
@@ -212,25 +260,28 @@ async def _run_call(ws: WebSocket, state: AppState, edge: PlivoEdge, session_id:
         status, reason = await _supervise(ws, state, info, transport, playout, codec, skip)
     finally:
         await playout.close()
+        edge.answered.forget(session_id)
         try:
-            async with state.db.transaction() as s:
-                await sessions_repo.end(s, session_id, status=status, end_reason=reason)
+            _record(state, SESSION_END, session_id, {
+                "id": session_id, "status": status, "end_reason": reason,
+                "ended_at": iso(utcnow())})
         except Exception:
             log.exception("session %s: could not record the end of the call", session_id)
+        await _wait_for_records(state)
         metrics.PLAYOUT_UNDERRUNS.inc(playout.stats.underruns)
-        metrics.INBOUND_FRAMES_DROPPED.inc(transport.stats.frames_dropped)
+        metrics.INBOUND_FRAMES_DROPPED.inc(transport.inbox.dropped)
         # Released last, so a drain waiting on this call also waits for its record.
         edge.admission.release(session_id)
         log.info("session %s: ended (%s, %s); %d frames in, %d dropped, %d messages skipped, "
-                 "%d playout underruns", session_id, status, reason, transport.stats.frames_in,
-                 transport.stats.frames_dropped, skip.count, playout.stats.underruns)
+                 "%d playout underruns", session_id, status, reason, transport.inbox.frames_in,
+                 transport.inbox.dropped, skip.count, playout.stats.underruns)
 
 
 class _NoRunner:
     """Stands in when no call host is installed (e.g. a call racing shutdown): the call fails
     and is hung up through the REST API instead of sitting in silence."""
 
-    async def run(self, info: CallInfo, transport: PlivoTransport) -> str:
+    async def run(self, info: CallInfo, transport: CallTransport) -> str:
         raise RuntimeError("no call runner is installed (the call host is not running)")
 
 
@@ -300,7 +351,6 @@ def _result(task: asyncio.Task[str], default: str) -> str:
 async def _read(ws: WebSocket, transport: PlivoTransport, playout: PlivoPlayout,
                 codec: StreamCodec, skip: _SkipLog) -> str:
     """Route inbound messages until the stream ends; returns why it ended."""
-    resampler = StreamResampler(codec.sample_rate, SAMPLE_RATE)
     sid = transport.session_id
     while True:
         try:
@@ -323,7 +373,7 @@ async def _read(ws: WebSocket, transport: PlivoTransport, playout: PlivoPlayout,
                 transport.stats.messages_skipped += 1
                 continue
             if msg.payload:
-                transport.push_audio(resampler.process(codec.decode(msg.payload)))
+                transport.push_media(msg.payload)
         elif isinstance(msg, proto.Dtmf):
             log.info("session %s: caller pressed %s", sid, msg.digit)
             transport.push_dtmf(msg.digit)

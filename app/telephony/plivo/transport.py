@@ -1,8 +1,9 @@
 """A live Plivo stream seen as a carrier-neutral `app.calls.transport.CallTransport`.
 
-The stream handler pushes decoded caller audio and keypresses in; the runner pulls 16 kHz 20 ms
-frames out. The frame queue is bounded: if the runner falls behind by more than a few seconds
-the oldest audio is dropped (and counted) rather than letting memory grow with the call.
+The stream handler pushes media payloads and keypresses in. Caller audio is cut into 20 ms
+frames and decoded at the stream's own rate (μ-law bytes kept alongside), and lands in the
+call's one bounded `AudioInbox`, which the engine reads: if it falls behind by more than a few
+seconds the oldest audio is dropped and counted there, once.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import numpy as np
-
 from app.calls.transport import DtmfEvent, TransportStats
-from app.telephony.plivo.codec import StreamCodec
+from app.telephony.plivo.codec import FrameDecoder, StreamCodec
 from app.telephony.plivo.playout import PlivoPlayout
 from app.telephony.plivo.rest import PlivoNotConfigured, PlivoRestClient
-from pipelines.audio.frames import FRAME_SAMPLES, Framer
+from pipelines.audio.inbox import AudioFormat, AudioInbox
 
 log = logging.getLogger(__name__)
 
-FRAME_QUEUE_MAX = 250  # 5 s of caller audio
 DTMF_QUEUE_MAX = 64
 
-_END = object()
+
+class _End:
+    """Queued after a stream's last item: readers stop at it."""
+
+
+_END = _End()
 
 
 class PlivoTransport:
@@ -50,9 +53,9 @@ class PlivoTransport:
         self._rest = rest
         self._request_transfer = request_transfer
         self._close_stream = close_stream
-        self._frames: asyncio.Queue[object] = asyncio.Queue(FRAME_QUEUE_MAX + 1)
-        self._dtmf: asyncio.Queue[object] = asyncio.Queue(DTMF_QUEUE_MAX + 1)
-        self._framer = Framer(FRAME_SAMPLES)
+        self.inbox = AudioInbox(name=f"session {session_id}")
+        self._decoder = FrameDecoder(codec)
+        self._dtmf: asyncio.Queue[DtmfEvent | _End] = asyncio.Queue(DTMF_QUEUE_MAX + 1)
         self._closed = False
         self._end_reason: str | None = None
         self._hangup_reason: str | None = None
@@ -75,21 +78,17 @@ class PlivoTransport:
             return None
         return self._hangup_reason or self._end_reason
 
-    async def frames(self) -> AsyncIterator[np.ndarray]:
-        while True:
-            item = await self._frames.get()
-            if item is _END:
-                self._frames.put_nowait(_END)  # a second reader also ends
-                return
-            yield item  # type: ignore[misc]
+    @property
+    def audio_format(self) -> AudioFormat:
+        return self.stream_codec.audio_format
 
     async def dtmf(self) -> AsyncIterator[DtmfEvent]:
         while True:
             item = await self._dtmf.get()
-            if item is _END:
+            if isinstance(item, _End):
                 self._dtmf.put_nowait(_END)
                 return
-            yield item  # type: ignore[misc]
+            yield item
 
     async def hangup(self, reason: str) -> None:
         """Hang up through the REST API; without credentials, end the stream instead."""
@@ -118,18 +117,12 @@ class PlivoTransport:
         await self._close_stream()
 
     # --- fed by the stream handler ----------------------------------------------------------
-    def push_audio(self, samples_16k: np.ndarray) -> None:
+    def push_media(self, payload: bytes) -> None:
+        """A `media` payload in the stream's codec."""
         if self._closed:
             return
-        for frame in self._framer.push(samples_16k):
-            if self._frames.qsize() >= FRAME_QUEUE_MAX:
-                self._frames.get_nowait()
-                self.stats.frames_dropped += 1
-                if self.stats.frames_dropped in (1, 50) or self.stats.frames_dropped % 500 == 0:
-                    log.warning("session %s: runner is behind; dropped %d caller frame(s)",
-                                self.session_id, self.stats.frames_dropped)
-            self._frames.put_nowait(frame)
-            self.stats.frames_in += 1
+        for frame in self._decoder.push(payload):
+            self.inbox.put(frame)
 
     def push_dtmf(self, digit: str) -> None:
         if self._closed:
@@ -144,7 +137,7 @@ class PlivoTransport:
             return
         self._closed = True
         self._end_reason = reason
-        for q in (self._frames, self._dtmf):
-            if q.full():
-                q.get_nowait()
-            q.put_nowait(_END)
+        self.inbox.close()
+        if self._dtmf.full():
+            self._dtmf.get_nowait()
+        self._dtmf.put_nowait(_END)

@@ -1,0 +1,140 @@
+"""Live control across processes: the requesting side (`RemoteCall`) and the owner's side
+(`ControlServer`).
+
+`POST /v1/sessions/{id}/say|hangup|transfer|inject` on a process that does not host the call
+gets a `RemoteCall` for the owner (app.api.session_control); each action becomes a
+`ControlRequest` the owner carries out on its own `CallControl` and answers with a
+`ControlReply`, which the requester turns back into its HTTP answer. A state change made
+through another process is followed by a "state" request: the owner reloads the call's live
+state from the database (the source of truth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from app.bus.base import ClusterBus, ControlReply, ControlRequest, get_bus
+from app.calls.registry import live_calls
+from app.calls.state_store import shared_state_store
+from app.tools.control import TransferMode
+
+log = logging.getLogger(__name__)
+
+
+class ControlRefused(Exception):
+    """The owner (or the bus) refused the request; `status`/`detail` say how, HTTP-like."""
+
+    def __init__(self, reply: ControlReply) -> None:
+        super().__init__(reply.detail)
+        self.status = reply.status
+        self.detail = reply.detail
+
+
+class RemoteCall:
+    """A call another process hosts, controlled through the bus. Each action returns once the
+    owner has done it (`say`: once the owner has queued it)."""
+
+    def __init__(self, bus: ClusterBus, owner: str, session_id: str) -> None:
+        self.bus = bus
+        self.owner = owner
+        self.session_id = session_id
+
+    async def _ask(self, req: ControlRequest) -> None:
+        reply = await self.bus.request(self.owner, req)
+        if not reply.ok:
+            raise ControlRefused(reply)
+
+    async def say(self, text: str, *, interruptible: bool = True) -> None:
+        await self._ask(ControlRequest(self.session_id, "say",
+                                       {"text": text, "interruptible": interruptible}))
+
+    async def hangup(self, reason: str) -> None:
+        await self._ask(ControlRequest(self.session_id, "hangup", {"reason": reason}))
+
+    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
+        await self._ask(ControlRequest(self.session_id, "transfer",
+                                       {"target": target, "mode": mode, "brief": brief}))
+
+    async def inject(self, text: str) -> None:
+        await self._ask(ControlRequest(self.session_id, "inject", {"text": text}))
+
+
+async def remote_owner(state: Any, session_id: str) -> RemoteCall | None:
+    """The call as another live process hosts it, or None (here, over, or unknown)."""
+    bus = get_bus(state)
+    owner = await bus.owner(session_id)
+    if owner is None or owner == bus.node_id:
+        return None
+    return RemoteCall(bus, owner, session_id)
+
+
+async def tell_owner_state_changed(state: Any, session_id: str) -> None:
+    """After a state patch here: the owning process, if another, reloads the live copy."""
+    registry = live_calls(state)
+    if registry is not None and registry.get(session_id) is not None:
+        return  # hosted here: the store updated the live copy already
+    remote = await remote_owner(state, session_id)
+    if remote is None:
+        return
+    reply = await remote.bus.request(remote.owner, ControlRequest(session_id, "state"))
+    if not reply.ok:
+        log.warning("session %s: owner %s did not reload its state: %s", session_id,
+                    remote.owner, reply.detail)
+
+
+class ControlServer:
+    """The owner's side: carries out requests on the calls this process hosts."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, req: ControlRequest) -> ControlReply:
+        registry = live_calls(self.state)
+        control = registry.get(req.session_id) if registry is not None else None
+        if control is None or control.ended:
+            return ControlReply(409, f"session '{req.session_id}' has ended")
+        a = req.args
+        try:
+            if req.action == "say":
+                # Like the local API: accepted now, spoken in turn (progress shows as events).
+                self._background(control.say(str(a["text"]),
+                                             interruptible=bool(a.get("interruptible", True))),
+                                 f"say on session {req.session_id}")
+            elif req.action == "hangup":
+                await control.hangup(str(a.get("reason") or "api_hangup"))
+            elif req.action == "transfer":
+                mode: TransferMode = "warm" if a.get("mode") == "warm" else "cold"
+                await control.transfer(str(a["target"]), mode, str(a.get("brief") or ""))
+            elif req.action == "inject":
+                await control.inject(str(a["text"]))
+            elif req.action == "state":
+                fresh = await shared_state_store(self.state).get(req.session_id,
+                                                                 include_reserved=True)
+                control.state.clear()
+                control.state.update(fresh)
+            else:
+                return ControlReply(422, f"unknown action {req.action!r}")
+        except (KeyError, ValueError) as exc:
+            return ControlReply(422, str(exc))
+        except Exception as exc:
+            log.warning("%s on session %s failed: %r", req.action, req.session_id, exc)
+            return ControlReply(502, f"{req.action} failed: {type(exc).__name__}")
+        return ControlReply(202, "accepted")
+
+    def _background(self, coro: Any, what: str) -> None:
+        task = asyncio.create_task(coro, name=what)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("%s failed: %r", what, t.exception())
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()

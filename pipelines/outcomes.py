@@ -1,0 +1,58 @@
+"""How a call ends and where an error happened: the closed vocabularies, in one place.
+
+Both are `StrEnum`s, so a value is also the plain string stored in the database
+(`sessions.end_reason`), sent in `session.ended` / `session.error` events and used as a metrics
+label; consumers that only read strings see no difference.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EndReason(StrEnum):
+    """Why a session ended (`session.ended` reason, `sessions.end_reason`)."""
+
+    # The engine.
+    AGENT_HANGUP = "agent_hangup"  # the agent (a tool, the API) hung up
+    IDLE = "idle"  # the caller stayed silent through every idle prompt
+    MAX_DURATION = "max_duration"
+    PROVIDER_ERROR = "provider_error"  # providers failed beyond what their fallbacks absorb
+    ERROR = "error"  # the engine itself broke
+    STOPPED = "stopped"  # stopped by the host (shutdown)
+    VOICEMAIL = "voicemail"
+    TRANSFERRED = "transferred"
+    # The call host and the carrier edge.
+    CALLER_HANGUP = "caller_hangup"
+    SETUP_FAILED = "setup_failed"
+    STREAM_CLOSED = "stream_closed"
+    STREAM_NEVER_CONNECTED = "stream_never_connected"
+    HANGUP_BEFORE_STREAM = "hangup_before_stream"
+    BUSY = "busy"  # refused at admission: the server is full
+    DIAL_FAILED = "dial_failed"
+    ENDED = "ended"  # the stream ended and nobody said why
+
+
+# End reasons that mean the call failed rather than finished normally (besides any reason
+# starting with "error"). Some are carrier words that have no member above.
+FAILED_END_REASONS = frozenset({
+    EndReason.ERROR, EndReason.PROVIDER_ERROR, EndReason.SETUP_FAILED,
+    "failed", "transport_error", "stream_error", "watchdog",
+})
+
+
+def is_failure(reason: str) -> bool:
+    return reason in FAILED_END_REASONS or reason.startswith("error")
+
+
+class ErrorStage(StrEnum):
+    """Where a `session.error` happened (its `stage`, the provider-errors metrics label)."""
+
+    VAD = "vad"
+    STT = "stt"
+    LLM = "llm"
+    TTS = "tts"
+    TRANSPORT = "transport"
+    WATCHDOG = "watchdog"  # no agent audio in time after a turn
+    ENGINE = "engine"  # a bug or a broken task inside the engine
+    HOST = "host"  # the call host (setup, the run loop around the engine)
