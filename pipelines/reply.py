@@ -182,7 +182,10 @@ class ReplyGenerator:
             return round((self._clock() - t0) * 1000.0, 1)
 
         try:
-            result = await asyncio.wait_for(self._execute(call), self._tool_timeout_s)
+            # asyncio.timeout: Python 3.11's wait_for would swallow a barge-in's cancel that
+            # lands as the tool returns, and the reply would carry on over the caller.
+            async with asyncio.timeout(self._tool_timeout_s):
+                result = await self._execute(call)
         except asyncio.CancelledError:
             raise
         except TimeoutError:

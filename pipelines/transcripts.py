@@ -82,7 +82,8 @@ class TranscriptBuffer:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                async with asyncio.timeout(remaining):  # cancellable, unlike 3.11's wait_for
+                    await self._arrived.wait()
             except TimeoutError:
                 return False
         return True

@@ -271,7 +271,7 @@ async def _read(ws: WebSocket, transport: BrowserTransport, playout: PlivoPlayou
                 skip(f"audio message of {len(data)} bytes")
                 transport.stats.messages_skipped += 1
             else:
-                transport.push_pcm16(data)
+                transport.push_audio(data)
             continue
         try:
             parsed = proto.parse_message(msg.get("text") or "")

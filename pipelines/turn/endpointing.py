@@ -82,8 +82,11 @@ class EndpointingPolicy:
                          else deadline(probability) - now)
                 try:
                     # Never let a slow (overloaded) model push the decision past the budget.
-                    probability = await asyncio.wait_for(
-                        self.model.predict(get_audio()), max(limit, 0.001))
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                    # cancellation that lands as the model answers, and the caller who resumed
+                    # speaking would get a decision anyway.
+                    async with asyncio.timeout(max(limit, 0.001)):
+                        probability = await self.model.predict(get_audio())
                 except TimeoutError:
                     return EndOfTurnDecision("timeout", probability, elapsed_ms())
                 except Exception as exc:

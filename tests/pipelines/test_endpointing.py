@@ -129,6 +129,31 @@ async def test_caller_cancels_when_speech_resumes(smart_turn: SmartTurnModel) ->
     assert await smart_turn.predict(turn("What time do you open tomorrow?")) >= 0.5
 
 
+class GatedModel:
+    """An end-of-turn model whose answer the test releases."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.answer: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def predict(self, audio: np.ndarray) -> float:
+        self.asked.set()
+        return await self.answer
+
+
+async def test_cancel_landing_as_the_model_answers_still_cancels() -> None:
+    """Speech resumes in the very loop step the model answers: the decision must not survive
+    (Python 3.11's asyncio.wait_for returned the answer and dropped the cancel)."""
+    model = GatedModel()
+    task = asyncio.create_task(EndpointingPolicy(model, TurnSettings(max_wait_ms=5000))
+                               .decide(lambda: silence(500), STOP_MS))
+    await asyncio.wait_for(model.asked.wait(), 5)
+    model.answer.set_result(0.1)  # unfinished: the policy would wait on and re-check
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_broken_model_falls_back_to_the_vad_decision(models_dir: Path) -> None:
     model = SmartTurnModel(models_dir / "smart-turn-v3.2-cpu.onnx")
     await model.aclose()  # every predict now fails
