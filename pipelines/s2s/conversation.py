@@ -8,7 +8,10 @@ pipeline's own VAD stream and end-of-turn policy, which tell the model when the 
 (`activity_start`, cutting a reply in progress with `cancel_response`) and when their turn is
 over (`activity_end`: the model answers). Either way, when the caller starts over a reply,
 playout is cleared and the model is told where its reply was cut (`truncate` at the heard ms),
-so its memory matches what the caller heard. Function calls go to the call's tool executor and
+so its memory matches what the caller heard. With a `tts` (the agent's `output: text`) the model
+writes instead of speaking and `TextVoice` speaks its text through the cascade's speech output;
+a barge-in then stops the TTS and the model is told the heard text (`keep_heard_text`).
+Function calls go to the call's tool executor and
 the results back to the model. It records the same events as the cascaded engine: user/agent
 speech and transcripts, turns with heard text, usage and per-turn latency (the end of the
 caller's turn → first model audio out).
@@ -31,7 +34,8 @@ import numpy as np
 from pipelines import events as ev
 from pipelines.audio.resample import StreamResampler
 from pipelines.audio.ringbuffer import RingBuffer
-from pipelines.ports import PlayoutSink
+from pipelines.ports import PlayoutSink, TTSLike
+from pipelines.s2s.spoken_text import TextReply, TextVoice
 from pipelines.speech_output import text_prefix
 from pipelines.turn.base import EndOfTurnDecision
 from pipelines.vad.base import VadEvent, VadStream
@@ -54,6 +58,7 @@ class S2SSessionLike(Protocol):
     def events(self) -> Any: ...
     async def send_tool_result(self, call: Any, output: str) -> None: ...
     async def truncate(self, item_id: str, audio_end_ms: int) -> None: ...
+    async def keep_heard_text(self, item_id: str, heard: str) -> None: ...
     async def respond(self, instructions: str) -> None: ...
     async def activity_start(self) -> None: ...
     async def activity_end(self) -> None: ...
@@ -104,6 +109,8 @@ class S2SConversation:
         greeting: str | None = None,
         provider: str = "s2s",
         turn_taking: TurnTaking | None = None,
+        tts: TTSLike | None = None,
+        voice: str | None = None,
     ) -> None:
         self._session = session
         self._output_rate = output_rate
@@ -134,6 +141,10 @@ class S2SConversation:
         self._vad_failed = False
         # A reply was asked for and its response.done has not come: a barge-in cancels it.
         self._responding = False
+        # output: text: the model's text spoken by the agent's TTS (None: the model speaks).
+        self._text = None if tts is None else TextVoice(
+            sink, tts, voice=voice, on_started=self._text_started,
+            on_played=self._text_played, on_error=self._fail)
 
     # -- the surface the call host drives ------------------------------------------------------
     async def start(self) -> None:
@@ -223,12 +234,16 @@ class S2SConversation:
         if self._turns is not None:
             with contextlib.suppress(Exception):
                 await self._turns.vad.aclose()
+        if self._text is not None:
+            await self._text.aclose()
 
     async def _hangup_after_playout(self, reason: str) -> None:
         reply = self._reply
-        if reply is not None:
-            with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):
+            if reply is not None:
                 await asyncio.wait_for(self._sink.wait_played(reply.segment_id), 30)
+            if self._text is not None:
+                await asyncio.wait_for(self._text.wait_played(), 30)
         self._end(reason)
 
     async def _event_loop(self) -> None:
@@ -249,6 +264,12 @@ class S2SConversation:
             # A transcript delta may come before the item's first audio.
             if e.item_id not in self._cut_items:
                 self._texts.setdefault(e.item_id, []).append(e.text)
+        elif kind == "output_text":
+            if self._text is not None and e.item_id not in self._cut_items:
+                await self._text.add(e.item_id, e.text)
+        elif kind == "text_done":
+            if self._text is not None:
+                await self._text.finish(e.item_id)
         elif kind == "speech_started":
             if self._turns is not None:
                 return  # Phonebooth's VAD decides (the vendor's is off; a stray event is not)
@@ -278,6 +299,26 @@ class S2SConversation:
         elif kind == "response_done":
             await self._response_done()
 
+    def _speech_started(self, segment_id: str, tts_ttfb_ms: float | None = None) -> None:
+        self._emit(ev.AgentSpeechStarted(segment_id=segment_id))
+        if self._speech_stopped_at is not None:
+            ms = (time.monotonic() - self._speech_stopped_at) * 1000
+            self._emit(ev.TurnMetrics(turn_id=self._turn_id, first_audio_out_ms=ms,
+                                      vad_stop_to_eou_ms=self._eou_ms,
+                                      tts_ttfb_ms=tts_ttfb_ms))
+            self._speech_stopped_at = None
+            self._eou_ms = None
+
+    def _text_started(self, reply: TextReply) -> None:
+        out = reply.output
+        ttfb = (None if out.tts_request_at is None or out.tts_first_chunk_at is None
+                else (out.tts_first_chunk_at - out.tts_request_at) * 1000)
+        self._speech_started(reply.id, ttfb)
+
+    def _text_played(self, reply: TextReply) -> None:
+        self._emit(ev.AgentSpeechCompleted(segment_id=reply.id, text=reply.said))
+        self._turn_done(reply.said, reply.said, interrupted=False)
+
     async def _on_audio(self, item_id: str, samples: np.ndarray) -> None:
         if item_id in self._cut_items:
             return
@@ -286,19 +327,15 @@ class S2SConversation:
             reply = self._reply = _Reply(item_id, f"s2s-{item_id}-{uuid.uuid4().hex[:6]}",
                                          self._texts.setdefault(item_id, []))
             await self._sink.start_segment(reply.segment_id)
-            self._emit(ev.AgentSpeechStarted(segment_id=reply.segment_id))
-            if self._speech_stopped_at is not None:
-                ms = (time.monotonic() - self._speech_stopped_at) * 1000
-                self._emit(ev.TurnMetrics(turn_id=self._turn_id, first_audio_out_ms=ms,
-                                          vad_stop_to_eou_ms=self._eou_ms))
-                self._speech_stopped_at = None
-                self._eou_ms = None
+            self._speech_started(reply.segment_id)
         await self._sink.write(samples, self._output_rate)
         self._written_ms[reply.segment_id] = (self._written_ms.get(reply.segment_id, 0.0)
                                               + len(samples) * 1000 / self._output_rate)
 
     async def _response_done(self) -> None:
         self._responding = False
+        if self._text is not None:
+            await self._text.finish()
         reply = self._reply
         if reply is None or reply.ended:
             return
@@ -317,6 +354,23 @@ class S2SConversation:
         self._reply = None
 
     async def _barge_in(self, *, truncate: bool) -> None:
+        await self._cut_audio(truncate=truncate)
+        if self._text is not None and self._text.speaking:
+            await self._cut_text(self._text, truncate=truncate)
+
+    async def _cut_text(self, voice: TextVoice, *, truncate: bool) -> None:
+        for cut in await voice.cut():
+            self._cut_items.add(cut.item_id)
+            if truncate:
+                try:
+                    await self._session.keep_heard_text(cut.item_id, cut.heard)
+                except Exception as exc:
+                    self._fail(exc)
+            self._emit(ev.AgentSpeechInterrupted(segment_id=cut.id, heard_text=cut.heard,
+                                                 interrupted_text=cut.said))
+            self._turn_done(cut.said, cut.heard, interrupted=True)
+
+    async def _cut_audio(self, *, truncate: bool) -> None:
         reply = self._reply
         if reply is None:
             return
