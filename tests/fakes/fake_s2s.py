@@ -121,6 +121,10 @@ class _S2SFake(FakeVendor):
         self.chunk_ms = chunk_ms
         self.caller_text = caller_text
         self.replies: deque[Reply] = deque()
+        # What an unscripted turn is answered with, and the model's think time before its
+        # first output (bench/s2s.py models a vendor's latency with it).
+        self.default_reply = "I heard you."
+        self.reply_delay_s = 0.0
         self.violations: list[str] = []
         self.truncations: list[tuple[str, int]] = []
         self.tool_outputs: list[tuple[str, Any]] = []
@@ -161,7 +165,7 @@ class _S2SFake(FakeVendor):
         self.refuse_setup = None
 
     def next_reply(self) -> Reply:
-        return self.replies.popleft() if self.replies else Say("I heard you.")
+        return self.replies.popleft() if self.replies else Say(self.default_reply)
 
     def speech(self, text: str) -> list[np.ndarray]:
         n = max(1, int(len(text) * self.ms_per_char * self.out_rate / 1000))
@@ -371,6 +375,8 @@ class _OpenAIState:
         await self.send({"type": "response.created", "response": {"id": rid}})
         status = "completed"
         try:
+            if self.fake.reply_delay_s:
+                await asyncio.sleep(self.fake.reply_delay_s)
             if isinstance(reply, Call):
                 call_id = f"call_{next(self.gen)}"
                 self.calls.add(call_id)
@@ -541,6 +547,8 @@ class FakeGeminiLive(_S2SFake):
             task.cancel()
 
     async def _reply(self, send: Any, reply: Reply, calls: dict[str, str]) -> None:
+        if self.reply_delay_s:
+            await asyncio.sleep(self.reply_delay_s)
         if isinstance(reply, Call):
             call_id = f"fc_{next(self._ids)}"
             calls[call_id] = reply.name
