@@ -144,7 +144,7 @@ class S2SConversation:
         # output: text: the model's text spoken by the agent's TTS (None: the model speaks).
         self._text = None if tts is None else TextVoice(
             sink, tts, voice=voice, on_started=self._text_started,
-            on_played=self._text_played, on_error=self._fail)
+            on_played=self._text_played, on_error=self._tts_failed)
 
     # -- the surface the call host drives ------------------------------------------------------
     async def start(self) -> None:
@@ -218,12 +218,16 @@ class S2SConversation:
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(reason)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, stage: str = "s2s") -> None:
         if self.ended:
             return
-        log.warning("s2s session failed: %s", exc)
-        self._emit(ev.SessionError(code="provider_error", message=str(exc)[:300], stage="s2s"))
+        log.warning("s2s call failed (%s): %s", stage, exc)
+        self._emit(ev.SessionError(code="provider_error", message=str(exc)[:300], stage=stage))
         self._end("error")
+
+    def _tts_failed(self, exc: BaseException) -> None:
+        # The model's text cannot be spoken (the tts block's fallbacks failed too).
+        self._fail(exc, "tts")
 
     async def _close(self) -> None:
         for t in list(self._tasks):

@@ -144,19 +144,24 @@ class TextVoice:
         self._replies.clear()
         if not replies:
             return []
-        for reply in replies:
-            reply.cut = True
-            reply.output.freeze()
-        with contextlib.suppress(Exception):
-            await replies[0].output.stop_audio()  # one clear of the shared sink
-        out: list[CutReply] = []
-        for reply in replies:
-            heard = reply.output.heard_text()
-            if reply.task is not None:
-                reply.task.cancel()
-            out.append(CutReply(reply.item_id, reply.id, reply.said, heard))
-        await asyncio.gather(*(r.task for r in replies if r.task is not None),
-                             return_exceptions=True)
+        # Hold the writers first, so nothing reaches the sink between its clear and their end.
+        self._gate.clear()
+        try:
+            for reply in replies:
+                reply.cut = True
+                reply.output.freeze()
+            with contextlib.suppress(Exception):
+                await replies[0].output.stop_audio()  # one clear of the shared sink
+            out: list[CutReply] = []
+            for reply in replies:
+                heard = reply.output.heard_text()
+                if reply.task is not None:
+                    reply.task.cancel()
+                out.append(CutReply(reply.item_id, reply.id, reply.said, heard))
+            await asyncio.gather(*(r.task for r in replies if r.task is not None),
+                                 return_exceptions=True)
+        finally:
+            self._gate.set()
         return out
 
     async def wait_played(self) -> None:
