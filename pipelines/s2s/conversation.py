@@ -33,18 +33,16 @@ import numpy as np
 
 from pipelines import events as ev
 from pipelines.audio.resample import StreamResampler
-from pipelines.audio.ringbuffer import RingBuffer
 from pipelines.ports import PlayoutSink, TTSLike
 from pipelines.s2s.spoken_text import TextReply, TextVoice
+from pipelines.s2s.turn_taking import CallerListener, TurnTaking
 from pipelines.speech_output import text_prefix
 from pipelines.turn.base import EndOfTurnDecision
-from pipelines.vad.base import VadEvent, VadStream
+from pipelines.vad.base import VadEvent
 
 log = logging.getLogger(__name__)
 
 FRAME_RATE = 16000
-TURN_AUDIO_MS = 8000  # what the end-of-turn model looks at
-PREROLL_MS = 300  # audio kept before the first speech onset of a turn
 ToolExecutor = Callable[[Any], Awaitable[Any]]
 
 
@@ -64,22 +62,6 @@ class S2SSessionLike(Protocol):
     async def activity_end(self) -> None: ...
     async def cancel_response(self) -> None: ...
     async def aclose(self) -> None: ...
-
-
-class EndOfTurnDecider(Protocol):
-    """pipelines.turn.endpointing.EndpointingPolicy."""
-
-    async def decide(self, get_audio: Callable[[], np.ndarray],
-                     silence_ms_at_start: float = 0) -> EndOfTurnDecision: ...
-
-
-@dataclass
-class TurnTaking:
-    """Phonebooth's own turn-taking for a model session: the same VAD stream and end-of-turn
-    policy (smart-turn) the cascaded pipeline gets from the engine models."""
-
-    vad: VadStream
-    endpointing: EndOfTurnDecider
 
 
 @dataclass
@@ -131,14 +113,11 @@ class S2SConversation:
         self._cut_items: set[str] = set()
         self._texts: dict[str, list[str]] = {}  # model item id -> transcript deltas
         # Phonebooth turn-taking (None: the vendor's server VAD decides).
-        self._turns = turn_taking
-        self._ring = RingBuffer(FRAME_RATE * (TURN_AUDIO_MS + PREROLL_MS) // 1000)
-        self._stream_ms = 0.0  # caller audio heard so far (the VAD's timeline)
-        self._turn_start_ms: float | None = None
+        self._turns = None if turn_taking is None else CallerListener(
+            turn_taking, self._vad_failed)
         self._eou_task: asyncio.Task[Any] | None = None
         self._decision: EndOfTurnDecision | None = None  # the last end of turn, for its record
         self._eou_ms: float | None = None  # VAD stop -> end-of-turn decision, for turn.metrics
-        self._vad_failed = False
         # A reply was asked for and its response.done has not come: a barge-in cancels it.
         self._responding = False
         # output: text: the model's text spoken by the agent's TTS (None: the model speaks).
@@ -237,7 +216,7 @@ class S2SConversation:
             await self._session.aclose()
         if self._turns is not None:
             with contextlib.suppress(Exception):
-                await self._turns.vad.aclose()
+                await self._turns.aclose()
         if self._text is not None:
             await self._text.aclose()
 
@@ -417,17 +396,7 @@ class S2SConversation:
     # -- Phonebooth turn-taking (turn_detection: phonebooth) -----------------------------------
     async def _listen(self, frame: np.ndarray) -> None:
         assert self._turns is not None
-        self._ring.append(frame)
-        event: VadEvent | None = None
-        try:
-            event = await self._turns.vad.process(frame)
-        except Exception as exc:
-            if not self._vad_failed:  # report once; a broken VAD must not kill the call
-                self._vad_failed = True
-                log.warning("s2s: VAD failed: %r", exc)
-                self._emit(ev.SessionError(code=type(exc).__name__, message=str(exc)[:300],
-                                           stage="vad"))
-        self._stream_ms += len(frame) * 1000.0 / FRAME_RATE
+        event = await self._turns.hear(frame)
         if event is None:
             return
         if event.kind == "start":
@@ -435,12 +404,14 @@ class S2SConversation:
         else:
             self._caller_stopped(event)
 
+    def _vad_failed(self, exc: BaseException) -> None:
+        self._emit(ev.SessionError(code=type(exc).__name__, message=str(exc)[:300],
+                                   stage="vad"))
+
     async def _caller_started(self, e: VadEvent) -> None:
         if self._eou_task is not None and not self._eou_task.done():
             self._eou_task.cancel()  # the caller carries on: that pause did not end the turn
         self._eou_task = None
-        if self._turn_start_ms is None:
-            self._turn_start_ms = e.at_ms
         self._emit(ev.UserSpeechStarted())
         try:
             await self._session.activity_start()
@@ -457,23 +428,16 @@ class S2SConversation:
         await self._barge_in(truncate=True)
 
     def _caller_stopped(self, e: VadEvent) -> None:
+        assert self._turns is not None
         self._emit(ev.UserSpeechStopped(speech_ms=e.speech_ms))
-        # The VAD reports the stop after its hangover; budgets count from the true end.
-        silence_ms = max(0.0, self._stream_ms - e.at_ms)
+        silence_ms = self._turns.silence_after(e)
         self._eou_task = self._spawn(self._end_of_turn(silence_ms), "s2s-end-of-turn")
-
-    def _turn_audio(self) -> np.ndarray:
-        """The turn's audio for the end-of-turn model: ≤ 8 s, from just before its onset."""
-        start = self._turn_start_ms if self._turn_start_ms is not None else 0.0
-        start = max(start - PREROLL_MS, self._stream_ms - TURN_AUDIO_MS)
-        return self._ring.last(int((self._stream_ms - start) * FRAME_RATE / 1000))
 
     async def _end_of_turn(self, silence_ms: float) -> None:
         assert self._turns is not None
-        decision = await self._turns.endpointing.decide(self._turn_audio, silence_ms)
-        # Past the decision the turn is the model's: a resumed caller is its next turn, and
-        # the commit/reply request is not cut in half.
-        self._turn_start_ms = None
+        decision = await self._turns.decide(silence_ms)
+        # Past the decision the turn is the model's: the commit/reply request is not cut in
+        # half by a resumed caller.
         self._decision = decision
         self._eou_ms = decision.decided_after_ms
         self._speech_stopped_at = time.monotonic()
