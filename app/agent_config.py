@@ -53,6 +53,10 @@ class S2SBlock(ProviderChoice):
     """`{provider: openai_realtime | gemini_live | azure_openai, model, voice, api_key, ...}`: a
     speech-to-speech model takes the call instead of stt/llm/tts."""
 
+    def speaks_text(self) -> bool:
+        """`output: text`: the model writes and the agent's `tts` speaks (hybrid mode)."""
+        return self.options().get("output") == "text"
+
 
 class WebhookTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -217,13 +221,23 @@ def s2s_errors(config: AgentConfig) -> list[InitErrorDetails]:
     return _block_errors("s2s", config.s2s, ("s2s",)) + s2s_cascade_errors(config)
 
 
+HYBRID_NEEDS_TTS = ("output 'text' is spoken by the agent's own voice: give a 'tts' block "
+                    "(or output 'audio')")
+
+
 def s2s_cascade_errors(config: AgentConfig) -> list[InitErrorDetails]:
     """Next to s2s, a cascaded chain is all or nothing: stt, llm and tts are its call-start
     fallback, and a partial chain would silently borrow the embedded defaults for the missing
-    kinds."""
+    kinds. With `output: text` the `tts` block is required (it speaks the model's text), and
+    may stand alone: it is the agent's voice, not a partial fallback."""
     if config.s2s is None:
         return []
     given = [k for k in PROVIDER_KINDS if k in config.model_fields_set]
+    if config.s2s.speaks_text():
+        if "tts" not in given:
+            return [_error("s2s_output", HYBRID_NEEDS_TTS, ("s2s", "output"), "text")]
+        if given == ["tts"]:
+            return []
     if not given or len(given) == len(PROVIDER_KINDS):
         return []
     return [_error("s2s_fallback",

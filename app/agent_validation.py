@@ -111,14 +111,17 @@ def _chain_problems(kind: str, block: ProviderBlock) -> list[Problem]:
             for p in _block_problems(kind, field_path(loc), b, depth)[2]]
 
 
-def _provider_problems(config: AgentConfig) -> list[Problem]:
-    problems = [p for kind, loc, b, depth in _blocks(config)
-                for p in _block_problems(kind, loc, b, depth)[2]]
+def _cascade_problems(config: AgentConfig) -> list[Problem]:
+    """The s2s block's rules about stt/llm/tts (all or nothing; output text needs tts)."""
     cascade = s2s_cascade_errors(config)
-    if cascade:
-        problems += problems_from_error(
-            ValidationError.from_exception_data("AgentConfig", cascade))
-    return problems
+    if not cascade:
+        return []
+    return problems_from_error(ValidationError.from_exception_data("AgentConfig", cascade))
+
+
+def _provider_problems(config: AgentConfig) -> list[Problem]:
+    return [p for kind, loc, b, depth in _blocks(config)
+            for p in _block_problems(kind, loc, b, depth)[2]] + _cascade_problems(config)
 
 
 def _raw_provider_problems(data: Any) -> list[Problem]:
@@ -202,7 +205,7 @@ async def dry_run(
         config = validate_json_strict(data)
     except ValidationError as exc:
         return _merge(problems_from_error(exc), _raw_provider_problems(data))
-    problems: list[Problem] = []
+    problems: list[Problem] = _cascade_problems(config)
     wanted: dict[str, list[str]] = {}  # credential name -> fields referencing it
     for kind, loc, block, depth in _blocks(config):
         pcfg, cls, block_problems = _block_problems(kind, loc, block, depth)

@@ -7,6 +7,10 @@ closes (the parent exiting ends it too). Latencies model anchors §12: the STT f
 `--stt-ms` after Finalize, the first LLM token `--llm-ms` after the request, the first TTS byte
 `--tts-ms` after the request.
 
+With `--s2s` (bench/s2s.py) it also serves the speech-to-speech fakes (OpenAI Realtime and
+Gemini Live, tests/fakes/fake_s2s.py): their energy VAD ends a caller turn after
+`--s2s-vad-silence-ms` of quiet, and the model's first output comes `--s2s-ms` later.
+
 With `--scripted-stt` (bench/turntaking.py) the STT transcribes what the caller has said by
 now (bench/scripted_stt.py); each stdin line is then `{"words": [[monotonic time, word], ...]}`.
 
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.scripted_stt import ScriptedDeepgram
 from tests.fakes.fake_deepgram import FakeDeepgram
 from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.fake_s2s import GEMINI_PATH, FakeGeminiLive, FakeOpenAIRealtime, _S2SFake
 from tests.fakes.vendor_base import FAKE_API_KEY
 
 TRANSCRIPT = "what are your opening hours tomorrow"
@@ -47,6 +52,12 @@ def main() -> None:
     ap.add_argument("--transcript", default=TRANSCRIPT)
     ap.add_argument("--scripted-stt", action="store_true",
                     help="transcribe the word timelines given on stdin")
+    ap.add_argument("--s2s", action="store_true",
+                    help="also serve the OpenAI Realtime and Gemini Live fakes")
+    ap.add_argument("--s2s-ms", type=float, default=300.0,
+                    help="s2s model: end of the caller's turn (its VAD) → first output")
+    ap.add_argument("--s2s-vad-silence-ms", type=int, default=500,
+                    help="s2s fakes' server VAD: quiet that ends a caller turn")
     args = ap.parse_args()
 
     stt_cls = ScriptedDeepgram if args.scripted_stt else FakeDeepgram
@@ -56,11 +67,23 @@ def main() -> None:
                      chunk_delay_s=args.llm_token_ms / 1000.0).start()
     tts = FakeOpenAI(first_byte_delay_s=args.tts_ms / 1000.0,
                      tts_ms_per_char=args.tts_ms_per_char).start()
-    vendors = (stt, llm, tts)
+    vendors: tuple[FakeDeepgram | FakeOpenAI | _S2SFake, ...] = (stt, llm, tts)
 
     info: dict[str, str] = {}
     info.update(stt_ws=stt.ws_base_url, llm_base=llm.base_url, tts_base=tts.base_url,
                 api_key=FAKE_API_KEY)
+    if args.s2s:
+        realtime, gemini = FakeOpenAIRealtime(caller_text=args.transcript), \
+            FakeGeminiLive(caller_text=args.transcript)
+        for fake in (realtime, gemini):
+            fake.default_reply = args.reply
+            fake.reply_delay_s = args.s2s_ms / 1000.0
+            fake.vad_silence_ms = args.s2s_vad_silence_ms
+            fake.ms_per_char = args.tts_ms_per_char
+            fake.start()
+        vendors = (*vendors, realtime, gemini)
+        info.update(realtime_url=realtime.url + "/v1/realtime",
+                    gemini_url=gemini.url + GEMINI_PATH)
     print(json.dumps(info), flush=True)
     def trim() -> None:
         # Unbounded request logs would grow through a soak run; keep only open exchanges.

@@ -7,7 +7,8 @@ save is stricter: the options must fit the named adapter's `Config`, and fallbac
 provider, `{provider: <name>, timeout_s, fallback, ...that adapter's options}` with no other keys,
 and one component per nesting depth (`SttBlock`, `SttFallback1`, `SttFallback2`). The `s2s`
 block is published the same way (`S2SBlock`: `{provider: <name>, ...that adapter's options}`,
-no timeout or fallback), with the rule that next to it stt, llm and tts are given all or none.
+no timeout or fallback), with the rule that next to it stt, llm and tts are given all or none,
+and that `output: text` needs a `tts` block (which may then stand alone).
 """
 
 from __future__ import annotations
@@ -103,13 +104,22 @@ def _s2s_schema(components: dict[str, Any]) -> dict[str, Any]:
 
 
 # What `s2s_cascade_errors` checks: with an s2s block, stt, llm and tts (its call-start
-# fallback) are all given or none is.
+# fallback) are all given or none is; `output: text` needs tts, which may then be alone.
+_TEXT_OUTPUT = {"properties": {"s2s": {"required": ["output"],
+                                       "properties": {"output": {"const": "text"}}}}}
 _S2S_CASCADE = {
     "if": {"required": ["s2s"], "properties": {"s2s": {"type": "object"}}},
-    "then": {"anyOf": [
-        {"required": list(PROVIDER_KINDS)},
-        {"not": {"anyOf": [{"required": [kind]} for kind in PROVIDER_KINDS]}},
-    ]},
+    "then": {
+        "anyOf": [
+            {"required": list(PROVIDER_KINDS)},
+            {"not": {"anyOf": [{"required": [kind]} for kind in PROVIDER_KINDS]}},
+            {**_TEXT_OUTPUT, "required": ["tts"],
+             "not": {"anyOf": [{"required": [kind]} for kind in PROVIDER_KINDS
+                               if kind != "tts"]}},
+        ],
+        "if": _TEXT_OUTPUT,
+        "then": {"required": ["tts"]},
+    },
 }
 
 

@@ -227,12 +227,14 @@ class _Call:
         if cfg.s2s is None:
             return self._build()
         self._tool_executor(cfg)
+        # output: text: the agent's own tts block (fallbacks and all) speaks the model's text.
+        tts = self._provider("tts", cfg.tts) if cfg.s2s.speaks_text() else None
         try:
             conv = await open_s2s(
                 cfg, self._context("s2s"), sink=self.transport.playout, on_event=self.emit,
                 tools=self.executor.specs if self.executor else [],
                 tool_executor=self.executor, greeting=cfg.greeting if cfg.speaks_first else None,
-                providers=self._providers, models=self.host.models)
+                providers=self._providers, models=self.host.models, tts=tts)
         except Exception as exc:
             # The agent's stt/llm/tts (named, or the embedded defaults) take the call; when
             # they fail too, the cascade's own apology and failure goodbye apply.

@@ -4,7 +4,8 @@
 the prompt, the agent's tools) and wraps it in the engine's `S2SConversation`; with
 `turn_detection: phonebooth` it also gets the call's VAD stream and end-of-turn policy from the
 shared engine models, built from the agent's `vad` and `turn` settings exactly as for a
-cascaded call. A failure here is
+cascaded call. With `output: text` the agent's TTS (built by the host from its `tts` block,
+fallbacks included) speaks the model's text. A failure here is
 raised to the host, which hands the call to the agent's cascaded providers (the ones it names,
 or the embedded defaults): never silence.
 """
@@ -17,7 +18,7 @@ from typing import Any
 from app.agent_config import AgentConfig
 from pipelines import events as ev
 from pipelines.engine_models import EngineModels
-from pipelines.ports import PlayoutSink
+from pipelines.ports import PlayoutSink, TTSLike
 from pipelines.s2s.conversation import S2SConversation, ToolExecutor, TurnTaking
 from providers.base import ProviderContext, ProviderError, ToolSpec
 from providers.factory import instantiate
@@ -35,6 +36,7 @@ async def open_s2s(
     greeting: str | None,
     providers: list[Any],
     models: EngineModels | None = None,
+    tts: TTSLike | None = None,
 ) -> S2SConversation:
     block = config.s2s
     assert block is not None
@@ -44,6 +46,10 @@ async def open_s2s(
     providers.append(provider)
     turn_taking: TurnTaking | None = None
     options = provider.config
+    speaks_text = isinstance(options, S2SConfig) and options.output == "text"
+    if speaks_text and tts is None:
+        raise ProviderError(block.provider, "output text needs the agent's tts",
+                            retryable=False)
     if isinstance(options, S2SConfig) and options.turn_detection == "phonebooth":
         if models is None:
             raise ProviderError(block.provider, "turn_detection phonebooth needs the engine's "
@@ -59,4 +65,5 @@ async def open_s2s(
     return S2SConversation(
         session, input_rate=provider.input_rate, output_rate=provider.output_rate, sink=sink,
         on_event=on_event, tool_executor=tool_executor, greeting=greeting,
-        provider=block.provider, turn_taking=turn_taking)
+        provider=block.provider, turn_taking=turn_taking,
+        tts=tts if speaks_text else None, voice=config.voice)

@@ -8,7 +8,10 @@ pipeline's own VAD stream and end-of-turn policy, which tell the model when the 
 (`activity_start`, cutting a reply in progress with `cancel_response`) and when their turn is
 over (`activity_end`: the model answers). Either way, when the caller starts over a reply,
 playout is cleared and the model is told where its reply was cut (`truncate` at the heard ms),
-so its memory matches what the caller heard. Function calls go to the call's tool executor and
+so its memory matches what the caller heard. With a `tts` (the agent's `output: text`) the model
+writes instead of speaking and `TextVoice` speaks its text through the cascade's speech output;
+a barge-in then stops the TTS and the model is told the heard text (`keep_heard_text`).
+Function calls go to the call's tool executor and
 the results back to the model. It records the same events as the cascaded engine: user/agent
 speech and transcripts, turns with heard text, usage and per-turn latency (the end of the
 caller's turn → first model audio out).
@@ -30,17 +33,16 @@ import numpy as np
 
 from pipelines import events as ev
 from pipelines.audio.resample import StreamResampler
-from pipelines.audio.ringbuffer import RingBuffer
-from pipelines.ports import PlayoutSink
+from pipelines.ports import PlayoutSink, TTSLike
+from pipelines.s2s.spoken_text import TextReply, TextVoice
+from pipelines.s2s.turn_taking import CallerListener, TurnTaking
 from pipelines.speech_output import text_prefix
 from pipelines.turn.base import EndOfTurnDecision
-from pipelines.vad.base import VadEvent, VadStream
+from pipelines.vad.base import VadEvent
 
 log = logging.getLogger(__name__)
 
 FRAME_RATE = 16000
-TURN_AUDIO_MS = 8000  # what the end-of-turn model looks at
-PREROLL_MS = 300  # audio kept before the first speech onset of a turn
 ToolExecutor = Callable[[Any], Awaitable[Any]]
 
 
@@ -54,27 +56,12 @@ class S2SSessionLike(Protocol):
     def events(self) -> Any: ...
     async def send_tool_result(self, call: Any, output: str) -> None: ...
     async def truncate(self, item_id: str, audio_end_ms: int) -> None: ...
+    async def keep_heard_text(self, item_id: str, heard: str) -> None: ...
     async def respond(self, instructions: str) -> None: ...
     async def activity_start(self) -> None: ...
     async def activity_end(self) -> None: ...
     async def cancel_response(self) -> None: ...
     async def aclose(self) -> None: ...
-
-
-class EndOfTurnDecider(Protocol):
-    """pipelines.turn.endpointing.EndpointingPolicy."""
-
-    async def decide(self, get_audio: Callable[[], np.ndarray],
-                     silence_ms_at_start: float = 0) -> EndOfTurnDecision: ...
-
-
-@dataclass
-class TurnTaking:
-    """Phonebooth's own turn-taking for a model session: the same VAD stream and end-of-turn
-    policy (smart-turn) the cascaded pipeline gets from the engine models."""
-
-    vad: VadStream
-    endpointing: EndOfTurnDecider
 
 
 @dataclass
@@ -104,6 +91,8 @@ class S2SConversation:
         greeting: str | None = None,
         provider: str = "s2s",
         turn_taking: TurnTaking | None = None,
+        tts: TTSLike | None = None,
+        voice: str | None = None,
     ) -> None:
         self._session = session
         self._output_rate = output_rate
@@ -124,16 +113,17 @@ class S2SConversation:
         self._cut_items: set[str] = set()
         self._texts: dict[str, list[str]] = {}  # model item id -> transcript deltas
         # Phonebooth turn-taking (None: the vendor's server VAD decides).
-        self._turns = turn_taking
-        self._ring = RingBuffer(FRAME_RATE * (TURN_AUDIO_MS + PREROLL_MS) // 1000)
-        self._stream_ms = 0.0  # caller audio heard so far (the VAD's timeline)
-        self._turn_start_ms: float | None = None
+        self._turns = None if turn_taking is None else CallerListener(
+            turn_taking, self._vad_failed)
         self._eou_task: asyncio.Task[Any] | None = None
         self._decision: EndOfTurnDecision | None = None  # the last end of turn, for its record
         self._eou_ms: float | None = None  # VAD stop -> end-of-turn decision, for turn.metrics
-        self._vad_failed = False
         # A reply was asked for and its response.done has not come: a barge-in cancels it.
         self._responding = False
+        # output: text: the model's text spoken by the agent's TTS (None: the model speaks).
+        self._text = None if tts is None else TextVoice(
+            sink, tts, voice=voice, on_started=self._text_started,
+            on_played=self._text_played, on_error=self._tts_failed)
 
     # -- the surface the call host drives ------------------------------------------------------
     async def start(self) -> None:
@@ -207,12 +197,16 @@ class S2SConversation:
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(reason)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, stage: str = "s2s") -> None:
         if self.ended:
             return
-        log.warning("s2s session failed: %s", exc)
-        self._emit(ev.SessionError(code="provider_error", message=str(exc)[:300], stage="s2s"))
+        log.warning("s2s call failed (%s): %s", stage, exc)
+        self._emit(ev.SessionError(code="provider_error", message=str(exc)[:300], stage=stage))
         self._end("error")
+
+    def _tts_failed(self, exc: BaseException) -> None:
+        # The model's text cannot be spoken (the tts block's fallbacks failed too).
+        self._fail(exc, "tts")
 
     async def _close(self) -> None:
         for t in list(self._tasks):
@@ -222,13 +216,17 @@ class S2SConversation:
             await self._session.aclose()
         if self._turns is not None:
             with contextlib.suppress(Exception):
-                await self._turns.vad.aclose()
+                await self._turns.aclose()
+        if self._text is not None:
+            await self._text.aclose()
 
     async def _hangup_after_playout(self, reason: str) -> None:
         reply = self._reply
-        if reply is not None:
-            with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):
+            if reply is not None:
                 await asyncio.wait_for(self._sink.wait_played(reply.segment_id), 30)
+            if self._text is not None:
+                await asyncio.wait_for(self._text.wait_played(), 30)
         self._end(reason)
 
     async def _event_loop(self) -> None:
@@ -249,6 +247,12 @@ class S2SConversation:
             # A transcript delta may come before the item's first audio.
             if e.item_id not in self._cut_items:
                 self._texts.setdefault(e.item_id, []).append(e.text)
+        elif kind == "output_text":
+            if self._text is not None and e.item_id not in self._cut_items:
+                await self._text.add(e.item_id, e.text)
+        elif kind == "text_done":
+            if self._text is not None:
+                await self._text.finish(e.item_id)
         elif kind == "speech_started":
             if self._turns is not None:
                 return  # Phonebooth's VAD decides (the vendor's is off; a stray event is not)
@@ -278,6 +282,26 @@ class S2SConversation:
         elif kind == "response_done":
             await self._response_done()
 
+    def _speech_started(self, segment_id: str, tts_ttfb_ms: float | None = None) -> None:
+        self._emit(ev.AgentSpeechStarted(segment_id=segment_id))
+        if self._speech_stopped_at is not None:
+            ms = (time.monotonic() - self._speech_stopped_at) * 1000
+            self._emit(ev.TurnMetrics(turn_id=self._turn_id, first_audio_out_ms=ms,
+                                      vad_stop_to_eou_ms=self._eou_ms,
+                                      tts_ttfb_ms=tts_ttfb_ms))
+            self._speech_stopped_at = None
+            self._eou_ms = None
+
+    def _text_started(self, reply: TextReply) -> None:
+        out = reply.output
+        ttfb = (None if out.tts_request_at is None or out.tts_first_chunk_at is None
+                else (out.tts_first_chunk_at - out.tts_request_at) * 1000)
+        self._speech_started(reply.id, ttfb)
+
+    def _text_played(self, reply: TextReply) -> None:
+        self._emit(ev.AgentSpeechCompleted(segment_id=reply.id, text=reply.said))
+        self._turn_done(reply.said, reply.said, interrupted=False)
+
     async def _on_audio(self, item_id: str, samples: np.ndarray) -> None:
         if item_id in self._cut_items:
             return
@@ -286,19 +310,15 @@ class S2SConversation:
             reply = self._reply = _Reply(item_id, f"s2s-{item_id}-{uuid.uuid4().hex[:6]}",
                                          self._texts.setdefault(item_id, []))
             await self._sink.start_segment(reply.segment_id)
-            self._emit(ev.AgentSpeechStarted(segment_id=reply.segment_id))
-            if self._speech_stopped_at is not None:
-                ms = (time.monotonic() - self._speech_stopped_at) * 1000
-                self._emit(ev.TurnMetrics(turn_id=self._turn_id, first_audio_out_ms=ms,
-                                          vad_stop_to_eou_ms=self._eou_ms))
-                self._speech_stopped_at = None
-                self._eou_ms = None
+            self._speech_started(reply.segment_id)
         await self._sink.write(samples, self._output_rate)
         self._written_ms[reply.segment_id] = (self._written_ms.get(reply.segment_id, 0.0)
                                               + len(samples) * 1000 / self._output_rate)
 
     async def _response_done(self) -> None:
         self._responding = False
+        if self._text is not None:
+            await self._text.finish()
         reply = self._reply
         if reply is None or reply.ended:
             return
@@ -317,6 +337,23 @@ class S2SConversation:
         self._reply = None
 
     async def _barge_in(self, *, truncate: bool) -> None:
+        await self._cut_audio(truncate=truncate)
+        if self._text is not None and self._text.speaking:
+            await self._cut_text(self._text, truncate=truncate)
+
+    async def _cut_text(self, voice: TextVoice, *, truncate: bool) -> None:
+        for cut in await voice.cut():
+            self._cut_items.add(cut.item_id)
+            if truncate:
+                try:
+                    await self._session.keep_heard_text(cut.item_id, cut.heard)
+                except Exception as exc:
+                    self._fail(exc)
+            self._emit(ev.AgentSpeechInterrupted(segment_id=cut.id, heard_text=cut.heard,
+                                                 interrupted_text=cut.said))
+            self._turn_done(cut.said, cut.heard, interrupted=True)
+
+    async def _cut_audio(self, *, truncate: bool) -> None:
         reply = self._reply
         if reply is None:
             return
@@ -359,17 +396,7 @@ class S2SConversation:
     # -- Phonebooth turn-taking (turn_detection: phonebooth) -----------------------------------
     async def _listen(self, frame: np.ndarray) -> None:
         assert self._turns is not None
-        self._ring.append(frame)
-        event: VadEvent | None = None
-        try:
-            event = await self._turns.vad.process(frame)
-        except Exception as exc:
-            if not self._vad_failed:  # report once; a broken VAD must not kill the call
-                self._vad_failed = True
-                log.warning("s2s: VAD failed: %r", exc)
-                self._emit(ev.SessionError(code=type(exc).__name__, message=str(exc)[:300],
-                                           stage="vad"))
-        self._stream_ms += len(frame) * 1000.0 / FRAME_RATE
+        event = await self._turns.hear(frame)
         if event is None:
             return
         if event.kind == "start":
@@ -377,12 +404,14 @@ class S2SConversation:
         else:
             self._caller_stopped(event)
 
+    def _vad_failed(self, exc: BaseException) -> None:
+        self._emit(ev.SessionError(code=type(exc).__name__, message=str(exc)[:300],
+                                   stage="vad"))
+
     async def _caller_started(self, e: VadEvent) -> None:
         if self._eou_task is not None and not self._eou_task.done():
             self._eou_task.cancel()  # the caller carries on: that pause did not end the turn
         self._eou_task = None
-        if self._turn_start_ms is None:
-            self._turn_start_ms = e.at_ms
         self._emit(ev.UserSpeechStarted())
         try:
             await self._session.activity_start()
@@ -399,23 +428,16 @@ class S2SConversation:
         await self._barge_in(truncate=True)
 
     def _caller_stopped(self, e: VadEvent) -> None:
+        assert self._turns is not None
         self._emit(ev.UserSpeechStopped(speech_ms=e.speech_ms))
-        # The VAD reports the stop after its hangover; budgets count from the true end.
-        silence_ms = max(0.0, self._stream_ms - e.at_ms)
+        silence_ms = self._turns.silence_after(e)
         self._eou_task = self._spawn(self._end_of_turn(silence_ms), "s2s-end-of-turn")
-
-    def _turn_audio(self) -> np.ndarray:
-        """The turn's audio for the end-of-turn model: ≤ 8 s, from just before its onset."""
-        start = self._turn_start_ms if self._turn_start_ms is not None else 0.0
-        start = max(start - PREROLL_MS, self._stream_ms - TURN_AUDIO_MS)
-        return self._ring.last(int((self._stream_ms - start) * FRAME_RATE / 1000))
 
     async def _end_of_turn(self, silence_ms: float) -> None:
         assert self._turns is not None
-        decision = await self._turns.endpointing.decide(self._turn_audio, silence_ms)
-        # Past the decision the turn is the model's: a resumed caller is its next turn, and
-        # the commit/reply request is not cut in half.
-        self._turn_start_ms = None
+        decision = await self._turns.decide(silence_ms)
+        # Past the decision the turn is the model's: the commit/reply request is not cut in
+        # half by a resumed caller.
         self._decision = decision
         self._eou_ms = decision.decided_after_ms
         self._speech_stopped_at = time.monotonic()

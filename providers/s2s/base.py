@@ -7,6 +7,10 @@ end of each response. The host answers
 function calls with `send_tool_result` and, on barge-in, tells the model how much of its reply
 the caller actually heard with `truncate`, so the model's memory matches the caller's.
 
+With `output: text` (hybrid) the model is asked for text only: the session yields `OutputText`
+deltas (and `TextDone` where the vendor marks the end of an item's text) instead of audio, the
+agent's own TTS speaks them, and on barge-in `keep_heard_text` tells the model what was heard.
+
 With `turn_detection: phonebooth` the vendor's VAD is switched off at setup and Phonebooth's own
 VAD and end-of-turn model drive the session: `activity_start` when the caller starts speaking,
 `cancel_response` when that cuts a reply still being generated, `activity_end` at the end of
@@ -38,6 +42,9 @@ class S2SConfig(CloudConfig):
     # in the cascaded pipeline) decide both, and tell the model.
     turn_detection: Literal["server_vad", "phonebooth"] = "server_vad"
     temperature: float | None = Field(None, ge=0, le=2)
+    # audio: the model speaks. text: the model writes its reply and the agent's `tts` block
+    # speaks it (one voice across s2s and cascaded agents, at the cost of the TTS's latency).
+    output: Literal["audio", "text"] = "audio"
 
 
 @dataclass(slots=True)
@@ -54,6 +61,23 @@ class OutputTranscript:
     item_id: str
     text: str
     kind: Literal["output_transcript"] = "output_transcript"
+
+
+@dataclass(slots=True)
+class OutputText:
+    """Text the model writes for the caller (a delta; `output: text`)."""
+
+    item_id: str
+    text: str
+    kind: Literal["output_text"] = "output_text"
+
+
+@dataclass(slots=True)
+class TextDone:
+    """The item's text is complete (OpenAI's `…text.done`): speak its last sentence now."""
+
+    item_id: str
+    kind: Literal["text_done"] = "text_done"
 
 
 @dataclass(slots=True)
@@ -93,8 +117,8 @@ class ResponseDone:
     kind: Literal["response_done"] = "response_done"
 
 
-S2SEvent = (AudioOut | OutputTranscript | InputTranscript | SpeechStarted | SpeechStopped
-            | Interrupted | ToolCall | Usage | ResponseDone)
+S2SEvent = (AudioOut | OutputTranscript | OutputText | TextDone | InputTranscript
+            | SpeechStarted | SpeechStopped | Interrupted | ToolCall | Usage | ResponseDone)
 
 
 class S2SSession(abc.ABC):
@@ -113,6 +137,10 @@ class S2SSession(abc.ABC):
     @abc.abstractmethod
     async def truncate(self, item_id: str, audio_end_ms: int) -> None:
         """Forget the model's reply after what the caller heard (ms of the item's audio)."""
+
+    @abc.abstractmethod
+    async def keep_heard_text(self, item_id: str, heard: str) -> None:
+        """A text reply (`output: text`) was cut: the model should remember only `heard`."""
 
     @abc.abstractmethod
     async def respond(self, instructions: str) -> None:

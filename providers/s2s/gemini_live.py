@@ -16,6 +16,14 @@ mode `activityStart` is what interrupts it (the default `activityHandling`), so 
 cancel message either. Only audio inside an activity makes the caller's turn (the default
 `turnCoverage`): between turns the session holds back the last `PREROLL_MS` and sends it right
 after `activityStart`, so the syllables the VAD needed to confirm speech are not lost.
+
+`output: text` (hybrid): `responseModalities: ["TEXT"]` (no voice, no output transcription; the
+half-cascade Live models take it, the native-audio ones answer in audio only) and the reply is
+`modelTurn.parts[].text`. The model writes a reply far faster than the agent's TTS speaks it, so
+its server VAD rarely has a reply in progress to interrupt: with `server_vad` the first input
+transcription of a caller turn is taken as the caller's start (the barge-in). The Live API has
+no way to edit the session's history (no item ids; `clientContent` only appends turns), so a cut
+text reply stays whole in the model's memory and what the caller heard is recorded in the turn.
 """
 
 from __future__ import annotations
@@ -33,12 +41,14 @@ from providers.s2s.base import (
     AudioOut,
     InputTranscript,
     Interrupted,
+    OutputText,
     OutputTranscript,
     ResponseDone,
     S2SConfig,
     S2SEvent,
     S2SProvider,
     S2SSession,
+    SpeechStarted,
 )
 from providers.s2s.socket import JsonSocket, b64_pcm, pcm_b64
 
@@ -57,8 +67,9 @@ class GeminiLiveConfig(S2SConfig):
 
 def setup_message(cfg: GeminiLiveConfig, instructions: str,
                   tools: list[ToolSpec]) -> dict[str, Any]:
-    gen: dict[str, Any] = {"responseModalities": ["AUDIO"]}
-    if cfg.voice:
+    text = cfg.output == "text"
+    gen: dict[str, Any] = {"responseModalities": ["TEXT" if text else "AUDIO"]}
+    if cfg.voice and not text:
         gen["speechConfig"] = {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": cfg.voice}}}
     if cfg.temperature is not None:
         gen["temperature"] = cfg.temperature
@@ -68,8 +79,9 @@ def setup_message(cfg: GeminiLiveConfig, instructions: str,
         "generationConfig": gen,
         "systemInstruction": {"parts": [{"text": instructions}]},
         "inputAudioTranscription": {},
-        "outputAudioTranscription": {},
     }
+    if not text:
+        setup["outputAudioTranscription"] = {}
     if cfg.turn_detection == "phonebooth":
         setup["realtimeInputConfig"] = {"automaticActivityDetection": {"disabled": True}}
     if tools:
@@ -91,8 +103,12 @@ def _usage(provider: str, model: str, meta: dict[str, Any]) -> list[Usage]:
 
 
 class GeminiSession(S2SSession):
-    def __init__(self, sock: JsonSocket, model: str, *, manual: bool = False) -> None:
+    def __init__(self, sock: JsonSocket, model: str, *, manual: bool = False,
+                 text: bool = False) -> None:
         self._sock = sock
+        # Text output with server VAD: the caller's first transcribed words are their start.
+        self._speech_from_transcript = text and not manual
+        self._caller_started = False
         self._model = model
         self._turn = 0
         self._heard_in: list[str] = []
@@ -118,7 +134,11 @@ class GeminiSession(S2SSession):
         sc = msg.get("serverContent")
         if isinstance(sc, dict):
             if isinstance(sc.get("inputTranscription"), dict):
-                self._heard_in.append(str(sc["inputTranscription"].get("text", "")))
+                words = str(sc["inputTranscription"].get("text", ""))
+                self._heard_in.append(words)
+                if self._speech_from_transcript and words.strip() and not self._caller_started:
+                    self._caller_started = True
+                    out.append(SpeechStarted(0))
             if sc.get("interrupted"):
                 out.append(Interrupted())
                 # The cut reply is over: what follows is a new one, whose audio must not be
@@ -127,10 +147,13 @@ class GeminiSession(S2SSession):
             turn = sc.get("modelTurn")
             if isinstance(turn, dict):
                 out += self._flush_input()
+                self._caller_started = False
                 for part in turn.get("parts") or []:
                     data = (part.get("inlineData") or {}).get("data")
                     if data:
                         out.append(AudioOut(self._item(), b64_pcm(str(data))))
+                    elif isinstance(part.get("text"), str) and not part.get("thought"):
+                        out.append(OutputText(self._item(), part["text"]))
             if isinstance(sc.get("outputTranscription"), dict):
                 out.append(OutputTranscript(self._item(),
                                             str(sc["outputTranscription"].get("text", ""))))
@@ -199,6 +222,10 @@ class GeminiSession(S2SSession):
     async def truncate(self, item_id: str, audio_end_ms: int) -> None:
         return None
 
+    async def keep_heard_text(self, item_id: str, heard: str) -> None:
+        # No history edit exists in the Live API (see the module docstring).
+        return None
+
     async def respond(self, instructions: str) -> None:
         await self._sock.send({"clientContent": {
             "turns": [{"role": "user", "parts": [{"text": instructions}]}],
@@ -225,7 +252,8 @@ class GeminiLive(S2SProvider):
             async for msg in sock.messages():
                 if "setupComplete" in msg:
                     return GeminiSession(sock, self.config.model,
-                                         manual=self.config.turn_detection == "phonebooth")
+                                         manual=self.config.turn_detection == "phonebooth",
+                                         text=self.config.output == "text")
             raise ProviderError(self.name, "session closed during setup")
         except BaseException:
             await sock.close()

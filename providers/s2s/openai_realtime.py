@@ -12,6 +12,12 @@ the beta protocol Azure deployments still speak), the matching `…audio_transcr
 `conversation.item.input_audio_transcription.completed`,
 `response.function_call_arguments.done`, `response.done` (usage with audio/text token details)
 and `error`. Azure: `{endpoint}/openai/realtime?api-version=…&deployment=…`, key in `api-key`.
+
+`output: text` (hybrid): the session asks for text only (GA `output_modalities: ["text"]`; the
+beta session's `modalities: ["text"]`) and reads `response.output_text.delta` / `.done` (beta:
+`response.text.delta` / `.done`). `conversation.item.truncate` cuts audio only, so a text reply
+the caller heard part of is replaced instead: `conversation.item.delete` of the model's item and
+`conversation.item.create` of an assistant message holding the heard text.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from providers.llm.openai import AzureSettings
 from providers.s2s.base import (
     AudioOut,
     InputTranscript,
+    OutputText,
     OutputTranscript,
     ResponseDone,
     S2SConfig,
@@ -37,6 +44,7 @@ from providers.s2s.base import (
     S2SSession,
     SpeechStarted,
     SpeechStopped,
+    TextDone,
 )
 from providers.s2s.socket import JsonSocket, b64_pcm, pcm_b64
 
@@ -82,6 +90,10 @@ def parse_event(provider: str, model: str, msg: dict[str, Any]) -> list[S2SEvent
         return [AudioOut(str(msg.get("item_id", "")), b64_pcm(str(msg.get("delta", ""))))]
     if t in ("response.output_audio_transcript.delta", "response.audio_transcript.delta"):
         return [OutputTranscript(str(msg.get("item_id", "")), str(msg.get("delta", "")))]
+    if t in ("response.output_text.delta", "response.text.delta"):
+        return [OutputText(str(msg.get("item_id", "")), str(msg.get("delta", "")))]
+    if t in ("response.output_text.done", "response.text.done"):
+        return [TextDone(str(msg.get("item_id", "")))]
     if t == "input_audio_buffer.speech_started":
         return [SpeechStarted(int(msg.get("audio_start_ms", 0)))]
     if t == "input_audio_buffer.speech_stopped":
@@ -131,6 +143,18 @@ class RealtimeSession(S2SSession):
         await self._sock.send({"type": "conversation.item.truncate", "item_id": item_id,
                                "content_index": 0, "audio_end_ms": max(0, int(audio_end_ms))})
 
+    async def keep_heard_text(self, item_id: str, heard: str) -> None:
+        # Truncation is for audio content only ("truncate a previous assistant message's
+        # audio"); for a text item the vendor's own edit is delete + create: the model's item
+        # goes, and an assistant message with just what the caller heard takes its place (at
+        # the end of the conversation, before the caller's next turn is committed).
+        await self._sock.send({"type": "conversation.item.delete", "item_id": item_id})
+        if heard:
+            part = "output_text" if self._ga else "text"
+            await self._sock.send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "assistant",
+                "content": [{"type": part, "text": heard}]}})
+
     async def respond(self, instructions: str) -> None:
         await self._sock.send({"type": "response.create",
                                "response": {"instructions": instructions}})
@@ -158,27 +182,30 @@ def session_update(cfg: OpenAIRealtimeConfig, instructions: str, tools: list[Too
         {"type": "server_vad"} if cfg.turn_detection == "server_vad" else None)
     fn_tools = [{"type": "function", "name": t.name, "description": t.description,
                  "parameters": t.parameters} for t in tools]
+    text = cfg.output == "text"
+    # With text output there is no model voice or output audio to describe.
+    voice = {"voice": cfg.voice} if cfg.voice and not text else {}
     session: dict[str, Any]
     if ga:
+        audio: dict[str, Any] = {
+            "input": {"format": {"type": "audio/pcm", "rate": RATE}, "turn_detection": vad,
+                      "transcription": {"model": cfg.transcription_model}}}
+        if not text:
+            audio["output"] = {"format": {"type": "audio/pcm", "rate": RATE}, **voice}
         session = {
             "type": "realtime", "model": cfg.model, "instructions": instructions,
-            "output_modalities": ["audio"],
-            "audio": {
-                "input": {"format": {"type": "audio/pcm", "rate": RATE},
-                          "turn_detection": vad,
-                          "transcription": {"model": cfg.transcription_model}},
-                "output": {"format": {"type": "audio/pcm", "rate": RATE},
-                           **({"voice": cfg.voice} if cfg.voice else {})},
-            },
-            "tools": fn_tools,
+            # GA takes one output modality: audio (with its transcript) or text.
+            "output_modalities": ["text" if text else "audio"],
+            "audio": audio, "tools": fn_tools,
         }
     else:
         session = {
-            "modalities": ["audio", "text"], "instructions": instructions,
-            "input_audio_format": "pcm16", "output_audio_format": "pcm16",
+            # The beta protocol: ["audio", "text"] is audio with its transcript.
+            "modalities": ["text"] if text else ["audio", "text"],
+            "instructions": instructions, "input_audio_format": "pcm16",
+            **({} if text else {"output_audio_format": "pcm16"}),
             "input_audio_transcription": {"model": cfg.transcription_model},
-            "turn_detection": vad, "tools": fn_tools,
-            **({"voice": cfg.voice} if cfg.voice else {}),
+            "turn_detection": vad, "tools": fn_tools, **voice,
         }
     if cfg.temperature is not None and not ga:
         session["temperature"] = cfg.temperature

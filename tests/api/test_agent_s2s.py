@@ -115,6 +115,15 @@ async def test_published_schema_and_save_time_check_agree_on_s2s(client, admin_h
         _s2s_agent(s2s={"provider": "gemini_live", "api_key": {"env": "K"}, "timeout_s": 5}),
         _s2s_agent(s2s={"provider": "azure_openai", "api_key": {"env": "K"},
                         "azure": {"endpoint": "https://x.openai.azure.com", "deployment": "d"}}),
+        # output: text needs tts, which may stand alone; output: audio keeps all-or-nothing.
+        _s2s_agent(s2s={**S2S, "output": "text"}),
+        _s2s_agent(s2s={**S2S, "output": "text"}, tts=cascade["tts"]),
+        _s2s_agent(s2s={**S2S, "output": "text"}, **cascade),
+        _s2s_agent(s2s={**S2S, "output": "text"}, llm=cascade["llm"], tts=cascade["tts"]),
+        _s2s_agent(s2s={**S2S, "output": "text"}, llm=cascade["llm"]),
+        _s2s_agent(s2s={**S2S, "output": "audio"}, tts=cascade["tts"]),
+        _s2s_agent(s2s={**S2S, "output": "TEXT"}, tts=cascade["tts"]),
+        _s2s_agent(s2s={"provider": "gemini_live", "output": "text"}, tts=cascade["tts"]),
     ]
     for cfg in cases:
         r = await client.post("/v1/agents", json=cfg, headers=admin_headers)
@@ -139,3 +148,40 @@ async def test_turn_detection_is_server_vad_or_phonebooth(client, admin_headers)
     r = await client.post("/v1/agents/validate", json=_s2s_agent(
         s2s={**S2S, "turn_detection": "phonebooht"}), headers=admin_headers)
     assert [p["field"] for p in r.json()["problems"]] == ["s2s.turn_detection"]
+
+
+async def test_text_output_needs_the_agents_tts(client, admin_headers):
+    """output: text has the agent's tts speak the model's text: without a tts block it is a 422
+    naming s2s.output; the tts may stand alone (it is the voice, not a partial fallback)."""
+    text = {**S2S, "output": "text"}
+    r = await client.post("/v1/agents", json=_s2s_agent(s2s=text), headers=admin_headers)
+    assert _fields(r) == {"s2s.output"}
+    assert "tts" in r.json()["errors"][0]["message"]
+    r = await client.post("/v1/agents/validate", json=_s2s_agent(s2s=text),
+                          headers=admin_headers)
+    assert "s2s.output" in [p["field"] for p in r.json()["problems"]]
+    r = await client.post("/v1/agents", json=_s2s_agent(
+        s2s=text, tts={"provider": "apitest_tts"}), headers=admin_headers)
+    assert r.status_code == 201, r.text
+    got = await client.get(f"/v1/agents/{r.json()['id']}", headers=admin_headers)
+    assert got.json()["config"]["s2s"]["output"] == "text"
+    # With more than tts, the cascade is all or nothing as before.
+    r = await client.post("/v1/agents", json=_s2s_agent(
+        s2s=text, tts={"provider": "apitest_tts"}, llm={"provider": "apitest_llm"}),
+        headers=admin_headers)
+    assert _fields(r) == {"stt"}
+    # output: audio (the default) is unchanged: tts alone is a partial cascade.
+    r = await client.post("/v1/agents", json=_s2s_agent(
+        s2s={**S2S, "output": "audio"}, tts={"provider": "apitest_tts"}), headers=admin_headers)
+    assert _fields(r) == {"stt", "llm"}
+    for bad in ("TEXT", "speech", None):
+        r = await client.post("/v1/agents", json=_s2s_agent(
+            s2s={**S2S, "output": bad}, tts={"provider": "apitest_tts"}), headers=admin_headers)
+        assert "s2s.output" in _fields(r), bad
+
+
+async def test_openapi_publishes_the_output_option(client):
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for b in schemas["S2SBlock"]["oneOf"]:
+        assert set(b["properties"]["output"]["enum"]) == {"audio", "text"}
+        assert b["properties"]["output"]["default"] == "audio"

@@ -18,6 +18,13 @@ as the vendor answers it (an `error` event, or close 1007) and recorded:
         fake.truncations     # (item_id, audio_end_ms) the client asked for
         fake.turn_signals    # commit / response.create / response.cancel / activityStart / …
         fake.errors          # error codes the fake answered with (OpenAI)
+        fake.text_edits      # (deleted item, heard text re-added) for cut text replies
+
+A session set up for text output (OpenAI `output_modalities: ["text"]`, beta `modalities:
+["text"]`; Gemini `responseModalities: ["TEXT"]`) is answered in text: `response.output_text.
+delta` / `.done` (beta `response.text.…`), or Gemini `modelTurn.parts[].text`, one word a
+message. Gemini's server VAD then also transcribes the caller's first word as soon as it hears
+them start (the Live API streams input transcription while the caller speaks).
 """
 
 from __future__ import annotations
@@ -114,12 +121,19 @@ class _S2SFake(FakeVendor):
         self.chunk_ms = chunk_ms
         self.caller_text = caller_text
         self.replies: deque[Reply] = deque()
+        # What an unscripted turn is answered with, and the model's think time before its
+        # first output (bench/s2s.py models a vendor's latency with it).
+        self.default_reply = "I heard you."
+        self.reply_delay_s = 0.0
         self.violations: list[str] = []
         self.truncations: list[tuple[str, int]] = []
         self.tool_outputs: list[tuple[str, Any]] = []
         # Client turn-taking messages in order (with the server VAD off).
         self.turn_signals: list[str] = []
         self.errors: list[str] = []
+        self.text_edits: list[tuple[str, str]] = []
+        # The last session's output modality, as its setup asked ("audio" or "text").
+        self.output = "audio"
         # Set: refuse the session setup with this error message.
         self.refuse_setup: str | None = None
         # Quiet that ends a caller turn for the fake's energy VAD.
@@ -146,10 +160,12 @@ class _S2SFake(FakeVendor):
         self.tool_outputs.clear()
         self.turn_signals.clear()
         self.errors.clear()
+        self.text_edits.clear()
+        self.output = "audio"
         self.refuse_setup = None
 
     def next_reply(self) -> Reply:
-        return self.replies.popleft() if self.replies else Say("I heard you.")
+        return self.replies.popleft() if self.replies else Say(self.default_reply)
 
     def speech(self, text: str) -> list[np.ndarray]:
         n = max(1, int(len(text) * self.ms_per_char * self.out_rate / 1000))
@@ -216,6 +232,7 @@ class _OpenAIState:
         self.server_vad = True
         self.buffer: list[np.ndarray] = []  # appended audio not yet committed
         self.items: dict[str, int] = {}  # assistant audio item id -> audio ms sent
+        self.text_items: set[str] = set()  # assistant text items (output text)
         self.calls: set[str] = set()
         self.reply_task: asyncio.Task[None] | None = None
         self.gen = fake._ids
@@ -251,6 +268,9 @@ class _OpenAIState:
             holder = session if self.fake.beta else (session.get("audio") or {}).get("input", {})
             if "turn_detection" in holder:
                 self.server_vad = holder["turn_detection"] is not None
+            modalities = session.get("modalities" if self.fake.beta else "output_modalities")
+            if modalities is not None:
+                self.fake.output = "text" if "audio" not in modalities else "audio"
             await self.send({"type": "session.updated", "session": session})
         elif t == "input_audio_buffer.append":
             pcm = np.frombuffer(base64.b64decode(msg["audio"]), dtype="<i2")
@@ -290,12 +310,24 @@ class _OpenAIState:
                 await self.send({"type": "conversation.item.truncated",
                                  "item_id": msg["item_id"], "content_index": 0,
                                  "audio_end_ms": msg["audio_end_ms"]})
+        elif t == "conversation.item.delete":
+            if msg["item_id"] not in self.text_items:
+                await self.error(f"Item with item_id not found: {msg['item_id']}",
+                                 "item_delete_invalid_item_id")
+                return
+            self.text_items.discard(msg["item_id"])
+            self.fake.text_edits.append((msg["item_id"], ""))
+            await self.send({"type": "conversation.item.deleted", "item_id": msg["item_id"]})
         elif t == "conversation.item.create":
             item = msg["item"]
             if item["type"] == "function_call_output":
                 if item["call_id"] not in self.calls:
                     self.fake.violations.append(f"unknown call_id {item['call_id']}")
                 self.fake.tool_outputs.append((item["call_id"], item["output"]))
+            elif item["role"] == "assistant" and self.fake.text_edits \
+                    and self.fake.text_edits[-1][1] == "":
+                deleted, _ = self.fake.text_edits[-1]
+                self.fake.text_edits[-1] = (deleted, item["content"][0].get("text", ""))
 
     async def commit(self) -> None:
         self.fake.turn_signals.append("input_audio_buffer.commit")
@@ -343,6 +375,8 @@ class _OpenAIState:
         await self.send({"type": "response.created", "response": {"id": rid}})
         status = "completed"
         try:
+            if self.fake.reply_delay_s:
+                await asyncio.sleep(self.fake.reply_delay_s)
             if isinstance(reply, Call):
                 call_id = f"call_{next(self.gen)}"
                 self.calls.add(call_id)
@@ -350,6 +384,8 @@ class _OpenAIState:
                                  "response_id": rid, "item_id": item, "output_index": 0,
                                  "call_id": call_id, "name": reply.name,
                                  "arguments": json.dumps(reply.arguments)})
+            elif self.fake.output == "text":
+                await self.write(rid, item, reply.text)
             else:
                 self.items[item] = 0
                 audio = "response.audio.delta" if beta else "response.output_audio.delta"
@@ -378,8 +414,23 @@ class _OpenAIState:
                                      "content_index": 0, "delta": " " + rest})
         except asyncio.CancelledError:
             status = "cancelled"
+        if self.fake.output == "text":
+            usage["output_token_details"] = {"text_tokens": 15, "audio_tokens": 0}
         await self.send({"type": "response.done", "response": {
             "id": rid, "status": status, "usage": usage}})
+
+    async def write(self, rid: str, item: str, text: str) -> None:
+        """A text reply, one word a delta, then the item's `done` with the whole text."""
+        kind = "response.text" if self.fake.beta else "response.output_text"
+        where = {"response_id": rid, "item_id": item, "output_index": 0, "content_index": 0}
+        self.text_items.add(item)
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            await self.send({"type": f"{kind}.delta", **where,
+                             "delta": word + ("" if i == len(words) - 1 else " ")})
+            if self.fake.chunk_delay_s:
+                await asyncio.sleep(self.fake.chunk_delay_s)
+        await self.send({"type": f"{kind}.done", **where, "text": text})
 
 
 class FakeGeminiLive(_S2SFake):
@@ -457,6 +508,11 @@ class FakeGeminiLive(_S2SFake):
                 detection = ((msg["setup"].get("realtimeInputConfig") or {})
                              .get("automaticActivityDetection") or {})
                 manual = detection.get("disabled") is True
+                modalities = (msg["setup"].get("generationConfig") or {}).get(
+                    "responseModalities") or ["AUDIO"]
+                self.output = "text" if modalities == ["TEXT"] else "audio"
+                if self.output == "text" and "outputAudioTranscription" in msg["setup"]:
+                    self.violations.append("outputAudioTranscription with TEXT responses")
                 await send({"setupComplete": {}})
             elif "audio" in rt:
                 audio = rt["audio"]
@@ -469,12 +525,15 @@ class FakeGeminiLive(_S2SFake):
                     heard_speech = heard_speech or (active and loud(pcm, rate=self.in_rate))
                     continue
                 for what, _ms in vad.feed(pcm):
+                    first, _, rest = self.caller_text.partition(" ")
                     if what == "started" and task is not None and not task.done():
                         task.cancel()
                         await send({"serverContent": {"interrupted": True}})
+                    if what == "started" and self.output == "text":
+                        await send({"serverContent": {"inputTranscription": {"text": first}}})
                     elif what == "stopped":
-                        await send({"serverContent": {
-                            "inputTranscription": {"text": self.caller_text}}})
+                        said = " " + rest if self.output == "text" else self.caller_text
+                        await send({"serverContent": {"inputTranscription": {"text": said}}})
                         respond()
             elif "clientContent" in msg:
                 respond()
@@ -488,11 +547,26 @@ class FakeGeminiLive(_S2SFake):
             task.cancel()
 
     async def _reply(self, send: Any, reply: Reply, calls: dict[str, str]) -> None:
+        if self.reply_delay_s:
+            await asyncio.sleep(self.reply_delay_s)
         if isinstance(reply, Call):
             call_id = f"fc_{next(self._ids)}"
             calls[call_id] = reply.name
             await send({"toolCall": {"functionCalls": [
                 {"id": call_id, "name": reply.name, "args": reply.arguments}]}})
+            return
+        if self.output == "text":
+            words = reply.text.split(" ")
+            for i, word in enumerate(words):
+                await send({"serverContent": {"modelTurn": {"parts": [
+                    {"text": word + ("" if i == len(words) - 1 else " ")}]}}})
+                if self.chunk_delay_s:
+                    await asyncio.sleep(self.chunk_delay_s)
+            await send({"serverContent": {"turnComplete": True}, "usageMetadata": {
+                "promptTokenCount": 120, "responseTokenCount": 15, "totalTokenCount": 135,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 100},
+                                        {"modality": "AUDIO", "tokenCount": 20}],
+                "responseTokensDetails": [{"modality": "TEXT", "tokenCount": 15}]}})
             return
         for chunk in self.speech(reply.text):
             await send({"serverContent": {"modelTurn": {"parts": [{"inlineData": {

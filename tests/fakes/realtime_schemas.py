@@ -65,6 +65,27 @@ def _event(name: str, props: dict[str, Any], required: list[str]) -> dict[str, A
             "properties": {"type": {"const": name}, "event_id": {"type": "string"}, **props}}
 
 
+def _message(*, ga: bool) -> dict[str, Any]:
+    """A message item the client adds: an assistant's text is `output_text` content in GA and
+    `text` in the beta protocol; a user's or system's is `input_text`."""
+    assistant_text = "output_text" if ga else "text"
+    return {
+        "type": "object", "required": ["type", "role", "content"],
+        "properties": {
+            "type": {"const": "message"}, "id": {"type": "string"},
+            "role": {"enum": ["user", "assistant", "system"]},
+            "status": {"enum": ["completed", "incomplete", "in_progress"]},
+            "content": {"type": "array", "items": {
+                "type": "object", "required": ["type"],
+                "properties": {"type": {"enum": [assistant_text, "input_text", "input_audio",
+                                                 "output_audio" if ga else "audio"]},
+                               "text": {"type": "string"}}}}},
+        "if": {"properties": {"role": {"const": "assistant"}}},
+        "then": {"properties": {"content": {"items": {"properties": {
+            "type": {"enum": [assistant_text, "output_audio" if ga else "audio"]}}}}}},
+    }
+
+
 def openai_client_events(*, ga: bool) -> dict[str, dict[str, Any]]:
     return {
         "session.update": _event("session.update",
@@ -84,8 +105,10 @@ def openai_client_events(*, ga: bool) -> dict[str, dict[str, Any]]:
                 {"properties": {"type": {"const": "function_call_output"},
                                 "call_id": {"type": "string"}, "output": {"type": "string"}},
                  "required": ["call_id", "output"]},
-                {"properties": {"type": {"const": "message"}}}]},
+                _message(ga=ga)]},
             "previous_item_id": {"type": ["string", "null"]}}, ["item"]),
+        "conversation.item.delete": _event("conversation.item.delete",
+                                           {"item_id": {"type": "string"}}, ["item_id"]),
     }
 
 

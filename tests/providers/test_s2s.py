@@ -21,12 +21,14 @@ from providers.s2s.base import (
     AudioOut,
     InputTranscript,
     Interrupted,
+    OutputText,
     OutputTranscript,
     ResponseDone,
     S2SEvent,
     S2SProvider,
     S2SSession,
     SpeechStarted,
+    TextDone,
 )
 from tests.fakes.fake_s2s import Call, FakeGeminiLive, FakeOpenAIRealtime, Say, _S2SFake
 from tests.fakes.harness import Collected, context
@@ -167,6 +169,83 @@ async def test_barge_in_truncates_at_the_heard_position(vendor: Any) -> None:
             assert fake.truncations == [(item, 300)]
     finally:
         await session.aclose()
+
+
+def _text_provider(name: str, fake: _S2SFake, ctx: ProviderContext) -> S2SProvider:
+    cls = registry.get("s2s", name)
+    provider = cls(cls.Config.model_validate({**_options(name, fake), "output": "text"}), ctx)
+    assert isinstance(provider, S2SProvider)
+    return provider
+
+
+@pytest.mark.parametrize("name", ["openai_realtime", "azure_openai", "gemini_live"])
+async def test_text_output_asks_for_text_and_reads_it(name: str) -> None:
+    """output: text: the setup asks for text only and the reply arrives as text deltas (GA
+    `response.output_text.*`, beta `response.text.*`, Gemini `modelTurn.parts[].text`)."""
+    ctx, _got = _ctx()
+    with _fake(name) as fake:
+        session = await _text_provider(name, fake, ctx).connect("Be brief.", [])
+        try:
+            seen: list[S2SEvent] = []
+            await session.respond("Greet the caller.")
+            await _until(session, seen, lambda s: isinstance(s[-1], ResponseDone))
+            assert not [e for e in seen if isinstance(e, AudioOut | OutputTranscript)]
+            assert "".join(e.text for e in seen if isinstance(e, OutputText)) == "I heard you."
+            items = {e.item_id for e in seen if isinstance(e, OutputText)}
+            assert len(items) == 1
+            # OpenAI marks the end of the item's text; Gemini only the end of the turn.
+            assert [e.item_id for e in seen if isinstance(e, TextDone)] == (
+                [] if name == "gemini_live" else list(items))
+            usage = {u.metric for u in seen if isinstance(u, Usage)}
+            assert "output_text_tokens" in usage and "output_audio_tokens" not in usage
+        finally:
+            await session.aclose()
+        assert fake.violations == []
+        assert fake.output == "text"
+
+
+@pytest.mark.parametrize("name", ["openai_realtime", "azure_openai"])
+async def test_a_cut_text_reply_is_replaced_by_the_heard_text(name: str) -> None:
+    """conversation.item.truncate cuts audio only: a text item is deleted and an assistant
+    message with the heard words takes its place."""
+    ctx, _got = _ctx()
+    with _fake(name) as fake:
+        session = await _text_provider(name, fake, ctx).connect("Be brief.", [])
+        try:
+            seen: list[S2SEvent] = []
+            await session.respond("Greet the caller.")
+            await _until(session, seen, lambda s: isinstance(s[-1], ResponseDone))
+            item = next(e.item_id for e in seen if isinstance(e, OutputText))
+            await session.keep_heard_text(item, "I heard")
+            await fake.until(lambda: bool(fake.text_edits) and fake.text_edits[-1][1] != "",
+                             within_s=5)
+        finally:
+            await session.aclose()
+        assert fake.text_edits == [(item, "I heard")]
+        assert fake.violations == [] and fake.errors == []
+
+
+async def test_gemini_text_output_takes_the_callers_first_words_as_their_start() -> None:
+    """The model finishes writing long before the TTS has spoken it, so Gemini's server VAD has
+    nothing to interrupt: the first input transcription of a turn is the caller's start."""
+    ctx, _got = _ctx()
+    with FakeGeminiLive() as fake:
+        provider = _text_provider("gemini_live", fake, ctx)
+        session = await provider.connect("Be brief.", [])
+        try:
+            seen: list[S2SEvent] = []
+            await session.respond("Greet the caller.")
+            await _until(session, seen, lambda s: isinstance(s[-1], ResponseDone))
+            seen.clear()
+            await _speak(session, provider.input_rate)
+            await _until(session, seen, lambda s: isinstance(s[-1], ResponseDone))
+        finally:
+            await session.aclose()
+        assert fake.violations == []
+    kinds = [e.kind for e in seen]
+    assert kinds.count("speech_started") == 1
+    assert kinds.index("speech_started") < kinds.index("input_transcript")
+    assert [e.text for e in seen if isinstance(e, InputTranscript)] == ["Hello there."]
 
 
 async def test_a_refused_setup_is_a_provider_error(vendor: Any) -> None:
