@@ -126,8 +126,8 @@ class EventsService:
     async def start(self) -> None:
         if self._started:
             return
+        await self.outbox.start()  # first: a failed start leaves nothing half-started
         self._started = True
-        await self.outbox.start()
         self.deliverer.start()
 
     async def flush(self) -> None:

@@ -160,8 +160,13 @@ class Outbox:
         self._stopped = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         s = self.settings
-        self._file = await self._run(
-            lambda: OutboxFile(self.path, max_entries=s.max_entries, max_bytes=s.max_bytes))
+        try:
+            self._file = await self._run(
+                lambda: OutboxFile(self.path, max_entries=s.max_entries, max_bytes=s.max_bytes))
+        except BaseException:
+            self._thread.shutdown(wait=False)
+            self._thread = None
+            raise
         if self._file.depth:
             log.warning("outbox %s holds %d record(s) from an earlier run; replaying them",
                         self.path, self._file.depth)

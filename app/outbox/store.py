@@ -12,6 +12,7 @@ dedicated thread.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import time
@@ -57,11 +58,25 @@ class NewRecord:
     created: float
 
 
+class OutboxInUse(RuntimeError):
+    """Another process (or another server in this one) already owns this outbox file."""
+
+
 class OutboxFile:
     def __init__(self, path: str | Path, *, max_entries: int, max_bytes: int) -> None:
         self.path = str(path)
+        self._lock_fd: int | None = None
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _own(self.path)
+        try:
+            self._open(max_entries, max_bytes)
+        except BaseException:
+            self.close_lock()
+            raise
+
+    def _open(self, max_entries: int, max_bytes: int) -> None:
+        if self.path != ":memory:":
             # Call transcripts live here until replayed: owner-only, like the secret key file
             # (SQLite gives its -wal and -shm files the same mode).
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -78,6 +93,11 @@ class OutboxFile:
         self._oldest: float | None = row[2]
         self.last_id: int = row[3] or 0
         self.parked_depth: int = self._db.execute("SELECT COUNT(*) FROM parked").fetchone()[0]
+
+    def close_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, records: list[NewRecord]) -> tuple[int, int]:
@@ -176,3 +196,23 @@ class OutboxFile:
 
     def close(self) -> None:
         self._db.close()
+        self.close_lock()
+
+
+def _own(path: str) -> int:
+    """Take the outbox's owner lock (`<path>.lock`, held until close) or raise OutboxInUse.
+
+    Two owners would each trust their own in-memory depth and last id: one replayer removes
+    the other's records from under it, and a shutdown flush then waits for records that are
+    already gone. The lock is per open file, so it also tells apart two servers in one
+    process; the kernel drops it when the process dies, so a crash never leaves it stale."""
+    fd = os.open(path + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutboxInUse(
+            f"the outbox file {path} is in use by another Phonebooth process: give each "
+            "process its own outbox.path (phonebooth serve --workers N does this itself)"
+        ) from None
+    return fd

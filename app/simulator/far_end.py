@@ -73,6 +73,10 @@ class SimCallResult:
     # Seconds since the call started: where each stretch of queued caller audio finished
     # streaming, and where each stretch of agent audio began to play (for voice-to-voice).
     caller_audio_ends: list[float] = field(default_factory=list)
+    # When each run of caller audio was due to start (seconds since t0). A frame of the run is
+    # never sent before its due time (the sender may lag, never lead), so due start + offset
+    # bounds when any point of that audio reached the server.
+    caller_audio_due: list[float] = field(default_factory=list)
     agent_audio_starts: list[float] = field(default_factory=list)
 
     def format_timeline(self) -> str:
@@ -388,6 +392,7 @@ class SimCall:
                 payload = self._source.popleft()
                 if not speaking:
                     self.note("caller audio starts")
+                    self.result.caller_audio_due.append(next_at - self.t0)
                     speaking = True
             else:
                 if speaking:

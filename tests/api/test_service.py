@@ -167,9 +167,11 @@ async def test_demo_agent_created_once_on_first_start(settings_factory, monkeypa
 
 
 async def test_demo_agent_skipped_when_store_has_agents(settings_factory, app, client,
-                                                        admin_headers):
+                                                        admin_headers, tmp_path):
     await client.post("/v1/agents", json=agent_config(), headers=admin_headers)
-    settings = settings_factory(demo={"create_on_start": True})
+    # A second server on the same database while the first runs: its own outbox file.
+    settings = settings_factory(demo={"create_on_start": True},
+                                outbox={"path": str(tmp_path / "outbox-2.db")})
     app2 = create_app(settings)
     async with app2.router.lifespan_context(app2), await _client(app2) as c:
         r = await c.get("/v1/agents", headers=admin_headers)

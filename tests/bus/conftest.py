@@ -82,8 +82,8 @@ def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def cluster_factory(settings_factory: Callable[..., Settings],
-                          no_engine: None) -> AsyncIterator[Any]:
+async def cluster_factory(settings_factory: Callable[..., Settings], no_engine: None,
+                          tmp_path: Path) -> AsyncIterator[Any]:
     prefix = f"pbtest-{uuid.uuid4().hex[:12]}"
     r = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
 
@@ -99,6 +99,8 @@ async def cluster_factory(settings_factory: Callable[..., Settings],
                            "api_base_url": rest.api_base},
                     bus={"url": redis_url, "key_prefix": prefix, "heartbeat_s": 0.2,
                          "owner_ttl_s": 1.0, **bus},
+                    # One database, but each process replays its own outbox file.
+                    outbox={"path": str(tmp_path / f"outbox-{name}.db")},
                 )
                 server = await stack.enter_async_context(run_live_server(settings))
                 runner = ClusterRunner(server.state)

@@ -25,6 +25,7 @@ from app.db import migrate
 from app.db.engine import Database, open_database
 from app.db.models import Session, ToolCallRecord, Turn, UsageRecord
 from app.events.service import EventsService
+from app.outbox.store import OutboxInUse
 from tests.events.conftest import SIGNING_SECRET, call_events, make_session
 from tests.pg_cluster import PG_MISSING, PrivateCluster
 
@@ -283,3 +284,21 @@ def test_a_server_shutting_down_is_an_outage_however_it_is_wrapped() -> None:
     refused = Error("duplicate key")
     refused.__cause__ = asyncpg.exceptions.UniqueViolationError("duplicate key")
     assert not is_outage(sa_exc.IntegrityError("INSERT", None, refused))
+
+
+async def test_a_second_owner_of_one_outbox_file_is_refused_at_start(
+        sqlite_db: Database, service_factory: Callable[..., EventsService]) -> None:
+    # Two replayers on one file would each trust their own count of what it holds: one removes
+    # the other's records and the other's shutdown flush waits for them until it times out.
+    first = service_factory(sqlite_db)
+    await first.start()
+    second = service_factory(sqlite_db)
+    with pytest.raises(OutboxInUse, match=r"outbox\.path"):
+        await second.start()
+    await first.stop(grace_s=1.0)
+    await second.start()  # the owner let go
+    sid, agent_id = await make_session(sqlite_db)
+    for e in call_events(sid, agent_id):
+        second.publish(e)
+    await second.flush()
+    assert (await _call_record(sqlite_db, sid)) == EXPECTED
