@@ -235,9 +235,12 @@ async def answer(request: Request, state: State) -> Response:
         return xml_response(pxml.apology_response(UNKNOWN_NUMBER_APOLOGY))
     session_id = new_id()
     if state.draining or not await edge.admission.admit(session_id):
-        log.warning("call %s refused busy: %d/%d calls in use%s", call_uuid,
+        draining = edge.admission.draining or state.draining
+        local_full = edge.admission.in_use >= edge.admission.max_calls
+        log.warning("call %s refused busy: %d/%d calls in use here%s", call_uuid,
                     edge.admission.in_use, edge.admission.max_calls,
-                    " (draining)" if edge.admission.draining or state.draining else "")
+                    " (draining)" if draining else "" if local_full
+                    else " (the cluster-wide bus.max_concurrent_calls is reached)")
         await _record_refused(state, p, direction, "busy", route.agent_id, route.version)
         return xml_response(pxml.busy_response())
     fields: dict[str, Any] = {
