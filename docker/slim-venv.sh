@@ -59,6 +59,16 @@ fi
 # come verified from the package index, and Whisper loads them from a local path).
 "$venv/bin/pip" uninstall -y -q hf-xet 2>/dev/null || true
 
+# setuptools and wheel: build tools. The app's own wheel is installed with pip, which needs
+# neither, and nothing imports them at run time. pip stays: model files are downloaded with it.
+"$venv/bin/pip" uninstall -y -q setuptools wheel 2>/dev/null || true
+
+# piper-tts ships diacritisation models for Hebrew (nakdimon, 21 MB) and Arabic (libtashkeel,
+# 5 MB) text. Piper loads each only when a voice of that language speaks (a Hebrew phonemizer,
+# or an Arabic voice with tashkeel on); the image's voice is English. A Hebrew or Arabic voice
+# needs `pip install --force-reinstall --no-deps piper-tts` first.
+rm -f "$site/piper/hebrew/nakdimon.onnx" "$site/piper/tashkeel/model.onnx"
+
 # Test suites.
 find "$site" -type d -name tests -prune -exec rm -rf {} +
 
@@ -68,4 +78,12 @@ find "$site" -type f -name '*.so*' ! -path '*.libs/*' | while read -r f; do
   if ! readelf -d "$f" 2>/dev/null | grep -q 'R[UN]*PATH'; then
     strip --strip-unneeded "$f"
   fi
+done
+
+# CTranslate2's extension module ships with its DWARF debug information (66 of its 68 MB). It
+# carries a run path (patchelf), so the loop above leaves it alone; --strip-debug removes only
+# the .debug_* sections and leaves the symbol table and the run path as they are (checked:
+# the module still imports and transcribes in the image).
+for f in "$site"/ctranslate2/_ext*.so; do
+  [ -f "$f" ] && strip --strip-debug "$f"
 done

@@ -205,6 +205,30 @@ def test_models_fetch_downloads_verifies_and_is_idempotent(capsys, tmp_path, fak
     assert code == 0 and out.startswith("fake.bin: present, sha256 ok")
 
 
+def test_models_fetch_logs_progress_and_leaves_no_partial_file(tmp_path, fake_index, caplog):
+    """Each file is written under a temporary name of its own and renamed when verified; a
+    partial file a killed fetch left long ago is removed; the log says how far the fetch is."""
+    import logging
+    import os
+
+    add, sha = fake_index
+    m = add(sha)
+    target = tmp_path / "models"
+    target.mkdir()
+    stale = target / ".fake.bin.dead.part"
+    stale.write_bytes(b"half")
+    old = stale.stat().st_mtime - model_store.STALE_PART_S - 10
+    os.utime(stale, (old, old))
+    fresh = target / ".fake.bin.live.part"  # another process's fetch, still running
+    fresh.write_bytes(b"half")
+    with caplog.at_level(logging.INFO, logger="app.model_store"):
+        model_store.fetch(target, [m])
+    assert (target / "fake.bin").read_bytes() == b"weights" * 100
+    assert sorted(p.name for p in target.iterdir()) == [".fake.bin.live.part", "fake.bin"]
+    assert any("downloading fake.bin (pbfakemodels==1.0)" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_models_fetch_sha_mismatch(capsys, tmp_path, fake_index):
     add, _ = fake_index
     add("0" * 64)

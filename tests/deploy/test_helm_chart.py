@@ -62,6 +62,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                     "plivoMainAuthToken": "main"},
     },
     "no-persistence": {"persistence": {"enabled": False}},
+    "models-claim": {"models": {"existingClaim": "pb-models"}},
     "long-drain": {"config": {"limits": {"drain_timeout_s": 600.5}}, **SHARED},
 }
 
@@ -75,7 +76,7 @@ LEFT_TO_DEFAULT = {
 }
 # Where values.config differs from config.example.yaml (the image sets the same paths).
 K8S_DEFAULTS = {"server.log_format": "json", "security.secret_key_file": "/data/secret.key",
-                "models.dir": "/opt/models", "models.fetch_on_start": False}
+                "models.dir": "/opt/models"}
 
 
 def _render_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -149,6 +150,30 @@ def test_default_is_one_replica_on_sqlite_with_a_volume() -> None:
     assert "PHONEBOOTH__SECURITY__ADMIN_API_KEY" not in env
     secret = chart.only(objs, "Secret")
     assert len(base64.b64decode(secret["data"]["secret-key"])) == 48
+
+
+def test_models_volume_lets_the_pod_fetch_its_models() -> None:
+    """The image carries no models: by default each pod downloads them into an emptyDir at
+    the models dir (the root filesystem is read-only), and the startup probe waits for it."""
+    objs = _render_objects({})
+    c = chart.container(objs)
+    pod = chart.only(objs, "Deployment")["spec"]["template"]["spec"]
+    config = chart.values_config()["models"]
+    assert config["fetch_on_start"] is True
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["models"]["mountPath"] == config["dir"]
+    assert "readOnly" not in mounts["models"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"] == {"name": "models", "emptyDir": {"sizeLimit": "2Gi"}}
+    startup = c["startupProbe"]
+    budget_s = startup["periodSeconds"] * startup["failureThreshold"]
+    assert budget_s >= chart.values()["models"]["startupSeconds"] >= 900
+    claim = _render_objects(VALUE_SETS["models-claim"])
+    volumes = {v["name"]: v for v in
+               chart.only(claim, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "pb-models"}
+    moved = chart.container(_render_objects({"config": {"models": {"dir": "/models"}}}))
+    assert {m["name"]: m["mountPath"] for m in moved["volumeMounts"]}["models"] == "/models"
 
 
 def test_replicas_share_database_and_bus_through_secrets() -> None:
