@@ -49,6 +49,22 @@ class ProviderBlock(ProviderChoice):
     fallback: list[ProviderBlock] = Field(default_factory=list)
 
 
+class STTBlock(ProviderBlock):
+    """The agent's `stt` block: a provider block plus how the whole chain recovers from a broken
+    stream (see providers.stt_recovery). These settings belong here only, not in fallbacks."""
+
+    # Reopenings of a provider whose stream broke, before its fallback takes over.
+    reconnect_attempts: int = Field(3, ge=0, le=10)
+    # Wall-clock cap on one episode of reopenings: past it the fallback takes over (or the
+    # error surfaces) instead of the caller talking into a void.
+    reconnect_budget_s: float = Field(3.0, gt=0, le=60)
+    # Most audio of the current utterance kept to replay into a new stream.
+    replay_max_s: float = Field(30.0, ge=1.0, le=120.0)
+
+
+STT_RECOVERY_FIELDS = ("reconnect_attempts", "reconnect_budget_s", "replay_max_s")
+
+
 class S2SBlock(ProviderChoice):
     """`{provider: openai_realtime | gemini_live | azure_openai, model, voice, api_key, ...}`: a
     speech-to-speech model takes the call instead of stt/llm/tts."""
@@ -126,8 +142,8 @@ class AgentConfig(ConversationSettings):
     greeting: str | None = "Hello! How can I help you today?"
     speaks_first: bool = True
     language: str = "en-US"
-    stt: ProviderBlock = Field(
-        default_factory=lambda: ProviderBlock(provider=DEFAULT_PROVIDERS["stt"]))
+    stt: STTBlock = Field(
+        default_factory=lambda: STTBlock(provider=DEFAULT_PROVIDERS["stt"]))
     llm: ProviderBlock = Field(
         default_factory=lambda: ProviderBlock(provider=DEFAULT_PROVIDERS["llm"]))
     tts: ProviderBlock = Field(
@@ -183,6 +199,17 @@ TOO_DEEP = (f"fallback providers nest at most {MAX_FALLBACK_DEPTH} deep; list fu
             "providers in an outer 'fallback' array")
 
 
+STT_RECOVERY_TOP_LEVEL = ("applies to the whole STT chain: set it in the top-level 'stt' "
+                          "block, not in a fallback")
+
+
+def recovery_misplaced(kind: str, block: ProviderChoice, depth: int) -> list[str]:
+    """STT recovery settings given as options of a fallback block (they are chain-wide)."""
+    if kind != "stt" or depth == 0:
+        return []
+    return [k for k in STT_RECOVERY_FIELDS if k in block.options()]
+
+
 def _error(kind: str, message: str, loc: tuple[str | int, ...], value: Any) -> InitErrorDetails:
     return InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)
 
@@ -196,16 +223,21 @@ def provider_errors(config: AgentConfig) -> list[InitErrorDetails]:
     for kind, loc, b, depth in all_provider_blocks(config):
         if too_deep(b, depth):
             errors.append(_error("fallback_depth", TOO_DEEP, (*loc, "fallback"), None))
-        errors += _block_errors(kind, b, loc)
+        misplaced = recovery_misplaced(kind, b, depth)
+        errors += [_error("stt_recovery_option", STT_RECOVERY_TOP_LEVEL, (*loc, k),
+                          b.options()[k]) for k in misplaced]
+        errors += _block_errors(kind, b, loc, skip=misplaced)
     return errors + s2s_errors(config)
 
 
-def _block_errors(kind: str, block: ProviderChoice,
-                  loc: tuple[str | int, ...]) -> list[InitErrorDetails]:
-    """The block's options against its adapter's config model, with JSON's types."""
+def _block_errors(kind: str, block: ProviderChoice, loc: tuple[str | int, ...],
+                  skip: list[str] | None = None) -> list[InitErrorDetails]:
+    """The block's options (less `skip`, reported already) against its adapter's config
+    model, with JSON's types."""
+    options = {k: v for k, v in block.options().items() if k not in (skip or [])}
     try:
         registry.get(kind, block.provider).Config.model_validate_json(
-            json.dumps(block.options()), strict=True)
+            json.dumps(options), strict=True)
     except registry.UnknownProvider as exc:
         return [_error("unknown_provider", str(exc), (*loc, "provider"), block.provider)]
     except ValidationError as exc:

@@ -20,14 +20,17 @@ from pydantic import ValidationError
 
 from app.agent_config import (
     PROVIDER_KINDS,
+    STT_RECOVERY_TOP_LEVEL,
     TOO_DEEP,
     AgentConfig,
     ProviderBlock,
     ProviderChoice,
     S2SBlock,
+    STTBlock,
     all_provider_blocks,
     parse_agent_config,
     provider_blocks,
+    recovery_misplaced,
     s2s_cascade_errors,
     too_deep,
     validate_json_strict,
@@ -85,9 +88,12 @@ def _load(
         )
 
 
-def _options(cls: type[Provider], block: ProviderChoice) -> ProviderConfig:
-    """The adapter's config from the block's options, with JSON's types (like the schema)."""
-    return cls.Config.model_validate_json(json.dumps(block.options()), strict=True)
+def _options(cls: type[Provider], block: ProviderChoice,
+             skip: list[str]) -> ProviderConfig:
+    """The adapter's config from the block's options (less `skip`, reported already), with
+    JSON's types (like the schema)."""
+    options = {k: v for k, v in block.options().items() if k not in skip}
+    return cls.Config.model_validate_json(json.dumps(options), strict=True)
 
 
 def _block_problems(kind: str, loc: str, block: ProviderChoice, depth: int = 0,
@@ -95,12 +101,14 @@ def _block_problems(kind: str, loc: str, block: ProviderChoice, depth: int = 0,
     """(config, adapter, problems) of one block: depth, provider name and options."""
     deep = isinstance(block, ProviderBlock) and too_deep(block, depth)
     problems = [Problem(f"{loc}.fallback", TOO_DEEP)] if deep else []
+    misplaced = recovery_misplaced(kind, block, depth)
+    problems += [Problem(f"{loc}.{k}", STT_RECOVERY_TOP_LEVEL) for k in misplaced]
     cls, problem = _load(kind, block, loc)
     if problem is not None:
         return None, None, [*problems, problem]
     assert cls is not None
     try:
-        return _options(cls, block), cls, problems
+        return _options(cls, block, misplaced), cls, problems
     except ValidationError as exc:
         return None, cls, problems + [
             Problem(f"{loc}.{p.field}", p.message) for p in problems_from_error(exc)]
@@ -133,8 +141,9 @@ def _raw_provider_problems(data: Any) -> list[Problem]:
     for kind in KINDS:
         if kind not in data:
             continue
+        model = STTBlock if kind == "stt" else ProviderBlock
         try:
-            block = ProviderBlock.model_validate_json(json.dumps(data[kind]), strict=True)
+            block = model.model_validate_json(json.dumps(data[kind]), strict=True)
         except (ValidationError, TypeError, ValueError):
             continue
         problems += _chain_problems(kind, block)

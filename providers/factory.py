@@ -18,19 +18,30 @@ from providers.fallback import (
     DEFAULT_COOLDOWN_S,
     Cooldowns,
     FallbackLLM,
-    FallbackSTT,
     FallbackTTS,
     OnSwitch,
 )
+from providers.stt_recovery import RecoveringSTT, STTRecovery
 
 DEFAULT_TIMEOUT_S = 5.0
-_WRAPPERS = {"stt": FallbackSTT, "llm": FallbackLLM, "tts": FallbackTTS}
+_WRAPPERS = {"llm": FallbackLLM, "tts": FallbackTTS}
+# The STT block's own settings (the whole chain's recovery), not options of its adapter.
+RECOVERY_FIELDS = ("reconnect_attempts", "reconnect_budget_s", "replay_max_s")
+
+
+def stt_recovery(block: Any) -> STTRecovery:
+    """The recovery policy an agent's top-level `stt` block asks for (defaults for the rest)."""
+    if isinstance(block, dict):
+        given = {k: block[k] for k in RECOVERY_FIELDS if k in block}
+    else:
+        given = {k: getattr(block, k) for k in RECOVERY_FIELDS if hasattr(block, k)}
+    return STTRecovery(**given)
 
 
 def _fields(block: Any) -> tuple[str, dict[str, Any], float, list[Any]]:
     """(provider name, options, timeout_s, fallback blocks) of a dict or block-like object."""
     if isinstance(block, dict):
-        data = dict(block)
+        data = {k: v for k, v in block.items() if k not in RECOVERY_FIELDS}
         name = data.pop("provider", None)
         timeout_s = data.pop("timeout_s", DEFAULT_TIMEOUT_S)
         fallback = data.pop("fallback", None) or []
@@ -70,10 +81,14 @@ def build_chain(kind: Kind, block: Any, ctx: ProviderContext) -> list[tuple[Prov
 def build_provider(kind: Kind, block: Any, ctx: ProviderContext, *,
                    on_switch: OnSwitch | None = None, cooldown_s: float = DEFAULT_COOLDOWN_S,
                    cooldowns: Cooldowns | None = None) -> Any:
-    """The provider for an agent's `kind` block: the adapter itself when the block has no
-    fallbacks (a lone provider gets no timeout: slowness would only become failure), otherwise a
-    Fallback wrapper over the whole chain."""
+    """The provider for an agent's `kind` block. STT is always wrapped in `RecoveringSTT` (a
+    broken stream is reopened or failed over with the utterance replayed, lone provider or not).
+    LLM and TTS: the adapter itself when the block has no fallbacks (a lone provider gets no
+    timeout: slowness would only become failure), otherwise a Fallback wrapper over the chain."""
     chain = build_chain(kind, block, ctx)
+    if kind == "stt":
+        return RecoveringSTT(chain, recovery=stt_recovery(block), on_switch=on_switch,
+                             cooldown_s=cooldown_s, cooldowns=cooldowns)
     if len(chain) == 1:
         return chain[0][0]
     wrapper = _WRAPPERS[kind]

@@ -13,9 +13,8 @@ exception) or when its first result takes longer than its `timeout_s`. On failur
   - TTS: the same sentence, even after partial audio (the caller hears the sentence restart,
     which beats losing the rest of the answer). The `voice` argument goes to the first provider
     of the chain only; fallbacks use their own configured voice.
-  - STT: the stream is reopened on the next provider and the current utterance's audio (kept in
-    a bounded replay buffer) is pushed again, followed by `flush()` if one was pending, so the
-    user's turn is not lost.
+  - STT: see `providers.stt_recovery`, which builds on this chain: one recovery layer reopens
+    a broken stream or fails over, replaying the current utterance from its one buffer.
 - raises the last error when every provider has failed.
 
 A `ProviderError` with `retryable=False` means no attempt can work (the input itself is bad): it
@@ -27,29 +26,20 @@ provider that never answers).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
-
-from pipelines.audio.inbox import AudioFormat
-from pipelines.engine.caller_audio import ENGINE_FORMAT, open_stt, stt_format
-from pipelines.ports import FormatChoosingSTT
 from providers.base import (
     AudioChunk,
     Kind,
     LLMEvent,
     Message,
     ProviderError,
-    STTStream,
     ToolSpec,
-    Transcript,
 )
 
 log = logging.getLogger(__name__)
@@ -58,10 +48,6 @@ log = logging.getLogger(__name__)
 OnSwitch = Callable[[str, str, str, BaseException], None]
 
 DEFAULT_COOLDOWN_S = 30.0
-# Cap on the STT replay buffer: a longer utterance replays only its last part.
-DEFAULT_REPLAY_MAX_S = 20.0
-# Longest wait, when a stream closes, for failed streams still closing in the background.
-RETIRE_WAIT_S = 3.0
 
 
 class Cooldowns:
@@ -326,277 +312,3 @@ class FallbackTTS(_Wrapper):
             assert failure is not None  # the loop only falls through after a failure
             if self._chain.give_up(link, failure, nxt):
                 raise failure
-
-
-# ---------------------------------------------------------------------------------------------
-# STT
-# ---------------------------------------------------------------------------------------------
-
-
-class FallbackSTT(_Wrapper):
-    kind: Kind = "stt"
-
-    def __init__(self, providers: Sequence[tuple[Any, float]], *,
-                 on_switch: OnSwitch | None = None, cooldown_s: float = DEFAULT_COOLDOWN_S,
-                 cooldowns: Cooldowns | None = None,
-                 replay_max_s: float = DEFAULT_REPLAY_MAX_S) -> None:
-        super().__init__(providers, on_switch=on_switch, cooldown_s=cooldown_s,
-                         cooldowns=cooldowns)
-        self.replay_max_s = replay_max_s
-
-    async def open(self, sample_rate: int, language: str) -> FallbackSTTStream:
-        return await self.open_as(AudioFormat(sample_rate, "pcm16"), language)
-
-    def input_format(self, carrier: AudioFormat) -> AudioFormat:
-        """`FormatChoosingSTT`: a format every provider of the chain takes, so a switch can
-        replay the same audio: the one they all ask for; else PCM at the call's rate when they
-        all choose (each takes that); else 16 kHz PCM."""
-        wanted = {stt_format(x.provider, carrier) for x in self._chain.links}
-        if len(wanted) == 1:
-            return wanted.pop()
-        if all(isinstance(x.provider, FormatChoosingSTT) for x in self._chain.links):
-            return AudioFormat(carrier.sample_rate, "pcm16")
-        return ENGINE_FORMAT
-
-    async def open_as(self, fmt: AudioFormat, language: str) -> FallbackSTTStream:
-        stream = FallbackSTTStream(self._chain, fmt, language, self.replay_max_s)
-        await stream._start()
-        return stream
-
-
-async def _open_stt(provider: Any, fmt: AudioFormat, language: str) -> STTStream:
-    return cast(STTStream, await open_stt(provider, fmt, language))
-
-
-class _Replay:
-    """The audio the current provider has not yet turned into a final transcript.
-
-    `pending` is what a requested flush covers (awaiting its final), `current` what came after.
-    Bounded by samples: a longer utterance keeps its most recent part.
-    """
-
-    def __init__(self, max_samples: int) -> None:
-        self.max_samples = max_samples
-        self.pending: deque[np.ndarray] = deque()
-        self.current: deque[np.ndarray] = deque()
-        self._samples = 0
-
-    def add(self, frame: np.ndarray) -> None:
-        frame = frame.copy()  # the caller may reuse its frame buffer
-        self.current.append(frame)
-        self._samples += len(frame)
-        while self._samples > self.max_samples:
-            old = self.pending.popleft() if self.pending else self.current.popleft()
-            self._samples -= len(old)
-
-    def flushed(self) -> None:
-        self.pending.extend(self.current)
-        self.current.clear()
-
-    def finalised(self) -> None:
-        self._samples -= sum(len(f) for f in self.pending)
-        self.pending.clear()
-
-
-class FallbackSTTStream(STTStream):
-    def __init__(self, chain: _Chain, fmt: AudioFormat, language: str,
-                 replay_max_s: float) -> None:
-        self._chain = chain
-        self._format = fmt
-        self._language = language
-        self._order = chain.order()
-        self._index = -1
-        self._inner: STTStream | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        self._out: asyncio.Queue[Transcript | BaseException | None] = asyncio.Queue()
-        self._replay = _Replay(int(replay_max_s * fmt.sample_rate))
-        self._awaiting_final = False
-        self._switching = asyncio.Lock()
-        self._error: BaseException | None = None
-        self._closed = False
-        # Failed streams being closed in the background (see `_retire`).
-        self._retiring: set[asyncio.Task[None]] = set()
-
-    @property
-    def provider_name(self) -> str:
-        return _name(self._order[self._index]) if self._index >= 0 else ""
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    async def _start(self) -> None:
-        await self._open_from(0, None)
-        if self._error is not None:
-            raise self._error
-
-    async def _open_from(self, start: int, previous: BaseException | None) -> None:
-        """Open providers from `start` on until one accepts the replayed audio; on exhaustion
-        record the last error (raised to the caller and on `events()`)."""
-        error = previous
-        for i in range(start, len(self._order)):
-            link = self._order[i]
-            nxt = self._order[i + 1] if i + 1 < len(self._order) else None
-            inner: STTStream | None = None
-            try:
-                if nxt is not None:
-                    async with asyncio.timeout(link.timeout_s):
-                        inner = await _open_stt(link.provider, self._format, self._language)
-                else:
-                    inner = await _open_stt(link.provider, self._format, self._language)
-                for frame in list(self._replay.pending):
-                    await inner.push(frame)
-                if self._awaiting_final:
-                    await inner.flush()
-                for frame in list(self._replay.current):
-                    await inner.push(frame)
-            except Exception as exc:
-                error = _timeout_error(link, "stream") if isinstance(exc, TimeoutError) else exc
-                if inner is not None:
-                    self._retire(inner)
-                if self._chain.give_up(link, error, nxt):
-                    break
-                continue
-            except BaseException:  # cancelled mid-switch (the stream is closing): no leaks
-                if inner is not None:
-                    await _aclose_quietly(inner)
-                raise
-            if self._closed:
-                await _aclose_quietly(inner)
-                return
-            self._index = i
-            self._inner = inner
-            self._pump = asyncio.create_task(self._run_pump(inner), name="stt-fallback-pump")
-            if self._awaiting_final:
-                self._arm_watchdog()
-            return
-        self._fail(error or ProviderError("fallback", "no STT provider available"))
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._out.put_nowait(error)
-
-    def _retire(self, inner: STTStream) -> None:
-        """Close a failed stream without waiting for it: a vendor that hangs may also sit on
-        our goodbye (Deepgram's CloseStream is answered, if at all, by the server that just
-        stopped answering), and the caller's turn must not wait for that on top of the
-        timeout that exposed it."""
-        task = asyncio.create_task(_aclose_quietly(inner), name="stt-fallback-retire")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-
-    async def _switch(self, inner: STTStream, error: BaseException) -> None:
-        """Move off `inner` (if it is still the current stream) to the next provider."""
-        async with self._switching:
-            if self._closed or inner is not self._inner or self._error is not None:
-                return
-            link = self._order[self._index]
-            self._inner = None
-            self._disarm_watchdog()
-            pump, self._pump = self._pump, None
-            if pump is not None and pump is not asyncio.current_task():
-                pump.cancel()
-            self._retire(inner)
-            nxt_index = self._index + 1
-            nxt = self._order[nxt_index] if nxt_index < len(self._order) else None
-            if self._chain.give_up(link, error, nxt):
-                self._fail(error)
-                return
-            await self._open_from(nxt_index, error)
-
-    async def _run_pump(self, inner: STTStream) -> None:
-        try:
-            async for t in inner.events():
-                if t.is_final and self._awaiting_final:
-                    self._awaiting_final = False
-                    self._replay.finalised()
-                    self._disarm_watchdog()
-                self._out.put_nowait(t)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._switch(inner, exc)
-            return
-        if not self._closed and inner is self._inner:
-            name = _name(self._order[self._index])
-            await self._switch(inner, ProviderError(name, "transcript stream ended unexpectedly"))
-
-    def _arm_watchdog(self) -> None:
-        self._disarm_watchdog()
-        if self._index + 1 >= len(self._order) or self._inner is None:
-            return  # nothing to switch to: wait as long as the provider needs
-        self._watchdog = asyncio.create_task(self._watch(self._inner, self._order[self._index]),
-                                             name="stt-fallback-watchdog")
-
-    def _disarm_watchdog(self) -> None:
-        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
-            self._watchdog.cancel()
-        self._watchdog = None
-
-    async def _watch(self, inner: STTStream, link: Link) -> None:
-        await asyncio.sleep(link.timeout_s)
-        if self._awaiting_final and inner is self._inner:
-            self._watchdog = None
-            await self._switch(inner, _timeout_error(link, "final transcript"))
-
-    # -- STTStream --------------------------------------------------------------------------
-
-    async def push(self, frame: np.ndarray) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._closed:
-            return
-        self._replay.add(frame)
-        inner = self._inner
-        if inner is None:  # a switch is in progress; it replays the buffer including this frame
-            return
-        try:
-            await inner.push(frame)
-        except Exception as exc:
-            await self._switch(inner, exc)
-            if self._error is not None:
-                raise self._error from None
-
-    async def flush(self) -> None:
-        if self._error is not None:
-            raise self._error
-        self._replay.flushed()
-        self._awaiting_final = True
-        inner = self._inner
-        if inner is None:
-            return
-        try:
-            await inner.flush()
-        except Exception as exc:
-            await self._switch(inner, exc)
-            if self._error is not None:
-                raise self._error from None
-            return
-        self._arm_watchdog()
-
-    async def events(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self._out.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                self._out.put_nowait(item)  # every later reader sees the failure too
-                raise item
-            yield item
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._disarm_watchdog()
-        pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
-        inner, self._inner = self._inner, None
-        if inner is not None:
-            await _aclose_quietly(inner)
-        if self._retiring:
-            # Their usage reports and sockets belong to this call: let them finish, briefly.
-            await asyncio.wait(list(self._retiring), timeout=RETIRE_WAIT_S)
-        self._out.put_nowait(None)

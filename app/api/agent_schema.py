@@ -22,6 +22,7 @@ from app.agent_config import (
     AgentConfig,
     ProviderBlock,
     S2SBlock,
+    STTBlock,
 )
 from providers import registry
 
@@ -66,6 +67,9 @@ def _block_schema(kind: str, depth: int, common: dict[str, Any],
             "timeout_s": common["timeout_s"],
             **options.get("properties", {}),
         }
+        if kind == "stt" and depth == 0:
+            # The chain's recovery settings (see STTBlock): top-level block only.
+            properties.update(common["stt_recovery"])
         if depth < MAX_FALLBACK_DEPTH:
             properties["fallback"] = {
                 "type": "array",
@@ -127,7 +131,10 @@ def agent_config_components() -> dict[str, Any]:
     """`AgentConfig` and every component it refers to."""
     components: dict[str, Any] = {}
     agent = _hoist(AgentConfig.model_json_schema(ref_template=REF + "{model}"), components)
-    common = components.pop(ProviderBlock.__name__)["properties"]
+    common = dict(components.pop(ProviderBlock.__name__)["properties"])
+    stt_props = components.pop(STTBlock.__name__)["properties"]
+    common["stt_recovery"] = {k: stt_props[k] for k in STTBlock.model_fields
+                              if k not in ProviderBlock.model_fields}
     for kind in PROVIDER_KINDS:
         for depth in range(MAX_FALLBACK_DEPTH + 1):
             components[_block_name(kind, depth)] = _block_schema(kind, depth, common, components)

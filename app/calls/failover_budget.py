@@ -6,7 +6,9 @@ answer. A fallback chain needs time of its own first: up to `timeout_s` on each 
 fails before the next one answers. If the engine's clock ran out earlier, a working fallback would
 answer into a turn already given up on — the turn committed as a fragment (or dropped as noise),
 or an apology spoken over the fallback's answer. So for the engine, each wait is extended by the
-longest time its chain may spend on failing providers.
+longest time its chain may spend on failing providers; the STT wait also by the time the STT
+recovery may spend reopening a broken stream (`stt.reconnect_budget_s`) before its fallback (or
+the error) comes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def switch_budget_s(block: ProviderBlock) -> float:
 def with_failover_budget(cfg: AgentConfig) -> AgentConfig:
     """`cfg` with the engine's provider waits extended by its chains' switch budgets."""
     stt_s = switch_budget_s(cfg.stt)
+    if cfg.stt.reconnect_attempts:
+        stt_s += cfg.stt.reconnect_budget_s
     reply_s = switch_budget_s(cfg.llm) + switch_budget_s(cfg.tts)
     if not stt_s and not reply_s:
         return cfg

@@ -14,9 +14,9 @@ Input format (`encoding`, `FormatChoosingSTT`): with "auto" a μ-law phone leg g
 carrier's own μ-law bytes at 8 kHz (untouched: a quarter of the bytes of 16 kHz linear16, and
 no resampling) and any other leg as linear16 at its own rate; "linear16" / "mulaw" force one.
 
-Resilience: audio since the last final result is kept in a bounded buffer; if the socket drops,
-the stream reconnects and replays that audio (and a pending Finalize), so the caller's current
-turn is not lost. Result times are mapped back onto the stream's own clock across reconnects.
+Resilience lives in one place, `providers.stt_recovery`: a dropped socket fails this stream (a
+retryable ProviderError) and the recovery layer reopens it, or fails over, replaying the audio of
+the caller's current utterance from its own buffer. This adapter keeps no copy of the audio.
 
 Each final `Transcript` covers a new stretch of audio; a turn's text is the concatenation of the
 finals since the turn began. After `flush()` exactly one final marks the end of the turn: the
@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from urllib.parse import urlencode
@@ -47,7 +46,6 @@ from pipelines.audio.inbox import AudioFormat
 from providers.base import ProviderError, SecretRef, STTProvider, STTStream, Transcript
 from providers.http import (
     CloudConfig,
-    RetryPolicy,
     resolve_api_key,
     ws_close_quietly,
     ws_closed_error,
@@ -85,11 +83,6 @@ class DeepgramSTTConfig(CloudConfig):
     keyterms: list[str] = Field(default_factory=list)
     extra_params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     keepalive_interval_s: float = Field(4.0, gt=0.05, le=9.0)
-    reconnect_attempts: int = Field(3, ge=0, le=10)
-    # Wall-clock cap on one reconnection episode: past it the stream fails so a fallback STT can
-    # take over instead of the caller talking into a void.
-    reconnect_budget_s: float = Field(3.0, gt=0, le=60)
-    replay_max_s: float = Field(30.0, ge=1.0, le=120.0)
     finalize_timeout_s: float = Field(1.5, gt=0, le=10.0)
     connect_timeout_s: float = Field(5.0, gt=0, le=60)
 
@@ -159,11 +152,7 @@ class _DeepgramStream(STTStream):
         self._lock = asyncio.Lock()
         self._ws: ClientConnection | None = None
         self._connected = False
-        # Audio since the last final result: (stream time of its first sample, payload).
-        self._buffer: deque[tuple[float, bytes]] = deque()
-        self._buffer_bytes = 0
         self._pushed_s = 0.0
-        self._conn_origin_s = 0.0  # stream time at the current connection's time zero
         self._final_end_s = 0.0
         self._sent_bytes = 0
         self._last_send = time.monotonic()
@@ -180,14 +169,10 @@ class _DeepgramStream(STTStream):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def _connect(self, open_timeout: float | None = None,
-                       retries: bool = True) -> ClientConnection:
-        policy = self._cfg.retry_policy()
-        if not retries:
-            policy = RetryPolicy(max_retries=0)  # the reconnect loop does its own retrying
+    async def _connect(self) -> ClientConnection:
         return await ws_connect(
-            self._url, provider=self._p.name, headers=self._headers, policy=policy,
-            open_timeout=open_timeout or self._cfg.connect_timeout_s,
+            self._url, provider=self._p.name, headers=self._headers,
+            policy=self._cfg.retry_policy(), open_timeout=self._cfg.connect_timeout_s,
         )
 
     async def start(self) -> None:
@@ -243,12 +228,6 @@ class _DeepgramStream(STTStream):
         if not payload:
             return  # an empty binary frame would make Deepgram close the stream
         async with self._lock:
-            self._buffer.append((self._pushed_s, payload))
-            self._buffer_bytes += len(payload)
-            max_bytes = self._cfg.replay_max_s * self._bytes_per_s
-            while self._buffer_bytes > max_bytes and len(self._buffer) > 1:
-                _, old = self._buffer.popleft()
-                self._buffer_bytes -= len(old)
             self._pushed_s += len(payload) / self._bytes_per_s
             if self._connected and self._ws is not None:
                 await self._send(self._ws, payload)
@@ -259,7 +238,8 @@ class _DeepgramStream(STTStream):
         try:
             await ws.send(data)
         except ConnectionClosed:
-            # The receive loop sees the same close and reconnects; the audio stays buffered.
+            # The receive loop sees the same close and fails the stream; the recovery layer
+            # replays this audio into the stream that replaces it.
             self._connected = False
             return
         self._last_send = time.monotonic()
@@ -282,7 +262,6 @@ class _DeepgramStream(STTStream):
         async with self._lock:
             if self._connected and self._ws is not None:
                 await self._send(self._ws, json.dumps({"type": "Finalize"}))
-            # else: sent again after the reconnect, see _resume
         if self._finalize_timer is not None:
             self._finalize_timer.cancel()
         self._finalize_timer = asyncio.create_task(self._finalize_deadline())
@@ -295,7 +274,7 @@ class _DeepgramStream(STTStream):
             # the owner replaces it (a fallback STT replays the turn's audio; the engine reopens).
             log.warning("deepgram: no response to Finalize within %.1fs and nothing from the "
                         "server since; the connection is dead", self._cfg.finalize_timeout_s)
-            self._closing = True  # no reconnect: the owner decides what replaces this stream
+            self._closing = True  # the owner decides what replaces this stream
             self._connected = False
             self._fail(ProviderError(self._p.name, "the server stopped responding (no result "
                                      f"within {self._cfg.finalize_timeout_s:g}s of Finalize)",
@@ -377,7 +356,7 @@ class _DeepgramStream(STTStream):
         alts = (msg.get("channel") or {}).get("alternatives") or [{}]
         text = (alts[0].get("transcript") or "").strip()
         confidence = float(alts[0].get("confidence") or 0.0)
-        start = self._conn_origin_s + float(msg.get("start") or 0.0)
+        start = float(msg.get("start") or 0.0)
         end = start + float(msg.get("duration") or 0.0)
         if not msg.get("is_final"):
             if text:
@@ -386,7 +365,6 @@ class _DeepgramStream(STTStream):
                 self._put(tr)
             return
         self._final_end_s = max(self._final_end_s, end)
-        self._trim(end)
         tr = Transcript(text, True, confidence or 1.0, self._ms(start), self._ms(end))
         if msg.get("from_finalize") and self._finalize_pending:
             self._emit_final(tr)
@@ -394,77 +372,30 @@ class _DeepgramStream(STTStream):
             self._last_interim = None
             self._put(tr)
 
-    def _trim(self, until_s: float) -> None:
-        """Drop buffered audio that a final result has covered."""
-        while self._buffer:
-            t0, data = self._buffer[0]
-            if t0 + len(data) / self._bytes_per_s > until_s + 1e-6:
-                break
-            self._buffer.popleft()
-            self._buffer_bytes -= len(data)
-
     # -- connection supervision ---------------------------------------------------------------
 
     async def _supervise(self) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        failures = 0
-        while True:
-            ws = self._ws
-            assert ws is not None
-            err: ProviderError
-            try:
-                async for raw in ws:
-                    failures = 0  # the connection works: reset the reconnect budget
-                    self._on_message(raw)
-                err = ProviderError(self._p.name, "stream closed by the server", code="closed")
-            except ConnectionClosed as exc:
-                err = ws_closed_error(self._p.name, exc)
-            except Exception as exc:
-                log.exception("deepgram: receive loop failed")
-                err = ProviderError(self._p.name, f"receive failed ({type(exc).__name__})")
-            self._connected = False
-            if self._closing:
-                return
-            log.warning("deepgram: connection lost (%s)", err.message)
-            lost_at = time.monotonic()
-            budget = self._cfg.reconnect_budget_s
-            while True:
-                failures += 1
-                left = budget - (time.monotonic() - lost_at)
-                if failures > self._cfg.reconnect_attempts or left <= 0:
-                    log.error("deepgram: giving up after %d reconnect attempts", failures - 1)
-                    self._fail(err)
-                    return
-                await asyncio.sleep(min(left / 2, self._cfg.retry_policy().backoff(failures)))
-                if self._closing:
-                    return
-                left = budget - (time.monotonic() - lost_at)
-                try:
-                    new_ws = await self._connect(
-                        open_timeout=max(0.1, min(self._cfg.connect_timeout_s, left)),
-                        retries=False)
-                except ProviderError as exc:
-                    err = exc
-                    continue
-                await self._resume(new_ws)
-                break
-
-    async def _resume(self, ws: ClientConnection) -> None:
-        """Switch to a new connection: replay unfinalized audio, then any pending Finalize."""
-        async with self._lock:
-            old, self._ws = self._ws, ws
-            self._conn_origin_s = self._buffer[0][0] if self._buffer else self._pushed_s
-            self._connected = True
-            for _, data in list(self._buffer):
-                await self._send(ws, data)
-            if self._finalize_pending:
-                await self._send(ws, json.dumps({"type": "Finalize"}))
-        await ws_close_quietly(old)
-        log.info("deepgram: reconnected, replayed %.2fs of audio",
-                 self._buffer_bytes / self._bytes_per_s)
+        ws = self._ws
+        assert ws is not None
+        err: ProviderError
+        try:
+            async for raw in ws:
+                self._on_message(raw)
+            err = ProviderError(self._p.name, "stream closed by the server", code="closed")
+        except ConnectionClosed as exc:
+            err = ws_closed_error(self._p.name, exc)
+        except Exception as exc:
+            log.exception("deepgram: receive loop failed")
+            err = ProviderError(self._p.name, f"receive failed ({type(exc).__name__})")
+        self._connected = False
+        if self._closing:
+            return
+        # No reconnect here: the recovery layer reopens the stream and replays the utterance.
+        log.warning("deepgram: connection lost (%s)", err.message)
+        self._fail(err)
 
     def _fail(self, err: ProviderError) -> None:
         self._error = err
         self._put(err)
-

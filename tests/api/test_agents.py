@@ -124,6 +124,23 @@ async def test_bad_provider_option_and_fallback_named(client, admin_headers):
     assert _fields(r) == {"llm.temperature", "llm.fallback.0.tempreature"}
 
 
+async def test_stt_recovery_settings_belong_to_the_top_level_stt_block(client, admin_headers):
+    top = {"provider": "apitest_stt", "reconnect_attempts": 2, "reconnect_budget_s": 1.5,
+           "replay_max_s": 12.0}
+    created = await _create(client, admin_headers, stt=top)
+    assert {k: created["config"]["stt"][k] for k in top if k != "provider"} == {
+        "reconnect_attempts": 2, "reconnect_budget_s": 1.5, "replay_max_s": 12.0}
+    r = await client.post("/v1/agents", json=agent_config(
+        stt={"provider": "apitest_stt", "reconnect_attempts": 11}), headers=admin_headers)
+    assert _fields(r) == {"stt.reconnect_attempts"}
+    cfg = agent_config(stt={"provider": "apitest_stt",
+                            "fallback": [{"provider": "apitest_stt", "replay_max_s": 5.0}]})
+    r = await client.post("/v1/agents", json=cfg, headers=admin_headers)
+    assert _fields(r) == {"stt.fallback.0.replay_max_s"}
+    by_field = {e["field"]: e["message"] for e in r.json()["errors"]}
+    assert "top-level 'stt' block" in by_field["stt.fallback.0.replay_max_s"]
+
+
 async def test_several_errors_reported_together(client, admin_headers):
     cfg = agent_config(response_timeout_s=0, vad={"threshold": 2}, unknown_key=1,
                        llm={"provider": "nope"}, tts={"provider": "apitest_tts", "x": 1})

@@ -173,11 +173,18 @@ class Rig:
         await call.wait_for(lambda: len(host.clips) > 0, 10.0)  # type: ignore[union-attr]
 
     async def vendor_sockets_closed(self, within_s: float = 5.0) -> None:
-        """Every WebSocket the call opened to a vendor has been closed by our side."""
-        recs = [r for fake, ep in ((self.dg, "listen"), (self.el, "stream-input"),
-                                   (self.cart, "websocket"))
-                for r in fake.for_endpoint(ep) if r.status == 200]
-        await self.dg.until(lambda: all(r.closed_at is not None for r in recs), within_s)
+        """Every WebSocket the call opened to a vendor (handshakes it gave up on included) has
+        been closed by our side; otherwise fail naming the sockets still open."""
+        fakes = (self.dg, self.el, self.cart)
+        deadline = time.monotonic() + within_s
+        while True:
+            still = [fake.describe(r) for fake in fakes for r in fake.open_sockets()]
+            if not still:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"vendor sockets still open after {within_s:g}s:\n  "
+                                     + "\n  ".join(still))
+            await asyncio.sleep(0.01)
 
     async def streamed_events(self, call: SimCall, types: str) -> list[dict[str, Any]]:
         """The call's events of `types` as `WS /v1/sessions/{id}/events` delivers them (the

@@ -138,6 +138,8 @@ class Recorded:
     completed: bool = False
     status: int = 200
     close_code: int | None = None
+    # A WebSocket upgrade (as opposed to a plain HTTP request).
+    websocket: bool = False
     # Free-form per-vendor notes (e.g. Cartesia cancel times by context id).
     events: list[tuple[float, str, Any]] = field(default_factory=list)
 
@@ -273,6 +275,18 @@ class FakeVendor(abc.ABC):
     def for_endpoint(self, endpoint: str) -> list[Recorded]:
         return [r for r in self.requests if r.endpoint == endpoint]
 
+    def open_sockets(self) -> list[Recorded]:
+        """WebSocket upgrades whose connection is still open (accepted or still handshaking)."""
+        return [r for r in self.requests if r.websocket and r.closed_at is None]
+
+    def describe(self, rec: Recorded) -> str:
+        """`rec` as a line of a failure message: which connection, opened when, what it did."""
+        n = [r for r in self.requests if r.endpoint == rec.endpoint].index(rec)
+        notes = ", ".join(what for _, what, _ in rec.events) or "no notes"
+        return (f"{type(self).__name__} {rec.endpoint} #{n} (status {rec.status}, "
+                f"{len(rec.messages)} messages, {notes}), opened "
+                f"{time.monotonic() - rec.started_at:.2f}s ago")
+
     async def until(self, predicate: Callable[[], bool], within_s: float = 3.0) -> None:
         """Wait (without blocking the caller's loop) until `predicate()` holds."""
         deadline = time.monotonic() + within_s
@@ -292,8 +306,12 @@ class FakeVendor(abc.ABC):
         """Record a WebSocket upgrade request; the record rides on the connection so the
         connection handler finds it."""
         path, query, headers = ws_request_info(connection)
-        rec = self._record(Recorded(endpoint, "GET", path, query, headers))
+        rec = self._record(Recorded(endpoint, "GET", path, query, headers, websocket=True))
         connection.fake_rec = rec
+        # Watched from the upgrade on, not from the handler: a client that gives up during the
+        # handshake (its open timeout, a cancelled reconnect) never reaches the handler, and its
+        # record would otherwise stay open forever.
+        watch_close(connection, rec)
         return rec
 
     async def _record_http(self, endpoint: str, scope: dict[str, Any],
@@ -495,8 +513,12 @@ class WsServer:
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
+        async def serve_one(ws: Any) -> None:
+            ws.fake_served = True
+            await self._handler(ws)
+
         self._server = await serve(
-            self._handler, "127.0.0.1", 0, process_request=self._process_request,
+            serve_one, "127.0.0.1", 0, process_request=self._process_request,
             compression=None, logger=_FAKE_LOG, max_size=None, max_queue=None,
             ping_interval=None, close_timeout=1,
         )
@@ -545,14 +567,22 @@ def abort(connection: Any) -> None:
 
 def watch_close(connection: Any, rec: Recorded) -> asyncio.Task[None]:
     """Timestamp the moment the client's close (or abort) reaches the server, independently of
-    whatever the handler is awaiting — the basis of the cancellation-latency checks."""
+    whatever the handler is awaiting — the basis of the cancellation-latency checks. One watch
+    per connection: `_record_upgrade` starts it, a handler calling again gets the same task."""
+    task: asyncio.Task[None] | None = getattr(connection, "fake_close_watch", None)
+    if task is not None:
+        return task
 
     async def watch() -> None:
         await connection.wait_closed()
         rec.closed_at = rec.closed_at or time.monotonic()
         rec.close_code = connection.close_code
+        if rec.status == 200 and not getattr(connection, "fake_served", False):
+            rec.note("handshake-abandoned")  # accepted, but the client left before it was served
 
-    return asyncio.create_task(watch())
+    task = asyncio.create_task(watch())
+    connection.fake_close_watch = task
+    return task
 
 
 def refuse(rec: Recorded, status: int, payload: Any,

@@ -14,7 +14,9 @@ import pytest
 
 from pipelines.audio.g711 import ulaw_encode
 from providers.base import ProviderContext, ProviderError, STTStream, Transcript
+from providers.fallback import Cooldowns
 from providers.stt.deepgram import DeepgramSTT
+from providers.stt_recovery import RecoveringSTT, STTRecovery
 from providers.tts.deepgram import DeepgramTTS
 from tests.fakes.fake_deepgram import FakeDeepgram
 from tests.fakes.harness import all_logs_at_debug, collect, context
@@ -33,6 +35,12 @@ server, fake = vendor_fixtures(FakeDeepgram, idle_timeout_s=10.0)
 
 def stt(fake: FakeDeepgram, ctx: ProviderContext, **opts: Any) -> DeepgramSTT:
     return adapter(DeepgramSTT, fake.ws_base_url, ctx, **opts)
+
+
+def recovering(fake: FakeDeepgram, ctx: ProviderContext,
+               recovery: STTRecovery | None = None) -> RecoveringSTT:
+    """The adapter as an agent gets it: behind the STT recovery layer (reopens, replays)."""
+    return RecoveringSTT([(stt(fake, ctx), 5.0)], recovery=recovery, cooldowns=Cooldowns())
 
 
 async def speak(stream: STTStream, seconds: float, rate: int = 16000, start: int = 0,
@@ -128,12 +136,27 @@ async def test_keepalive_holds_a_silent_stream_open(fake: FakeDeepgram, cx: Any)
     await s.aclose()
 
 
+async def test_a_drop_fails_the_stream_without_reconnecting(fake: FakeDeepgram,
+                                                             cx: Any) -> None:
+    """The adapter keeps no replay copy: a dropped socket is the recovery layer's to handle."""
+    ctx, _ = cx
+    fake.fail_next("listen", Failure("drop", after=5))
+    s = await stt(fake, ctx).open(16000, "en-US")
+    events = s.events()
+    with pytest.raises(ProviderError) as exc:
+        await speak(s, 0.5)
+        await next_final(events)
+    assert "1006" in exc.value.message and exc.value.retryable
+    assert len(fake.for_endpoint("listen")) == 1
+    await s.aclose()
+
+
 async def test_drop_mid_turn_reconnects_and_replays_the_turn(fake: FakeDeepgram,
                                                              cx: Any) -> None:
     ctx, _ = cx
     fake.queue_transcript("book a table for four")
     fake.fail_next("listen", Failure("drop", after=25))  # cut 0.5 s into the turn
-    s = await stt(fake, ctx).open(16000, "en-US")
+    s = await recovering(fake, ctx).open(16000, "en-US")
     events = s.events()
     await speak(s, 1.0)
     await fake.until(lambda: len(fake.for_endpoint("listen")) == 2)
@@ -154,7 +177,7 @@ async def test_replay_covers_only_audio_after_the_last_final(fake: FakeDeepgram,
     ctx, _ = cx
     fake.queue_transcript("first turn", "second turn")
     fake.fail_next("listen", Failure("drop", after=70))  # 50 frames + flush, then 20 more
-    s = await stt(fake, ctx).open(16000, "en-US")
+    s = await recovering(fake, ctx).open(16000, "en-US")
     events = s.events()
     await speak(s, 1.0)
     await s.flush()
@@ -174,7 +197,7 @@ async def test_replay_covers_only_audio_after_the_last_final(fake: FakeDeepgram,
 async def test_close_codes_map_to_provider_errors(fake: FakeDeepgram, cx: Any) -> None:
     ctx, _ = cx
     fake.fail_always("listen", Failure("close", after=5, close_code=1011, close_reason="NET-0000"))
-    s = await stt(fake, ctx, reconnect_attempts=1).open(16000, "en-US")
+    s = await recovering(fake, ctx, STTRecovery(reconnect_attempts=1)).open(16000, "en-US")
     events = s.events()
     with pytest.raises(ProviderError) as exc:
         await speak(s, 0.5)
@@ -192,7 +215,8 @@ async def test_vendor_down_after_a_drop_fails_within_the_reconnect_budget(
     fake.fail_next("listen", Failure("drop", after=5))
     # A budget with room for a local handshake on a loaded 2-core box: it must run out on the
     # vendor's 503s, not on our own handshake timeout.
-    s = await stt(fake, ctx, reconnect_budget_s=2.0, reconnect_attempts=10).open(16000, "en")
+    s = await recovering(fake, ctx, STTRecovery(reconnect_budget_s=2.0, reconnect_attempts=10)
+                         ).open(16000, "en")
     fake.fail_always("listen", Failure("status", status=503, message="Service Unavailable"))
     events = s.events()
     t0 = time.monotonic()
@@ -352,7 +376,7 @@ async def test_api_key_never_reaches_the_logs(fake: FakeDeepgram, cx: Any,
     ctx, _ = cx
     with all_logs_at_debug(caplog):
         fake.fail_next("listen", Failure("drop", after=10))
-        s = await stt(fake, ctx).open(16000, "en-US")
+        s = await recovering(fake, ctx).open(16000, "en-US")
         events = s.events()
         await speak(s, 0.6)
         await fake.until(lambda: len(fake.for_endpoint("listen")) == 2)

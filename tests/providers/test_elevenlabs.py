@@ -165,3 +165,26 @@ async def test_render_hook_lets_the_fake_speak_real_audio() -> None:
         async with context() as (ctx, _):
             chunks = await collect(eleven(fake, ctx).synthesize("Hi there."))
     assert np.array_equal(np.concatenate([c.samples for c in chunks]), render("Hi there.", 16000))
+
+
+async def test_fake_closes_a_socket_whose_client_abandons_the_handshake(
+        fake: FakeElevenLabs) -> None:
+    """A client that sends its upgrade request and leaves before the answer (an open timeout, a
+    cancelled reconnect) never reaches the fake's handler; the fake must still see that socket
+    close, or a test checking that every vendor socket was closed waits on it forever."""
+    host, port = fake.ws_base_url.removeprefix("ws://").split(":")
+    for _ in range(5):
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            "GET /v1/text-to-speech/v1/stream-input?output_format=pcm_16000 HTTP/1.1\r\n"
+            f"Host: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"xi-api-key: {FAKE_API_KEY}\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()  # before reading the 101: the handshake is abandoned
+        await writer.wait_closed()
+    await fake.until(lambda: len(fake.for_endpoint("stream-input")) == 5)
+    await fake.until(lambda: not fake.open_sockets())
+    recs = fake.for_endpoint("stream-input")
+    assert all(r.status == 200 and r.closed_at is not None for r in recs)
+    assert all("handshake-abandoned" in [what for _, what, _ in r.events] for r in recs)

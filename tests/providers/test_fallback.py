@@ -29,7 +29,8 @@ from providers.base import (
     Usage,
 )
 from providers.factory import build_provider
-from providers.fallback import Cooldowns, FallbackLLM, FallbackSTT, FallbackTTS
+from providers.fallback import Cooldowns, FallbackLLM, FallbackTTS
+from providers.stt_recovery import RecoveringSTT, STTRecovery
 
 
 class FakeClock:
@@ -359,6 +360,11 @@ class ScriptedSTT:
 FRAME = np.ones(320, dtype=np.int16)
 
 
+def switching_stt(providers: list[tuple[Any, float]], **kw: Any) -> RecoveringSTT:
+    """The chain with no reopening of a broken stream: these tests are about the switch."""
+    return RecoveringSTT(providers, recovery=STTRecovery(reconnect_attempts=0), **kw)
+
+
 async def next_final(it: AsyncIterator[Transcript]) -> Transcript:
     async def get() -> Transcript:
         async for t in it:
@@ -371,7 +377,7 @@ async def next_final(it: AsyncIterator[Transcript]) -> Transcript:
 async def test_stt_push_failure_replays_the_utterance_on_the_next_provider(cooldowns,
                                                                            switches) -> None:
     bad, good = ScriptedSTT("bad", "fail_push"), ScriptedSTT("good")
-    stt = FallbackSTT([(bad, 5.0), (good, 5.0)], on_switch=on_switch_into(switches),
+    stt = switching_stt([(bad, 5.0), (good, 5.0)], on_switch=on_switch_into(switches),
                       cooldowns=cooldowns)
     stream = await stt.open(16000, "en-US")
     events = stream.events()
@@ -394,7 +400,7 @@ async def test_stt_push_failure_replays_the_utterance_on_the_next_provider(coold
 
 async def test_stt_no_final_after_flush_switches_within_timeout(cooldowns, switches) -> None:
     silent, good = ScriptedSTT("silent", "silent"), ScriptedSTT("good")
-    stt = FallbackSTT([(silent, 0.2), (good, 5.0)], on_switch=on_switch_into(switches),
+    stt = switching_stt([(silent, 0.2), (good, 5.0)], on_switch=on_switch_into(switches),
                       cooldowns=cooldowns)
     stream = await stt.open(16000, "en-US")
     events = stream.events()
@@ -412,7 +418,7 @@ async def test_stt_no_final_after_flush_switches_within_timeout(cooldowns, switc
 
 async def test_stt_broken_transcript_stream_switches(cooldowns, switches) -> None:
     broken, good = ScriptedSTT("broken", "events_fail"), ScriptedSTT("good")
-    stt = FallbackSTT([(broken, 5.0), (good, 5.0)], on_switch=on_switch_into(switches),
+    stt = switching_stt([(broken, 5.0), (good, 5.0)], on_switch=on_switch_into(switches),
                       cooldowns=cooldowns)
     stream = await stt.open(16000, "en-US")
     events = stream.events()
@@ -425,20 +431,20 @@ async def test_stt_broken_transcript_stream_switches(cooldowns, switches) -> Non
 
 
 async def test_stt_open_failure_uses_next_and_all_failing_raises(cooldowns, switches) -> None:
-    stt = FallbackSTT([(ScriptedSTT("a", open_fails=True), 5.0), (ScriptedSTT("b"), 5.0)],
+    stt = switching_stt([(ScriptedSTT("a", open_fails=True), 5.0), (ScriptedSTT("b"), 5.0)],
                       on_switch=on_switch_into(switches), cooldowns=cooldowns)
     stream = await stt.open(16000, "en-US")
     assert stream.provider_name == "b"
     await stream.aclose()
 
-    dead = FallbackSTT([(ScriptedSTT("c", open_fails=True), 5.0),
+    dead = switching_stt([(ScriptedSTT("c", open_fails=True), 5.0),
                         (ScriptedSTT("d", open_fails=True), 5.0)], cooldowns=cooldowns)
     with pytest.raises(ProviderError, match="d: 401"):
         await dead.open(16000, "en-US")
 
 
 async def test_stt_last_provider_failing_surfaces_on_events_and_push(cooldowns) -> None:
-    stt = FallbackSTT([(ScriptedSTT("a", "fail_push"), 5.0),
+    stt = switching_stt([(ScriptedSTT("a", "fail_push"), 5.0),
                        (ScriptedSTT("b", "fail_push"), 5.0)], cooldowns=cooldowns)
     stream = await stt.open(16000, "en-US")
     events = stream.events()
@@ -525,7 +531,7 @@ async def test_factory_builds_the_chain_from_an_agent_block(ctx, test_providers,
 
     stt = build_provider("stt", {"provider": "test_null_stt",
                                  "fallback": [{"provider": "test_null_stt"}]}, ctx)
-    assert isinstance(stt, FallbackSTT)
+    assert isinstance(stt, RecoveringSTT)
 
 
 async def test_factory_rejects_unknown_and_invalid(ctx, test_providers) -> None:

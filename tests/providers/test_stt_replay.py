@@ -1,8 +1,8 @@
 """An STT connection lost mid-utterance: the utterance reaches the vendor again exactly once.
 
-Deepgram behind a fallback chain, fed a μ-law call's own bytes: the adapter reconnects and
-replays what is not final yet; the chain does not switch (nothing failed for it), so the audio
-is not sent a second time from the chain's own buffer.
+Deepgram behind the STT recovery layer with a fallback, fed a μ-law call's own bytes: the layer
+reopens Deepgram and replays what is not final yet from its one buffer (the adapter keeps no
+copy); it does not switch to the fallback, which a reopened stream makes unnecessary.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import numpy as np
 
 from pipelines.audio.g711 import ulaw_encode
 from pipelines.audio.inbox import AudioFormat
-from providers.fallback import Cooldowns, FallbackSTT
+from providers.fallback import Cooldowns
 from providers.stt.deepgram import DeepgramSTT
+from providers.stt_recovery import RecoveringSTT
 from tests.fakes.fake_deepgram import FakeDeepgram
 from tests.fakes.vendor_base import Failure, tone
 from tests.providers.cloud_helpers import adapter, vendor_fixtures
@@ -31,7 +32,7 @@ async def test_reconnect_replays_the_utterance_once(fake: FakeDeepgram, cx: Any)
     fake.fail_next("listen", Failure("drop", after=25))  # cut 0.5 s into the utterance
     primary = adapter(DeepgramSTT, fake.ws_base_url, ctx)
     spare = adapter(DeepgramSTT, fake.ws_base_url, ctx, model="nova-2")
-    chain = FallbackSTT([(primary, 5.0), (spare, 5.0)], cooldowns=Cooldowns())
+    chain = RecoveringSTT([(primary, 5.0), (spare, 5.0)], cooldowns=Cooldowns())
     assert chain.input_format(MULAW_8K) == MULAW_8K
     s = await chain.open_as(MULAW_8K, "en-US")
     events = s.events()
