@@ -186,5 +186,6 @@ async def test_fake_closes_a_socket_whose_client_abandons_the_handshake(
     await fake.until(lambda: len(fake.for_endpoint("stream-input")) == 5)
     await fake.until(lambda: not fake.open_sockets())
     recs = fake.for_endpoint("stream-input")
+    # Whether the fake's handler ran before it saw the close is a race (then the socket is not
+    # noted as abandoned); either way every socket must be seen closed.
     assert all(r.status == 200 and r.closed_at is not None for r in recs)
-    assert all("handshake-abandoned" in [what for _, what, _ in r.events] for r in recs)
