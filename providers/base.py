@@ -9,6 +9,7 @@ saved, and reports usage and time-to-first-byte through its `ProviderContext`. T
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -199,6 +200,23 @@ class STTStream(abc.ABC):
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...
+
+
+TranscriptQueue = asyncio.Queue[Transcript | BaseException | None]
+
+
+async def queued_transcripts(out: TranscriptQueue) -> AsyncIterator[Transcript]:
+    """An STT stream's `events()` from its output queue: transcripts until the end (None) or
+    a failure (an exception, raised). Either is put back, so every later reader ends or fails
+    the same way instead of waiting for ever."""
+    while True:
+        item = await out.get()
+        if item is None or isinstance(item, BaseException):
+            out.put_nowait(item)
+            if item is None:
+                return
+            raise item
+        yield item
 
 
 class STTProvider(Provider):

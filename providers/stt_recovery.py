@@ -38,7 +38,14 @@ import numpy as np
 from pipelines.audio.inbox import AudioFormat
 from pipelines.engine.caller_audio import ENGINE_FORMAT, open_stt, stt_format
 from pipelines.ports import FormatChoosingSTT
-from providers.base import Kind, ProviderError, STTStream, Transcript
+from providers.base import (
+    Kind,
+    ProviderError,
+    STTStream,
+    Transcript,
+    TranscriptQueue,
+    queued_transcripts,
+)
 from providers.fallback import (
     DEFAULT_COOLDOWN_S,
     Cooldowns,
@@ -174,7 +181,7 @@ class RecoveringSTTStream(STTStream):
         self._origin_ms = 0  # stream time of the current inner stream's first sample
         self._pump: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._out: asyncio.Queue[Transcript | BaseException | None] = asyncio.Queue()
+        self._out: TranscriptQueue = asyncio.Queue()
         self._replay = ReplayBuffer(int(self._policy.replay_max_s * fmt.sample_rate))
         self._awaiting_final = False
         self._recovering = asyncio.Lock()
@@ -429,15 +436,8 @@ class RecoveringSTTStream(STTStream):
             return
         self._arm_watchdog()
 
-    async def events(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self._out.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                self._out.put_nowait(item)  # every later reader sees the failure too
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[Transcript]:
+        return queued_transcripts(self._out)
 
     async def aclose(self) -> None:
         if self._closed:

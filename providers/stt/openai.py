@@ -20,7 +20,14 @@ import httpx
 import numpy as np
 from pydantic import Field, model_validator
 
-from providers.base import ProviderError, STTProvider, STTStream, Transcript
+from providers.base import (
+    ProviderError,
+    STTProvider,
+    STTStream,
+    Transcript,
+    TranscriptQueue,
+    queued_transcripts,
+)
 from providers.http import CloudConfig, open_stream, redact, resolve_api_key, shared_client
 from providers.llm.openai import OPENAI_BASE_URL
 from providers.usage import TTFB_METRIC, report_metric, report_usage
@@ -107,7 +114,7 @@ class _BatchStream(STTStream):
         self._pushed_s = 0.0
         # Each job is (audio, start_ms, end_ms, flush time); None stops the worker.
         self._jobs: asyncio.Queue[tuple[np.ndarray, int, int, float] | None] = asyncio.Queue()
-        self._out: asyncio.Queue[Transcript | ProviderError | None] = asyncio.Queue()
+        self._out: TranscriptQueue = asyncio.Queue()
         self._worker = asyncio.create_task(self._work(), name="openai-stt")
         self._closed = False
 
@@ -160,15 +167,8 @@ class _BatchStream(STTStream):
                          audio.size / self._rate)
             self._out.put_nowait(Transcript(text, True, 1.0, start_ms, end_ms))
 
-    async def events(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self._out.get()
-            if item is None:
-                self._out.put_nowait(None)
-                return
-            if isinstance(item, ProviderError):
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[Transcript]:
+        return queued_transcripts(self._out)
 
     async def aclose(self) -> None:
         if self._closed:

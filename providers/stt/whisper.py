@@ -45,6 +45,8 @@ from providers.base import (
     STTProvider,
     STTStream,
     Transcript,
+    TranscriptQueue,
+    queued_transcripts,
 )
 from providers.usage import TTFB_METRIC, report_metric, report_usage
 
@@ -321,7 +323,7 @@ class WhisperStream(STTStream):
         self._max_utt = int(cfg.max_utterance_s * RATE)
         self._loop = asyncio.get_running_loop()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._out: asyncio.Queue[Transcript | BaseException | None] = asyncio.Queue()
+        self._out: TranscriptQueue = asyncio.Queue()
         self._error: BaseException | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="whisper-stream", daemon=True)
@@ -341,15 +343,8 @@ class WhisperStream(STTStream):
         if not self._closing:
             self._inbox.put(_Flush(time.perf_counter()))
 
-    async def events(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self._out.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                self._out.put_nowait(item)
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[Transcript]:
+        return queued_transcripts(self._out)
 
     async def aclose(self) -> None:
         if self._closing:

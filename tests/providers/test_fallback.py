@@ -25,8 +25,10 @@ from providers.base import (
     STTStream,
     TextDelta,
     Transcript,
+    TranscriptQueue,
     TTSProvider,
     Usage,
+    queued_transcripts,
 )
 from providers.factory import build_provider
 from providers.fallback import Cooldowns, FallbackLLM, FallbackTTS
@@ -308,7 +310,7 @@ class ScriptedSTTStream(STTStream):
         self.owner = owner
         self.samples = 0
         self.pushed = 0
-        self.out: asyncio.Queue[Transcript | Exception | None] = asyncio.Queue()
+        self.out: TranscriptQueue = asyncio.Queue()
         self.closed = False
 
     async def push(self, frame: np.ndarray) -> None:
@@ -328,14 +330,8 @@ class ScriptedSTTStream(STTStream):
         self.out.put_nowait(Transcript(f"samples={self.samples}", True))
         self.samples = 0
 
-    async def events(self) -> AsyncIterator[Transcript]:
-        while True:
-            item = await self.out.get()
-            if item is None:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[Transcript]:
+        return queued_transcripts(self.out)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from providers.base import ProviderError, Transcript
+from providers.base import ProviderError, Transcript, TranscriptQueue, queued_transcripts
 from providers.fallback import Cooldowns
 from providers.stt_recovery import RecoveringSTT, ReplayBuffer, STTRecovery
 
@@ -26,7 +26,7 @@ class Stream:
         self.breaks_at = breaks_at
         self.pushed = 0
         self.samples = 0
-        self.out: asyncio.Queue[Transcript | Exception | None] = asyncio.Queue()
+        self.out: TranscriptQueue = asyncio.Queue()
         self.closed = False
 
     async def push(self, frame: np.ndarray) -> None:
@@ -40,11 +40,8 @@ class Stream:
                                        self.samples // 16))
         self.samples = 0
 
-    async def events(self) -> AsyncIterator[Transcript]:
-        while (item := await self.out.get()) is not None:
-            if isinstance(item, Exception):
-                raise item
-            yield item
+    def events(self) -> AsyncIterator[Transcript]:
+        return queued_transcripts(self.out)
 
     async def aclose(self) -> None:
         self.closed = True
