@@ -15,13 +15,19 @@ server-added turn latency from the server's own `turn.metrics` (p50/p95/p99), th
 (caller's last voiced frame → first voiced `playAudio`) and v2v minus the fakes' configured
 latencies, barge-in latency, playout underruns (driver and server), event-loop lag (/metrics),
 server CPU-seconds per call-minute, RSS per call, and the driver's and vendors' own CPU. It stops
-raising N when real time breaks (`--max-p95-ms`, underruns, failed calls).
+raising N when real time breaks (`--max-p95-ms`, underruns, failed calls), and says for each
+level whether it stayed inside the latency targets (`TARGETS`: v2v p95 ≤ 900 ms, server-added
+p95 ≤ 400 ms, barge-in heard p95 ≤ 300 ms, no underruns, no failed calls).
+
+With `--workers N` the server is `phonebooth serve --workers N` tied through Redis
+(`--redis-url`); its CPU and RSS are those of the whole process tree (supervisor + workers).
 
     python bench/load.py                            # N = 1,10,50,100,200
     python bench/load.py --calls 50 --turns 4 --json-out bench/results/n50.json
     python bench/load.py --calls 100 --soak-s 600   # soak: keep 100 calls going for 10 min
     python bench/load.py --calls 50 --sigterm-after-s 20   # SIGTERM mid-load, check the DB
     python bench/load.py --local --calls 1 --turns 3       # the all-local demo agent's v2v
+    python bench/load.py --workers 2 --server-cpu 0,1 --driver-cpu -1 --calls 40,60,80
 
 Results go to bench/results/ (markdown + JSON).
 """
@@ -60,21 +66,56 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # --- processes ---------------------------------------------------------------------------------
-def _pin(cpu: int | None) -> Any:
-    if cpu is None:
+def _pin(cpus: set[int] | None) -> Any:
+    if cpus is None:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def parse_cpus(spec: str) -> set[int] | None:
+    """"0" or "0,1" → that set of cores; "-1" (or a core this machine lacks) → any core."""
+    cpus = {int(x) for x in spec.split(",") if x.strip()}
+    if not cpus or any(c < 0 or c >= (os.cpu_count() or 1) for c in cpus):
+        return None
+    return cpus
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    return out
+
+
+def proc_tree(pid: int) -> list[int]:
+    """`pid` and every live descendant: `serve --workers N`'s workers, llama.cpp workers."""
+    seen, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo += _children(p)
+    return seen
 
 
 def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / CLK_TCK  # utime + stime (all threads)
+    """CPU time of `pid` and its live descendants (utime + stime, all threads)."""
+    total = 0.0
+    for p in proc_tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+            total += (int(parts[11]) + int(parts[12])) / CLK_TCK
+    return total
 
 
 def proc_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 2**20
+    """Resident memory of `pid` and its live descendants."""
+    total = 0.0
+    for p in proc_tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/statm") as f:
+            total += int(f.read().split()[1]) * PAGE / 2**20
+    return total
 
 
 def free_port() -> int:
@@ -107,11 +148,12 @@ class Server:
     """`phonebooth serve` on a temp config and database."""
 
     def __init__(self, args: argparse.Namespace, rest_base: str, auth_id: str, auth_token: str,
-                 vendor_key: str) -> None:
+                 vendor_key: str, database_url: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="pb-bench-"))
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.db_url = args.database_url or f"sqlite+aiosqlite:///{self.dir / 'bench.db'}"
+        self.db_url = (database_url or args.database_url
+                       or f"sqlite+aiosqlite:///{self.dir / 'bench.db'}")
         config = {
             "server": {"host": "127.0.0.1", "port": self.port, "public_url": self.base_url,
                        "log_level": "info"},
@@ -125,13 +167,18 @@ class Server:
                           "max_wait_ms": args.max_wait_ms},
             "demo": {"create_on_start": bool(args.local)},
         }
+        self.workers = args.workers
+        if args.workers > 1:
+            # The workers are one service through Redis; a prefix of its own per run.
+            config["bus"] = {"url": args.redis_url, "key_prefix": f"pb-bench-{self.port}"}
         cfg = self.dir / "config.json"  # YAML is a superset of JSON
         cfg.write_text(json.dumps(config))
         self.log_path = self.dir / "server.log"
         env = {**os.environ, "BENCH_VENDOR_KEY": vendor_key, "PYTHONUNBUFFERED": "1"}
         exe = shutil.which("phonebooth", path=str(Path(sys.executable).parent)) or "phonebooth"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([exe, "serve", "--config", str(cfg)], env=env,
+        self.proc = subprocess.Popen([exe, "serve", "--config", str(cfg),
+                                      "--workers", str(args.workers)], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=_pin(args.server_cpu))
         self.pid = self.proc.pid
@@ -143,7 +190,10 @@ class Server:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited; log: {self.log_path}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(self.base_url + "/readyz")).status_code == 200:
+                    # Every worker must be up, or the first calls all land on worker 0.
+                    if ((await client.get(self.base_url + "/readyz")).status_code == 200
+                            and self.log_text().count("Application startup complete")
+                            >= self.workers):
                         return
                 await asyncio.sleep(0.2)
         raise RuntimeError("server not ready in time")
@@ -186,8 +236,11 @@ async def create_agent(server: Server, vendors: dict[str, str]) -> str:
 
 
 async def scrape(server: Server) -> dict[str, float]:
-    """/metrics as {sample name with labels: value}."""
+    """/metrics as {sample name with labels: value}; {} with several workers, where each
+    request reaches one process at random and a difference of two scrapes means nothing."""
     out: dict[str, float] = {}
+    if server.workers > 1:
+        return out
     async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
         text = (await client.get(server.base_url + "/metrics")).text
     for line in text.splitlines():
@@ -290,13 +343,36 @@ def fmt(v: float | None, nd: int = 0) -> str:
     return "–" if v is None else f"{v:,.{nd}f}"
 
 
+@contextlib.asynccontextmanager
+async def fresh_database(url: str | None, name: str) -> Any:
+    """A Postgres `url` → a new empty database `name` beside it for one level (its numbers
+    must not mix with an earlier level's rows), dropped afterwards; None stays None (SQLite)."""
+    if url is None:
+        yield None
+        return
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(url).set(drivername="postgresql")
+    conn = await asyncpg.connect(admin.render_as_string(hide_password=False))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
 async def run_level(args: argparse.Namespace, n: int, vendors: Vendors, question: Utterance
                     ) -> dict[str, Any]:
     from tests.fakes.plivo_rest import run_fake_plivo_rest
 
-    async with run_fake_plivo_rest() as rest:
+    async with run_fake_plivo_rest() as rest, \
+            fresh_database(args.database_url, f"pb_bench_{os.getpid()}_{n}") as db_url:
         server = Server(args, rest.api_base, rest.auth_id, rest.auth_token,
-                        vendors.info.get("api_key", ""))
+                        vendors.info.get("api_key", ""), db_url)
         try:
             return await _run_level(args, n, vendors, question, rest, server)
         finally:
@@ -479,12 +555,14 @@ def print_row(r: dict[str, Any]) -> str:
     b = r["barge_in_heard_ms"]
     bc = r["barge_in_clear_ms"]
     lag = r["event_loop_lag"]
+    lag_ms = ("–" if lag["max_le"] is None else
+              f"{fmt((lag['p99_le'] or 0) * 1000)} / {fmt(lag['max_le'] * 1000)}")
     return (f"| {r['calls']} | {r['completed']}/{r['failed']} | {fmt(sa['p50'])} | "
             f"{fmt(sa['p95'])} | {fmt(sa['p99'])} | {fmt(v2v['p50'])} | {fmt(v2v['p95'])} | "
             f"{fmt(vm['p50'])} | {fmt(vm['p95'])} | {fmt(b['p50'])} / {fmt(bc['p50'])} | "
             f"{fmt(b['p95'])} / {fmt(bc['p95'])} | {r['underruns_driver']} "
             f"({r['calls_with_underruns']}) / {r['underruns_server']} | "
-            f"{fmt((lag['p99_le'] or 0) * 1000)} / {fmt((lag['max_le'] or 0) * 1000)} | "
+            f"{lag_ms} | "
             f"{fmt(r['cpu_s_per_call_minute'], 2)} | {fmt(r['server_cpu_pct_of_core'])} % | "
             f"{fmt(r['rss_per_call_mb'], 1)} | {fmt(r['driver_cpu_s'] / r['wall_s'] * 100)} % "
             f"+ {fmt(r['vendors_cpu_s'] / r['wall_s'] * 100)} % |")
@@ -510,6 +588,24 @@ def broken(args: argparse.Namespace, r: dict[str, Any]) -> str:
     return ""
 
 
+# The latency targets a level must meet to count as "carried" (50 calls per core, and the
+# scale-out comparison of `--workers`): each as (what, value, limit).
+TARGETS = {"v2v p95": ("v2v_ms", "p95", 900.0),
+           "server-added p95": ("server_added_ms", "p95", 400.0),
+           "barge-in heard p95": ("barge_in_heard_ms", "p95", 300.0)}
+
+
+def outside_targets(r: dict[str, Any]) -> list[str]:
+    """What keeps a level from counting as carried inside the latency targets."""
+    out = [f"{name} {r[key][q]:.0f} ms > {limit:.0f}" for name, (key, q, limit)
+           in TARGETS.items() if r[key][q] is not None and r[key][q] > limit]
+    if r["underruns_driver"] or r["underruns_server"]:
+        out.append(f"underruns {r['underruns_driver']} / {r['underruns_server']}")
+    if r["failed"]:
+        out.append(f"{r['failed']} failed calls")
+    return out
+
+
 def load_question(local: bool) -> Utterance:
     from tests.speech import speech_bounds_ms, synthesize
 
@@ -525,7 +621,7 @@ async def main_async(args: argparse.Namespace) -> int:
     print(f"question: {len(question.payloads) * 20} ms of audio, voiced frames "
           f"{question.first_voiced}..{question.last_voiced}", file=sys.stderr)
     if args.driver_cpu is not None:
-        os.sched_setaffinity(0, {args.driver_cpu})
+        os.sched_setaffinity(0, args.driver_cpu)
     vendors = Vendors(args)
     results: list[dict[str, Any]] = []
     try:
@@ -533,8 +629,11 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"== {n} calls", file=sys.stderr)
             r = await run_level(args, n, vendors, question)
             results.append(r)
+            r["outside_targets"] = outside_targets(r)
             print(HEADER.splitlines()[0] + "\n" + HEADER.splitlines()[1] + "\n" + print_row(r),
                   file=sys.stderr)
+            print(f"  inside the latency targets: "
+                  f"{'; '.join(r['outside_targets']) or 'yes'}", file=sys.stderr)
             why = broken(args, r)
             if why and not args.keep_going:
                 print(f"real time broke at {n} calls: {why}; stopping", file=sys.stderr)
@@ -584,14 +683,20 @@ def main() -> int:
     ap.add_argument("--llm-token-ms", type=float, default=0.0,
                     help="delay between streamed LLM tokens (0: the answer follows the first "
                     "token at once, so v2v − providers is the server's part)")
-    ap.add_argument("--server-cpu", type=int, default=0, help="core for the server (-1: any)")
-    ap.add_argument("--driver-cpu", type=int, default=1,
-                    help="core for the driver and vendors (-1: any)")
+    ap.add_argument("--server-cpu", default="0",
+                    help="core(s) for the server, e.g. 0 or 0,1 (-1: any)")
+    ap.add_argument("--driver-cpu", default="1",
+                    help="core(s) for the driver and vendors (-1: any)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="`phonebooth serve --workers N` (N > 1 ties them through Redis: "
+                    "--redis-url); CPU and RSS are summed over the server's process tree")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--inference-threads", type=int, default=1)
     ap.add_argument("--max-wait-ms", type=float, default=2.0,
                     help="server inference.max_wait_ms (how long a VAD batch gathers)")
     ap.add_argument("--database-url", default=None,
-                    help="default: a fresh SQLite file per level")
+                    help="a Postgres server's URL: each level gets a fresh database on it "
+                    "(default: a fresh SQLite file per level)")
     ap.add_argument("--models-dir", default=str(Path("~/.cache/phonebooth/models").expanduser()))
     ap.add_argument("--max-p95-ms", type=float, default=2000.0,
                     help="stop raising N when v2v p95 exceeds this")
@@ -608,10 +713,7 @@ def main() -> int:
     ap.add_argument("--keep-logs", action="store_true", help="keep the server's temp dir")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    for k in ("server_cpu", "driver_cpu"):
-        if getattr(args, k) is not None and (getattr(args, k) < 0
-                                             or getattr(args, k) >= (os.cpu_count() or 1)):
-            setattr(args, k, None)
+    args.server_cpu, args.driver_cpu = parse_cpus(args.server_cpu), parse_cpus(args.driver_cpu)
     return asyncio.run(main_async(args))
 
 

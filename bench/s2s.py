@@ -47,6 +47,7 @@ from bench.load import (  # noqa: E402
     fmt,
     load_question,
     machine,
+    parse_cpus,
 )
 from bench.plivo_driver import Caller, Driver, Script, Utterance, percentile  # noqa: E402
 
@@ -175,7 +176,7 @@ def row(r: dict[str, Any]) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     question = load_question(False)
     if args.driver_cpu is not None:
-        os.sched_setaffinity(0, {args.driver_cpu})
+        os.sched_setaffinity(0, args.driver_cpu)
     vendors = S2SVendors(args)
     results: list[dict[str, Any]] = []
     try:
@@ -210,9 +211,10 @@ def main() -> int:
                     help="quiet that ends a caller turn for the fakes' server VAD")
     ap.add_argument("--tts-ms", type=float, default=150.0,
                     help="the TTS fake's first-byte latency (output: text)")
-    ap.add_argument("--server-cpu", type=int, default=0, help="core for the server (-1: any)")
-    ap.add_argument("--driver-cpu", type=int, default=1,
-                    help="core for the driver and vendors (-1: any)")
+    ap.add_argument("--server-cpu", default="0",
+                    help="core(s) for the server, e.g. 0 or 0,1 (-1: any)")
+    ap.add_argument("--driver-cpu", default="1",
+                    help="core(s) for the driver and vendors (-1: any)")
     ap.add_argument("--inference-threads", type=int, default=1)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--database-url", default=None)
@@ -222,10 +224,8 @@ def main() -> int:
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     args.local = False  # bench/load.py's Server reads it (no demo agent)
-    for k in ("server_cpu", "driver_cpu"):
-        v = getattr(args, k)
-        if v is not None and (v < 0 or v >= (os.cpu_count() or 1)):
-            setattr(args, k, None)
+    args.server_cpu, args.driver_cpu = parse_cpus(args.server_cpu), parse_cpus(args.driver_cpu)
+    args.workers = 1
     return asyncio.run(main_async(args))
 
 

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from bench import turntaking_metrics as tm  # noqa: E402
 from bench.caller_set import Item, Rendered, load_set, render  # noqa: E402
-from bench.load import ADMIN_KEY, Server, _pin, machine  # noqa: E402
+from bench.load import ADMIN_KEY, Server, _pin, machine, parse_cpus  # noqa: E402
 from bench.plivo_driver import (  # noqa: E402
     FRAME_BYTES,
     RATE,
@@ -385,7 +385,7 @@ async def main_async(args: argparse.Namespace) -> int:
     carrier, calls = plan(args)
     print(f"{sum(len(c) for c in calls)} items in {len(calls)} calls", file=sys.stderr)
     if args.driver_cpu is not None:
-        os.sched_setaffinity(0, {args.driver_cpu})
+        os.sched_setaffinity(0, args.driver_cpu)
     vendors = Vendors(args)
     results = []
     try:
@@ -424,9 +424,10 @@ def main() -> int:
     ap.add_argument("--stt-ms", type=float, default=150.0)
     ap.add_argument("--llm-ms", type=float, default=100.0)
     ap.add_argument("--tts-ms", type=float, default=150.0)
-    ap.add_argument("--server-cpu", type=int, default=0, help="core for the server (-1: any)")
-    ap.add_argument("--driver-cpu", type=int, default=1,
-                    help="core for the driver and vendors (-1: any)")
+    ap.add_argument("--server-cpu", default="0",
+                    help="core(s) for the server, e.g. 0 or 0,1 (-1: any)")
+    ap.add_argument("--driver-cpu", default="1",
+                    help="core(s) for the driver and vendors (-1: any)")
     ap.add_argument("--inference-threads", type=int, default=1)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
     ap.add_argument("--models-dir", default=str(Path("~/.cache/phonebooth/models").expanduser()))
@@ -438,10 +439,8 @@ def main() -> int:
         ap.error(f"--preset: unknown {bad}; choose from {PRESETS}")
     # What bench.load.Server reads.
     args.database_url, args.drain_s, args.local = None, 10.0, False
-    for k in ("server_cpu", "driver_cpu"):
-        v = getattr(args, k)
-        if v is not None and (v < 0 or v >= (os.cpu_count() or 1)):
-            setattr(args, k, None)
+    args.server_cpu, args.driver_cpu = parse_cpus(args.server_cpu), parse_cpus(args.driver_cpu)
+    args.workers = 1
     return asyncio.run(main_async(args))
 
 
