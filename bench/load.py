@@ -27,7 +27,7 @@ With `--workers N` the server is `phonebooth serve --workers N` tied through Red
     python bench/load.py --calls 100 --soak-s 600   # soak: keep 100 calls going for 10 min
     python bench/load.py --calls 50 --sigterm-after-s 20   # SIGTERM mid-load, check the DB
     python bench/load.py --local --calls 1 --turns 3       # the all-local demo agent's v2v
-    python bench/load.py --workers 2 --server-cpu 0,1 --driver-cpu -1 --calls 40,60,80
+    python bench/load.py --workers 2 --server-cpu 0,1 --driver-cpu -1 --calls 10,20
 
 Results go to bench/results/ (markdown + JSON).
 """
