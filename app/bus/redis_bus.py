@@ -46,6 +46,11 @@ MAX_QUEUED_EVENTS = 10_000
 PIPELINE_BATCH = 256
 ANSWER_TTL_S = 900  # the stream token expires long before; bounds what a lost call leaves
 RETRY_MAX_S = 1.0
+# How long `stop` waits for its tasks to end, and how often it cancels them again meanwhile:
+# the Redis client can turn a cancellation that lands inside a command into a connection
+# error, which the retry loops catch, so one cancel is not always enough.
+STOP_TIMEOUT_S = 5.0
+RECANCEL_S = 0.1
 RESEND_S = 0.1
 
 RESERVED = "reserved"
@@ -76,6 +81,26 @@ NodeLost = Callable[[str, str], Awaitable[None]]
 
 def _seat(node: str, kind: str) -> str:
     return f"{node} {kind}"
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait for them to end, cancelling again any that swallowed it."""
+    pending = {t for t in tasks if not t.done()}
+    for t in pending:
+        t.cancel()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_TIMEOUT_S
+    while pending:
+        done, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+        for t in done:
+            if not t.cancelled():
+                t.exception()  # retrieved: a task that failed on its way out is over too
+        if pending and loop.time() >= deadline:
+            log.warning("bus: %d task(s) still running at stop: %s", len(pending),
+                        ", ".join(sorted(t.get_name() for t in pending)))
+            return
+        for t in pending:
+            t.cancel()
 
 
 def _parse_seat(value: str) -> tuple[str, str]:
@@ -113,6 +138,7 @@ class RedisBus:
         self._replies: dict[str, asyncio.Future[ControlReply]] = {}
         self._missing: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False  # the loops' exit, for a cancellation the client swallowed
         self._handlers: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
         self.up = False
@@ -143,6 +169,7 @@ class RedisBus:
             await self.redis.aclose()
             raise RuntimeError(f"bus: cannot reach Redis at bus.url: {exc}") from exc
         self.up = True
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._listen(), name="bus-listen"),
             asyncio.create_task(self._write(), name="bus-write"),
@@ -155,14 +182,12 @@ class RedisBus:
         if self._out and self.up:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sent.wait(), flush_s)
-        for t in [*self._tasks, *self._handlers]:
-            t.cancel()
-        for t in [*self._tasks, *self._handlers]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        with contextlib.suppress(RedisError, OSError):
+        self._stopping = True
+        await _cancel_all([*self._tasks, *self._handlers])
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
             # A clean exit: our calls are over (drained), so nothing for a survivor to close.
-            await self.redis.delete(self._node_key(self.node_id))
+            async with asyncio.timeout(flush_s):
+                await self.redis.delete(self._node_key(self.node_id))
         await self.redis.aclose()
 
     # -- seats (app.calls.admission.Seats) ---------------------------------------------------
@@ -267,7 +292,7 @@ class RedisBus:
     async def _write(self) -> None:
         """Send queued writes in order, a pipeline at a time; retry a batch until it goes."""
         delay = 0.1
-        while True:
+        while not self._stopping:
             if not self._out:
                 self._sent.set()
                 self._wake.clear()
@@ -334,7 +359,7 @@ class RedisBus:
                 log.exception("bus: could not close session %s of lost node %s", sid, node)
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_s)
             try:
                 await self._beat()
@@ -382,7 +407,7 @@ class RedisBus:
         delay = 0.1
         channels = [self.k_events, self.k_taken, self._ctl(self.node_id),
                     self._reply(self.node_id)]
-        while True:
+        while not self._stopping:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*channels)
