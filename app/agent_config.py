@@ -8,6 +8,7 @@ adapter's own config model at save time, so a typo fails with 422 naming the fie
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pipelines.settings import ConversationSettings
 from providers import registry
+from providers.base import SecretRef
 
 BUILTIN_TOOLS = ("end_call", "transfer_call", "send_dtmf", "collect_digits")
 PROVIDER_KINDS = ("stt", "llm", "tts")
@@ -83,12 +85,14 @@ class WebhookTarget(BaseModel):
 
 
 class ToolConfig(BaseModel):
-    """A function the LLM may call: a webhook, or one of the builtins."""
+    """A function the LLM may call: a webhook, one of the builtins, or a tool the agent's
+    customer app runs over its WebSocket (`websocket: true`)."""
 
-    # The schema says what `_one_target` checks: exactly one of webhook and builtin is given.
+    # The schema says what `_one_target` checks: exactly one of webhook, builtin and websocket.
     model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
         {"required": ["webhook"], "properties": {"webhook": {"type": "object"}}},
         {"required": ["builtin"], "properties": {"builtin": {"type": "string"}}},
+        {"required": ["websocket"], "properties": {"websocket": {"const": True}}},
     ]})
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
     description: str = ""
@@ -99,13 +103,18 @@ class ToolConfig(BaseModel):
     )
     webhook: WebhookTarget | None = None
     builtin: Literal["end_call", "transfer_call", "send_dtmf", "collect_digits"] | None = None
+    # Run by the customer app on the agent's `websocket_url` (managed mode): `tool.called` goes
+    # to the app, which answers with `tool.result` or `tool.error`.
+    websocket: bool = False
     # Builtin options, e.g. transfer_call: {"targets": {"sales": "+14155550100"}, "mode": "cold"}
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_target(self) -> ToolConfig:
-        if (self.webhook is None) == (self.builtin is None):
-            raise ValueError("a tool needs exactly one of 'webhook' or 'builtin'")
+        targets = (self.webhook is not None) + (self.builtin is not None) + self.websocket
+        if targets != 1:
+            raise ValueError("a tool needs exactly one of 'webhook', 'builtin' or "
+                             "'websocket: true'")
         if self.parameters.get("type") != "object":
             raise ValueError("parameters must be a JSON Schema with type 'object'")
         return self
@@ -123,6 +132,23 @@ class VoicemailSettings(BaseModel):
     action: Literal["leave_message", "hangup"] = "hangup"
     message: str | None = None
     detect_timeout_s: float = Field(6.0, gt=0, le=30)
+
+
+class AppSocketSettings(BaseModel):
+    """How the call talks to the agent's customer app (`websocket_url`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    connect_timeout_s: float = Field(5.0, gt=0, le=60)
+    # Tries at call start (backoff 0.25 s, doubling); mid-call a dropped socket is reopened once.
+    connect_attempts: int = Field(3, ge=1, le=10)
+    # Text mode: wait this long for the app's first token (each extend_wait adds as much again).
+    reply_timeout_s: float = Field(5.0, gt=0, le=120)
+    # Managed mode: wait this long for a websocket tool's result.
+    tool_timeout_s: float = Field(20.0, gt=0, le=300)
+
+
+AgentMode = Literal["managed", "text", "audio"]
+_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
 
 
 class PostCallSettings(BaseModel):
@@ -160,6 +186,24 @@ class AgentConfig(ConversationSettings):
     # Only these event types are sent to webhook_url (all when empty).
     webhook_events: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # The customer app (docs/customer-websocket.md): a WebSocket Phonebooth opens for each call.
+    websocket_url: str | None = Field(None, pattern=r"^wss?://[^\s]+$", max_length=2000)
+    # Sent on the upgrade request: a literal value or a stored credential / environment variable.
+    websocket_headers: dict[str, str | SecretRef] = Field(default_factory=dict)
+    # managed: Phonebooth's LLM, the app runs websocket tools; text: the app is the LLM;
+    # audio: the app gets the call's raw audio and speaks for itself.
+    mode: AgentMode = "managed"
+    websocket_settings: AppSocketSettings = AppSocketSettings()
+
+    @field_validator("websocket_headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str | SecretRef]) -> dict[str, str | SecretRef]:
+        for name in headers:
+            if not re.match(_HEADER_NAME, name):
+                raise ValueError(f"not an HTTP header name: {name!r}")
+            if name.lower().startswith("x-phonebooth-"):
+                raise ValueError(f"{name}: X-Phonebooth-* headers are Phonebooth's own")
+        return headers
 
     @field_validator("tools")
     @classmethod
@@ -278,6 +322,23 @@ def s2s_cascade_errors(config: AgentConfig) -> list[InitErrorDetails]:
             for kind in PROVIDER_KINDS if kind not in given]
 
 
+def app_socket_errors(config: AgentConfig) -> list[InitErrorDetails]:
+    """What the customer-app fields need of the rest of the config."""
+    errors: list[InitErrorDetails] = []
+    if config.websocket_url is None:
+        if config.mode != "managed":
+            errors.append(_error("websocket_url", f"mode '{config.mode}' needs a websocket_url "
+                                 "(the app that does that part)", ("mode",), config.mode))
+        errors += [_error("websocket_url", "a websocket tool needs the agent's websocket_url",
+                          ("tools", i, "websocket"), True)
+                   for i, t in enumerate(config.tools) if t.websocket]
+    if config.mode != "managed" and config.s2s is not None:
+        errors.append(_error("mode_s2s", f"mode '{config.mode}' replaces the engine's LLM or "
+                             "audio; an s2s model cannot take the call as well", ("mode",),
+                             config.mode))
+    return errors
+
+
 def parse_agent_config(data: Any) -> AgentConfig:
     """Validate a whole agent config, provider options included, with JSON's types: "5" is not
     a number nor 1 a boolean (the published JSON Schema says the same).
@@ -286,7 +347,7 @@ def parse_agent_config(data: Any) -> AgentConfig:
     checks run here rather than in a model validator so their locations survive.)
     """
     config = validate_json_strict(data)
-    errors = provider_errors(config)
+    errors = provider_errors(config) + app_socket_errors(config)
     if errors:
         raise ValidationError.from_exception_data("AgentConfig", errors)
     return config

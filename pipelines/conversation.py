@@ -215,6 +215,16 @@ class Conversation:
         """Add context for the next turn (e.g. data looked up by the host); no response."""
         self.context.inject(text, role)
 
+    def extend_response_wait(self, seconds: float) -> bool:
+        """Whoever writes the answer asked for more time (a customer app's `extend_wait`): the
+        answer being waited for gets `seconds` more before the response watchdog apologises.
+        False when no answer is being waited for."""
+        current = self._speech.current
+        if current is None or current.done():
+            return False
+        current.watch_from += seconds
+        return True
+
     @contextlib.contextmanager
     def turns_suspended(self) -> Iterator[None]:
         """While inside, the caller's speech is input for the host (digits being collected,

@@ -22,6 +22,8 @@ class EndReason(StrEnum):
     STOPPED = "stopped"  # stopped by the host (shutdown)
     VOICEMAIL = "voicemail"
     TRANSFERRED = "transferred"
+    APP_UNREACHABLE = "app_unreachable"  # the agent's customer app (websocket_url) never answered
+    APP_LOST = "app_lost"  # its socket dropped mid-call and could not be reopened
     # The call host and the carrier edge.
     CALLER_HANGUP = "caller_hangup"
     SETUP_FAILED = "setup_failed"
@@ -37,6 +39,7 @@ class EndReason(StrEnum):
 # starting with "error"). Some are carrier words that have no member above.
 FAILED_END_REASONS = frozenset({
     EndReason.ERROR, EndReason.PROVIDER_ERROR, EndReason.SETUP_FAILED,
+    EndReason.APP_UNREACHABLE, EndReason.APP_LOST,
     "failed", "transport_error", "stream_error", "watchdog",
 })
 
@@ -56,3 +59,4 @@ class ErrorStage(StrEnum):
     WATCHDOG = "watchdog"  # no agent audio in time after a turn
     ENGINE = "engine"  # a bug or a broken task inside the engine
     HOST = "host"  # the call host (setup, the run loop around the engine)
+    APP = "app"  # the agent's customer app over its WebSocket

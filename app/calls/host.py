@@ -22,6 +22,9 @@ import numpy as np
 from app import metrics
 from app.agent_config import AgentConfig
 from app.calls.clips import ClipCache, clip_key, worth_prerendering
+from app.calls.customer_app.audio_relay import AudioRelay
+from app.calls.customer_app.bridge import CustomerApp, close_quietly
+from app.calls.customer_app.link import AppUnreachable
 from app.calls.failover_budget import with_failover_budget
 from app.calls.registry import LiveCalls
 from app.calls.report import ReportCollector, final_report
@@ -122,7 +125,12 @@ class _Call:
         # Outbound calls placed with voicemail detection screen the callee before greeting.
         self.screen = (VoicemailScreen(self.config.voicemail, self.session_id)
                        if wants_detection(info.direction, info.metadata) else None)
-        self.conversation: Conversation | S2SConversation | None = None
+        self.conversation: Conversation | S2SConversation | AudioRelay | None = None
+        # The agent's customer app (websocket_url), once connected; `_app_failed` is why a call
+        # whose app could not be reached (or was lost) ends after an apology.
+        self.app: CustomerApp | None = None
+        self._app_failed: EndReason | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.executor: ToolExecutor | None = None
         # Filled by `_build` as each provider is built, so that a call whose setup fails part
         # way still closes what it built and ends without a post-call summary.
@@ -143,6 +151,8 @@ class _Call:
             self.screen.feed_event(event)
         self.report(event)
         self.host.publish(event)
+        if self.app is not None:
+            self.app.on_event(event)
 
     def _context(self, kind: str) -> ProviderContext:
         def on_usage(u: Usage) -> None:
@@ -182,6 +192,8 @@ class _Call:
                         self.session_id, type(exc).__name__)
         reason: str = EndReason.ERROR
         try:
+            if self.config.websocket_url is not None:
+                await self._open_app()
             self.conversation = await self._engine()
             reason = await self._converse(self.conversation)
         except Exception as exc:
@@ -201,6 +213,7 @@ class _Call:
             if self.executor is not None:
                 await self.executor.aclose()
             await self._finish(reason)
+            await close_quietly(self.app)  # after session.ended, which the app is sent
             await self._close_providers()
         return reason
 
@@ -221,10 +234,71 @@ class _Call:
         self._providers.append(provider)
         return provider
 
-    async def _engine(self) -> Conversation | S2SConversation:
-        """The agent's s2s model when it has one and it answers; else the cascaded pipeline."""
+    # -- the customer app ---------------------------------------------------------------------
+    async def _open_app(self) -> None:
         cfg = self.config
-        if cfg.s2s is None:
+        headers = {name: value if isinstance(value, str) else await self.host.secrets(value)
+                   for name, value in cfg.websocket_headers.items()}
+        app = CustomerApp(self, cfg, session_id=self.session_id,
+                          signing_secret=self.host._signing_secret, headers=headers,
+                          on_lost=self._app_lost)
+        started = ev.SessionStarted(
+            session_id=self.session_id, call_uuid=self.info.call_uuid,
+            direction=self.info.direction, from_number=self.info.from_number,
+            to_number=self.info.to_number, agent_id=self.info.agent_id or "",
+            agent_version=self.info.agent_version or 0)
+        try:
+            await app.open(started)
+        except AppUnreachable as exc:
+            log.warning("session %s: the agent's app cannot be reached: %s", self.session_id, exc)
+            self.emit(ev.SessionError(code="app_unreachable", stage=str(ErrorStage.APP),
+                                      message=f"the agent's app cannot be reached: {exc}"[:300]))
+            self._app_failed = EndReason.APP_UNREACHABLE
+            return
+        self.app = app
+
+    def _app_lost(self) -> None:
+        """The app's socket dropped and could not be reopened: apologise and end."""
+        self.emit(ev.SessionError(code="app_lost", stage=str(ErrorStage.APP),
+                                  message="the agent's app disconnected and could not be "
+                                          "reached again"))
+        self._app_failed = EndReason.APP_LOST
+        if self.conversation is not None and not self._ended:
+            self._apologise_and_end(self.conversation, EndReason.APP_LOST)
+
+    def _apologise_and_end(self, conv: Conversation | S2SConversation | AudioRelay,
+                           reason: EndReason) -> None:
+        goodbye = self.config.failure_goodbye
+        if not isinstance(conv, S2SConversation):
+            conv.hangup(reason, goodbye=goodbye, interrupt=True)
+            return
+
+        async def s2s_goodbye() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conv.say(goodbye), 20)
+            conv.hangup(reason)
+
+        task = asyncio.get_running_loop().create_task(s2s_goodbye(), name="app-lost-goodbye")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def extend_response_wait(self, seconds: float) -> None:
+        conv = self.conversation
+        if isinstance(conv, Conversation):
+            conv.extend_response_wait(seconds)
+
+    # -- the engine ----------------------------------------------------------------------------
+    async def _engine(self) -> Conversation | S2SConversation | AudioRelay:
+        """The agent's s2s model when it has one and it answers; else the cascaded pipeline.
+        In audio mode the customer app takes the engine's place."""
+        cfg = self.config
+        if self.app is not None and cfg.mode == "audio":
+            self.screen = None  # the app hears the callee itself
+            relay = self.app.relay = AudioRelay(
+                self.transport, send=self.app.link.send, emit=self.emit,
+                tts=self._provider("tts", cfg.tts), voice=cfg.voice)
+            return relay
+        if cfg.s2s is None or self._app_failed is not None:
             return self._build()
         self._tool_executor(cfg)
         # output: text: the agent's own tts block (fallbacks and all) speaks the model's text.
@@ -258,6 +332,7 @@ class _Call:
                     control=self,
                     state_store=shared_state_store(self.host.state),
                     settings=cfg.tool_settings,
+                    remote=self.app,
                 ),
                 self.emit,
             )
@@ -265,7 +340,13 @@ class _Call:
     def _build(self) -> Conversation:
         cfg = with_failover_budget(self.config)
         stt = self._provider("stt", cfg.stt)
-        llm = self._llm = self._provider("llm", cfg.llm)
+        llm: Any
+        if cfg.mode == "text":
+            # The customer app writes the answers (or, unreachable, nothing is asked of it).
+            llm = self.app.llm if self.app is not None and self.app.llm is not None else \
+                _NoLLM()
+        else:
+            llm = self._llm = self._provider("llm", cfg.llm)
         tts = self._tts = self._provider("tts", cfg.tts)
         self._clip_key = clip = clip_key(cfg.tts, cfg.voice, cfg.failure_goodbye)
         self._tool_executor(cfg)
@@ -275,7 +356,8 @@ class _Call:
             cfg,
             prompt=cfg.prompt,
             # A screened call greets only once the callee turned out to be a person.
-            greeting=cfg.greeting if cfg.speaks_first and self.screen is None else None,
+            greeting=cfg.greeting if cfg.speaks_first and self.screen is None
+            and self._app_failed is None else None,
             vad=models.vad_stream(cfg.vad),
             endpointing=models.endpointing(cfg.turn),
             stt=stt,
@@ -294,8 +376,11 @@ class _Call:
             on_caller_audio=self._screen_audio if self.screen is not None else None,
         )
 
-    async def _converse(self, conv: Conversation | S2SConversation) -> str:
+    async def _converse(self, conv: Conversation | S2SConversation | AudioRelay) -> str:
         await conv.start()
+        if self._app_failed is not None:
+            # The app never answered: the caller hears the apology, then the call ends.
+            self._apologise_and_end(conv, self._app_failed)
         # Rendered while the TTS still works, for the moment it might not (the greeting's
         # request is already out, so it goes first).
         if worth_prerendering(self._tts):
@@ -348,7 +433,7 @@ class _Call:
         if self.screen is not None and self.screen.listening:
             self.screen.feed_frame(frame)
 
-    async def _pump_dtmf(self, conv: Conversation | S2SConversation) -> None:
+    async def _pump_dtmf(self, conv: Conversation | S2SConversation | AudioRelay) -> None:
         async for d in self.transport.dtmf():
             if self.digits.active:
                 # A tool is collecting digits: they are its input, not a user turn.
@@ -378,7 +463,7 @@ class _Call:
     def ended(self) -> bool:
         return self._ended
 
-    def _conv(self) -> Conversation | S2SConversation:
+    def _conv(self) -> Conversation | S2SConversation | AudioRelay:
         if self.conversation is None:
             raise RuntimeError("the call is not running yet")
         return self.conversation
@@ -402,8 +487,25 @@ class _Call:
                              finish_on_key: str | None = "#") -> str:
         # The caller's speech is the digits now: it must neither barge in (which would cancel
         # this very tool) nor be answered as a turn. Keypresses go to the collector directly.
-        with self._conv().turns_suspended():
+        conv = self._conv()
+        if isinstance(conv, AudioRelay):
+            raise RuntimeError("an audio-mode call's app collects its own digits")
+        with conv.turns_suspended():
             return await self.digits.collect(num_digits, timeout_s, finish_on_key)
 
     async def inject(self, text: str) -> None:
-        self._conv().inject(text)
+        conv = self._conv()
+        if isinstance(conv, AudioRelay):
+            raise RuntimeError("an audio-mode call has no LLM to inject into")
+        conv.inject(text)
+
+
+class _NoLLM:
+    """Text mode whose app could not be reached: the call only apologises, nothing is asked."""
+
+    name = "none"
+
+    async def stream(self, messages: list[dict[str, Any]], tools: list[Any] | None = None,
+                     settings: dict[str, Any] | None = None) -> Any:
+        raise RuntimeError("the agent's app is not connected")
+        yield  # an async generator

@@ -13,10 +13,10 @@ Cancellation (a committed barge-in):
 While `collect_digits` runs, `executor.interruptible` is False: the caller is expected to speak
 (digits), which must not count as a barge-in that cancels the tool.
 
-Hold line: a webhook tool still running after `tool_settings.hold_after_ms` makes the executor
-call `say(hold_message)` once (0 = say it at once); a per-tool `options.hold_message` overrides
-the message, and an empty message disables it. Tools the LLM calls in parallel share one hold
-line: the caller hears "one moment" once, not once per tool.
+Hold line: a webhook or websocket tool still running after `tool_settings.hold_after_ms` makes
+the executor call `say(hold_message)` once (0 = say it at once); a per-tool
+`options.hold_message` overrides the message, and an empty message disables it. Tools the LLM
+calls in parallel share one hold line: the caller hears "one moment" once, not once per tool.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from app.tools.builtins import run_builtin, tool_parameters, tool_specs
 from app.tools.call_state import StateError, StatePatcher, public_view
 from app.tools.control import CallControl
 from app.tools.errors import ToolExecutionError
+from app.tools.remote import RemoteTools
 from app.tools.webhook import call_webhook_tool, validate_arguments
 from pipelines.events import Event, ToolCalled, ToolCompleted, ToolFailed
 from providers.base import ToolSpec
@@ -62,6 +63,8 @@ class ToolSession:
     http: httpx.AsyncClient | None = None
     # The call's state when there is no CallControl (e.g. a text-only test harness).
     state: dict[str, Any] = field(default_factory=dict)
+    # Runs the `websocket: true` tools: the agent's customer app.
+    remote: RemoteTools | None = None
 
     def current_state(self) -> dict[str, Any]:
         return self.control.state if self.control is not None else self.state
@@ -145,6 +148,9 @@ class ToolExecutor:
         """Tool definitions for the LLM (builtins get their own schemas)."""
         return tool_specs(list(self._tools.values()))
 
+    def tool(self, name: str) -> ToolConfig | None:
+        return self._tools.get(name)
+
     @property
     def interruptible(self) -> bool:
         return self._collecting == 0
@@ -204,7 +210,7 @@ class ToolExecutor:
             self._running.discard(inner)
 
     async def _run(self, tool: ToolConfig, arguments: dict[str, Any], rec: _Record) -> Any:
-        hold = self._start_hold(tool) if tool.webhook is not None else None
+        hold = self._start_hold(tool) if tool.webhook is not None or tool.websocket else None
         after: Callable[[], Awaitable[None]] | None = None
         collecting = tool.builtin == "collect_digits"
         if collecting:
@@ -222,6 +228,10 @@ class ToolExecutor:
                 )
                 if patch:
                     await self._apply_state_patch(patch)
+            elif tool.websocket:
+                if self.ctx.remote is None:
+                    raise ToolExecutionError("not_available", "the agent's app is not connected")
+                result = await self.ctx.remote.run_tool(rec.call_id, tool.name, arguments)
             else:
                 outcome = await run_builtin(tool, arguments, self.ctx.control)
                 result, after = outcome.result, outcome.after

@@ -1,0 +1,298 @@
+"""Customer WebSocket apps on live calls, through the Plivo path.
+
+Real parts: the server (uvicorn on 127.0.0.1, call host, VAD and end-of-turn models), the Plivo
+simulator as the caller, and the customer app: a WebSocket server on 127.0.0.1 scripted message
+by message (`RawApp`). Vendors are protocol-level fakes (OpenAI, Deepgram, ElevenLabs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.config import Settings
+from app.events.signing import SESSION_HEADER, connection_signature_message, verify_signature
+from pipelines.audio.g711 import ulaw_encode
+from tests.e2e.customer_app_fixtures import AppConn, RawApp
+from tests.e2e.test_tools_call import chat_messages, greet_and_ask, spoken, tool_results
+from tests.e2e.tools_fixtures import CallStack, Recorder, call_stack, of_type
+from tests.fakes.fake_openai import ChatReply, FakeToolCall
+
+pytestmark = pytest.mark.slow
+
+ORDER_TOOL = {"name": "get_order", "description": "Look up an order by its number",
+              "parameters": {"type": "object", "properties": {"order": {"type": "string"}},
+                             "required": ["order"]},
+              "websocket": True}
+GOODBYE = "Sorry, something broke on our side. Goodbye."
+
+
+def app_agent(app: RawApp, **extra: Any) -> dict[str, Any]:
+    return {"websocket_url": app.url, "failure_goodbye": GOODBYE, **extra}
+
+
+def assert_signed(stack: CallStack, conn: AppConn, url: str) -> str:
+    sid = conn.headers[SESSION_HEADER]
+    verify_signature(stack.signing_secret, conn.headers, connection_signature_message(sid, url))
+    return sid
+
+
+async def test_managed_mode_app_runs_the_tool_and_sees_the_call(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg["type"] == "tool.called" and msg.get("respond"):
+            await conn.send({"type": "tool.result", "id": msg["id"],
+                             "result": {"status": "shipped", "eta": "Tuesday"}})
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(tools=[ORDER_TOOL], websocket_headers={"X-Team": "billing"},
+                              **app_agent(app))
+        rec = Recorder(stack)
+        stack.deepgram.queue_transcript("Where is my order A123?")
+        stack.openai.queue_chat(
+            ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]),
+            "Your order ships on Tuesday.")
+        async with stack.call() as call:
+            sid = await greet_and_ask(stack, call, rec, "Where is my order A123?")
+            await rec.wait_type("turn.completed", sid=sid, within_s=30)
+        await app.wait_message("session.ended")
+        (conn,) = app.conns
+        await asyncio.wait_for(conn.closed.wait(), 10)
+
+    # The upgrade was signed for this session and URL, and carried the agent's header.
+    assert assert_signed(stack, conn, app.url) == sid
+    assert conn.headers["X-Team"] == "billing"
+    hello = conn.messages[0]
+    assert (hello["type"], hello["agent_session_id"], hello["call_id"], hello["mode"],
+            hello["resumed"]) == ("session.started", sid, call.call_uuid, "managed", False)
+    # The app answered the tool; the LLM saw its result and the caller heard the answer.
+    (called,) = [m for m in conn.of_type("tool.called")]
+    assert (called["id"], called["name"], called["arguments"], called["respond"]) == (
+        "call_1", "get_order", {"order": "A123"}, True)
+    assert tool_results(chat_messages(stack, 1)) == [{"status": "shipped", "eta": "Tuesday"}]
+    assert "Your order ships on Tuesday." in spoken(rec.session(sid))
+    # The app saw the call as it went: the same events as the bus, in order, ended last.
+    got = [m["type"] for m in conn.messages]
+    for name in ("user.speech_started", "user.turn_completed", "agent.speech_started",
+                 "tool.completed", "turn.completed"):
+        assert name in got
+    assert got[-1] == "session.ended"
+    assert not conn.of_type("error")
+
+
+async def test_text_mode_app_writes_the_answers(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(conn: AppConn, msg: dict[str, Any]) -> None:
+        rid = msg["request_id"]
+        user = [m["content"] for m in msg["messages"] if m["role"] == "user"][-1]
+        await conn.send({"type": "agent_session.extend_wait", "seconds": 2})
+        await asyncio.sleep(1.2)  # longer than reply_timeout_s: extend_wait covers it
+        for i, word in enumerate(["You", " said:", f" {user}"]):
+            await conn.send({"type": "text", "token": word, "last": i == 2, "request_id": rid})
+
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        # Requests are answered side by side: a preemptive one may be followed by another.
+        if msg["type"] == "llm.request":
+            task = asyncio.create_task(answer(conn, msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(mode="text", websocket_settings={"reply_timeout_s": 1.0},
+                              **app_agent(app))
+        rec = Recorder(stack)
+        stack.deepgram.queue_transcript("What time is it?")
+        async with stack.call() as call:
+            sid = await greet_and_ask(stack, call, rec, "What time is it?")
+            await rec.wait_type("turn.completed", sid=sid, within_s=30)
+        await app.wait_message("session.ended")
+
+    (conn,) = app.conns
+    req = conn.of_type("llm.request")[-1]
+    assert req["messages"][0]["role"] == "system"
+    assert {"role": "user", "content": "What time is it?"} in req["messages"]
+    (turn,) = of_type(rec.session(sid), "turn.completed")
+    assert turn.event.agent_text == "You said: What time is it?"
+    assert not stack.openai.for_endpoint("chat")  # the agent's own LLM was never asked
+    assert not conn.of_type("error")
+
+
+async def test_text_mode_interruption_cancels_the_apps_stream(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    long_answer = " ".join(["This is a long answer that goes on and on."] * 8)
+
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg["type"] == "llm.request":
+            await conn.send({"type": "text", "token": long_answer, "last": False})
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(mode="text", **app_agent(app))
+        rec = Recorder(stack)
+        stack.deepgram.queue_transcript("Tell me everything.", "Stop please.")
+        async with stack.call() as call:
+            sid = await greet_and_ask(stack, call, rec, "Tell me everything.")
+            await rec.wait_type("agent.speech_started", sid=sid, n=2, within_s=30)
+            await asyncio.sleep(1.0)
+            await stack.say(call, "Stop please.", trail_ms=300)
+            await rec.wait_type("agent.speech_interrupted", sid=sid, within_s=20)
+            cancelled = await app.wait_message("llm.cancelled")
+    assert cancelled[0]["request_id"] == app.conns[0].of_type("llm.request")[0]["request_id"]
+
+
+async def test_audio_mode_app_hears_the_caller_and_speaks(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    tone = ulaw_encode((np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000) * 8000)
+                       .astype(np.int16))
+
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg.get("event") == "start":
+            for i in range(0, len(tone), 160):
+                await conn.send({"event": "playAudio", "media": {
+                    "contentType": "audio/x-mulaw", "sampleRate": 8000,
+                    "payload": base64.b64encode(tone[i:i + 160]).decode()}})
+            await conn.send({"event": "checkpoint", "streamId": "x", "name": "tone"})
+        elif msg.get("event") == "dtmf":
+            await conn.send({"event": "clearAudio"})
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(mode="audio", **app_agent(app))
+        async with stack.call() as call:
+            (played,) = await app.wait_message("playedStream")
+            assert played["name"] == "tone"
+            assert call.agent_spoke
+            await stack.say(call, "Hello there.")
+            await call.send_dtmf("5")
+            await app.wait_message("clearedAudio")
+        await app.wait_message("stop")
+
+    (conn,) = app.conns
+    (start,) = conn.of_type("start")
+    assert start["start"]["callId"] == call.call_uuid
+    assert start["start"]["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000}
+    media = conn.of_type("media")
+    assert len(media) > 50  # the caller's audio, 20 ms at a time
+    loud = [base64.b64decode(m["media"]["payload"]) for m in media]
+    assert all(len(p) == 160 for p in loud)
+    assert conn.of_type("dtmf")[0]["dtmf"] == {"digit": "5"}
+    # An audio-mode app gets no engine events (it has no engine), only the session's own.
+    assert not conn.of_type("user.speech_started") and not conn.of_type("agent.speech_started")
+    assert conn.of_type("session.started") and conn.of_type("session.ended")
+
+
+async def test_unreachable_app_gets_the_caller_an_apology(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with call_stack(settings_factory, monkeypatch) as stack, \
+            RawApp(refuse=True) as app:
+        await stack.add_agent(mode="text", websocket_settings={"connect_attempts": 2},
+                              **app_agent(app))
+        rec = Recorder(stack)
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            (ended,) = await rec.wait_type("session.ended", sid=sid, within_s=30)
+            await call.wait_closed(within_s=10)
+    envs = rec.session(sid)
+    (err,) = of_type(envs, "session.error")
+    assert (err.event.code, err.event.stage) == ("app_unreachable", "app")
+    assert "503" in err.event.message
+    assert " ".join(spoken(envs)) == GOODBYE  # no greeting: an apology, then the hangup
+    assert call.agent_spoke
+    assert ended.event.reason == "app_unreachable"
+    # Hung up through Plivo's REST API, not left in silence.
+    assert stack.rest.calls_to("DELETE", f"/Call/{call.call_uuid}/")
+
+
+async def test_app_that_dies_is_reopened_once_then_the_call_ends_politely(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg["type"] == "session.started":
+            await conn.ws.close(1011, "app crashed")
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(**app_agent(app))
+        rec = Recorder(stack)
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            await app.wait_connections(2)
+            second = await app.wait_message("session.started", conn=1)
+            assert second[0]["resumed"] is True
+            await app.stop()  # the second socket drops too, and nobody answers a third time
+            (ended,) = await rec.wait_type("session.ended", sid=sid, within_s=30)
+            await call.wait_closed(within_s=10)
+    envs = rec.session(sid)
+    assert ended.event.reason == "app_lost"
+    (err,) = of_type(envs, "session.error")
+    assert (err.event.code, err.event.stage) == ("app_lost", "app")
+    assert " ".join(spoken(envs)).endswith(GOODBYE)
+    assert len(app.conns) == 2
+
+
+async def test_junk_from_the_app_is_refused_and_the_call_goes_on(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    junk: list[str | dict[str, Any]] = [
+        "not json at all", "[1, 2]", {"no": "type"}, {"type": "bogus.thing"},
+        {"type": "agent_session.speak"}, {"type": "agent_session.send_dtmf", "digits": "x!"},
+        {"type": "tool.result", "id": "nobody", "result": 1},
+        {"type": "text", "token": "hi"}, {"event": "playAudio", "media": {"payload": "%%"}},
+    ]
+
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg["type"] == "session.started":
+            for j in junk:
+                await conn.send(j)
+            await conn.send({"type": "agent_session.speak", "text": "Still here."})
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(greeting=None, **app_agent(app))
+        rec = Recorder(stack)
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            errors = await app.wait_message("error", n=len(junk))
+            await rec.wait_type("agent.speech_completed", sid=sid, within_s=20)
+    codes = [e["code"] for e in errors]
+    assert codes == ["invalid_message", "invalid_message", "invalid_message", "unknown_type",
+                     "invalid_message", "invalid_message", "not_waiting", "not_supported",
+                     "invalid_message"]
+    assert "text" in errors[4]["message"]  # names the missing field
+    assert spoken(rec.session(sid)) == ["Still here."]
+    assert not of_type(rec.session(sid), "session.error")
+
+
+async def test_slow_tool_with_extend_wait_and_an_answer_after_the_call(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    late: list[dict[str, Any]] = []
+
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg["type"] == "tool.called" and msg.get("respond"):
+            await conn.send({"type": "agent_session.extend_wait", "seconds": 3})
+            await asyncio.sleep(1.5)  # past tool_timeout_s, inside the extension
+            await conn.send({"type": "tool.result", "id": msg["id"], "result": {"ok": True}})
+        elif msg["type"] == "session.ended":
+            late.append(msg)
+            await conn.send({"type": "tool.result", "id": "call_1", "result": "too late"})
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(tools=[ORDER_TOOL], websocket_settings={"tool_timeout_s": 1.0},
+                              tool_settings={"hold_after_ms": 5000}, **app_agent(app))
+        rec = Recorder(stack)
+        stack.deepgram.queue_transcript("Where is my order A123?")
+        stack.openai.queue_chat(
+            ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]),
+            "Found it.")
+        async with stack.call() as call:
+            sid = await greet_and_ask(stack, call, rec, "Where is my order A123?")
+            await rec.wait_type("turn.completed", sid=sid, within_s=30)
+        await app.wait_message("session.ended")
+        await asyncio.sleep(0.5)  # the late answer reaches a closed call: nothing breaks
+        (ended,) = await rec.wait_type("session.ended", sid=sid)
+    envs = rec.session(sid)
+    (done,) = of_type(envs, "tool.completed")
+    assert done.event.result == {"ok": True} and done.event.latency_ms >= 1400
+    assert late and ended.event.reason in ("caller_hangup", "stream_closed")
+    assert not of_type(envs, "session.error")
