@@ -96,8 +96,12 @@ class Session:
 
     # -- the sender -----------------------------------------------------------------------------
 
-    def _put(self, message: tuple[str, dict[str, Any]] | None) -> None:
-        self._queue.put_nowait(message)
+    def _put(self, item: tuple[str, dict[str, Any]]) -> None:
+        if self._sender.done():  # queued from a thread just as the connection closed
+            log.warning("voiceapp: session %s is closed; dropped %s", self.agent_session_id,
+                        _describe(item[1]))
+        else:
+            self._queue.put_nowait(item)
 
     def send_raw(self, message: dict[str, Any]) -> None:
         """Send any message as it is (one JSON text frame).
@@ -146,6 +150,11 @@ class Session:
             self._closed = True
         self._queue.put_nowait(None)
         await self._sender
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                log.warning("voiceapp: session %s is closed; dropped %s",
+                            self.agent_session_id, _describe(item[1]))
 
     # -- managed mode ---------------------------------------------------------------------------
 
