@@ -15,6 +15,15 @@ and configure it at the receiver, which verifies like this (any language with HM
 
 The timestamp bounds replays (default window 300 s); `X-Phonebooth-Event-Id` is the idempotency key
 of event deliveries (the same on every retry), so receivers should ignore ids they already saw.
+
+Customer WebSocket connections (docs/customer-websocket.md) are signed the same way, with
+`connection_signature_message(session_id, url)` (`f"{session_id}\n{url}"`) as the body, on the
+upgrade request: `sign_connection` builds the headers Phonebooth sends, `verify_connection` is the
+app's check (`app.voiceapp` uses it). The app cannot know the exact URL Phonebooth dialled (a
+proxy or tunnel may change scheme, host and port), so the URL that was signed travels in
+`X-Phonebooth-Url` and the app accepts it when its path and query are the ones the request
+arrived on: the MAC proves Phonebooth chose that URL, the path check that it was meant for this
+endpoint (a receiver without that header tries `ws://` and `wss://` on the `Host` header).
 """
 
 from __future__ import annotations
@@ -23,12 +32,15 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from app.security.crypto import SecretBox, derive_key
 
 SIGNATURE_HEADER = "X-Phonebooth-Signature"
 EVENT_ID_HEADER = "X-Phonebooth-Event-Id"
 EVENT_TYPE_HEADER = "X-Phonebooth-Event-Type"
+SESSION_ID_HEADER = "X-Phonebooth-Session-Id"
+URL_HEADER = "X-Phonebooth-Url"
 DEFAULT_TOLERANCE_S = 300
 SIGNING_PURPOSE = "phonebooth/webhook-signing/v1"
 
@@ -109,6 +121,70 @@ def verify_signature(
     if not any(hmac.compare_digest(expected, c) for c in candidates):
         raise SignatureError("signature mismatch")
     return timestamp
+
+
+def connection_signature_message(session_id: str, url: str) -> bytes:
+    """What a customer WebSocket connection's signature covers (its "body")."""
+    return f"{session_id}\n{url}".encode()
+
+
+def sign_connection(
+    secret: str, session_id: str, url: str, timestamp: int | None = None
+) -> dict[str, str]:
+    """The headers Phonebooth adds to the upgrade request of a customer WebSocket at `url`."""
+    return {
+        SESSION_ID_HEADER: session_id,
+        URL_HEADER: url,
+        SIGNATURE_HEADER: sign(secret, connection_signature_message(session_id, url),
+                               timestamp=timestamp),
+    }
+
+
+def url_path_and_query(url: str) -> str:
+    """The request target a client sends for `url`: its path ("/" when empty) and query."""
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+def verify_connection(
+    secret: str,
+    headers: Mapping[str, str],
+    path_and_query: str,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    *,
+    now: float | None = None,
+) -> str:
+    """Check a customer WebSocket upgrade request; return its session id or raise SignatureError.
+
+    `path_and_query` is the request target the connection arrived on (`/voice?x=1`). The signed
+    URL is taken from `X-Phonebooth-Url` and must have that same path and query; without the
+    header, `ws://` and `wss://` on the `Host` header are tried.
+    """
+    session_id = _header(headers, SESSION_ID_HEADER)
+    if not session_id:
+        raise SignatureError(f"missing {SESSION_ID_HEADER} header")
+    target = path_and_query or "/"
+    signed_url = _header(headers, URL_HEADER)
+    if signed_url:
+        if url_path_and_query(signed_url) != target:
+            raise SignatureError("the signed URL is for another path")
+        candidates = [signed_url]
+    else:
+        host = _header(headers, "Host")
+        if not host:
+            raise SignatureError(f"missing {URL_HEADER} and Host headers")
+        candidates = [f"{scheme}://{host}{target}" for scheme in ("wss", "ws")]
+    for url in candidates[:-1]:
+        try:
+            verify_signature(secret, headers, connection_signature_message(session_id, url),
+                             tolerance_s=tolerance_s, now=now)
+            return session_id
+        except SignatureError:
+            pass
+    verify_signature(secret, headers, connection_signature_message(session_id, candidates[-1]),
+                     tolerance_s=tolerance_s, now=now)
+    return session_id
 
 
 def _print_configured_secret() -> None:
