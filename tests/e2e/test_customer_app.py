@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from app.config import Settings
-from app.events.signing import SESSION_HEADER, connection_signature_message, verify_signature
+from app.events.signing import SESSION_ID_HEADER, connection_signature_message, verify_signature
 from pipelines.audio.g711 import ulaw_encode
 from tests.e2e.customer_app_fixtures import AppConn, RawApp
 from tests.e2e.test_tools_call import chat_messages, greet_and_ask, spoken, tool_results
@@ -37,7 +37,7 @@ def app_agent(app: RawApp, **extra: Any) -> dict[str, Any]:
 
 
 def assert_signed(stack: CallStack, conn: AppConn, url: str) -> str:
-    sid = conn.headers[SESSION_HEADER]
+    sid = conn.headers[SESSION_ID_HEADER]
     verify_signature(stack.signing_secret, conn.headers, connection_signature_message(sid, url))
     return sid
 
@@ -296,3 +296,81 @@ async def test_slow_tool_with_extend_wait_and_an_answer_after_the_call(
     assert done.event.result == {"ok": True} and done.event.latency_ms >= 1400
     assert late and ended.event.reason in ("caller_hangup", "stream_closed")
     assert not of_type(envs, "session.error")
+
+
+# -- the customer helper (app.voiceapp) and its examples, against the real server -------------
+def example(name: str) -> Any:
+    from tests.voiceapp.test_examples import load
+
+    return load(name)
+
+
+async def test_example_text_app_answers_through_the_helper(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        voice = example("text_llm").build_app(stack.signing_secret)
+        async with voice.serve("127.0.0.1", 0) as server:
+            await stack.add_agent(mode="text", websocket_url=server.url("/voice"))
+            rec = Recorder(stack)
+            stack.deepgram.queue_transcript("How much does it cost?")
+            async with stack.call() as call:
+                sid = await greet_and_ask(stack, call, rec, "How much does it cost?")
+                await rec.wait_type("turn.completed", sid=sid, within_s=30)
+    (turn,) = of_type(rec.session(sid), "turn.completed")
+    assert turn.event.agent_text == "The basic plan is ten dollars a month."
+    assert not of_type(rec.session(sid), "session.error")
+
+
+async def test_helper_refuses_a_server_with_another_secret(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper checks Phonebooth's signature: an app configured with another server's
+    secret refuses the call's socket, and the caller hears the apology."""
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        voice = example("text_llm").build_app("whsec_" + "0" * 64)
+        async with voice.serve("127.0.0.1", 0) as server:
+            await stack.add_agent(mode="text", websocket_url=server.url("/voice"),
+                                  failure_goodbye=GOODBYE,
+                                  websocket_settings={"connect_attempts": 1})
+            rec = Recorder(stack)
+            async with stack.call() as call:
+                sid = await stack.session_id(call)
+                (ended,) = await rec.wait_type("session.ended", sid=sid, within_s=30)
+    (err,) = of_type(rec.session(sid), "session.error")
+    assert "401" in err.event.message
+    assert ended.event.reason == "app_unreachable"
+
+
+async def test_example_managed_app_runs_its_tool(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    tool = {"name": "order_status", "description": "Status of an order", "websocket": True,
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}},
+                           "required": ["order_id"]}}
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        voice = example("managed_tools").build_app(stack.signing_secret)
+        async with voice.serve("127.0.0.1", 0) as server:
+            await stack.add_agent(websocket_url=server.url("/"), tools=[tool])
+            rec = Recorder(stack)
+            stack.deepgram.queue_transcript("Where is order 1001?")
+            stack.openai.queue_chat(
+                ChatReply(tool_calls=[FakeToolCall("order_status", {"order_id": "1001"}, "c1")]),
+                "It ships Thursday.")
+            async with stack.call() as call:
+                sid = await greet_and_ask(stack, call, rec, "Where is order 1001?")
+                await rec.wait_type("turn.completed", sid=sid, within_s=30)
+    (done,) = of_type(rec.session(sid), "tool.completed")
+    assert done.event.result["status"] == "shipped"
+    assert tool_results(chat_messages(stack, 1))[0]["eta"] == "Thursday"
+
+
+async def test_example_audio_echo_plays_the_caller_back(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        voice = example("audio_echo").build_app(stack.signing_secret, delay_s=0.2)
+        async with voice.serve("127.0.0.1", 0) as server:
+            await stack.add_agent(mode="audio", websocket_url=server.url("/"), greeting=None)
+            async with stack.call() as call:
+                await stack.say(call, "Testing one two three.")
+                await call.wait_for(lambda: call.agent_spoke, within_s=10)
+                await asyncio.sleep(1.0)
+    assert call.result.play_frames > 25  # the caller heard their own words back
+    assert not call.result.play_errors

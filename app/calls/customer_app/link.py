@@ -3,9 +3,10 @@
 At call start `open()` tries `connect_attempts` times (backoff 0.25 s, doubling) and raises
 `AppUnreachable` when none succeeds. Mid-call, a socket that drops is reopened once; after a
 successful reopen `on_reopened` runs (the bridge says `session.started` again, `resumed: true`);
-when that fails, or the socket drops a second time, `on_lost` runs and the link stays closed. Messages are queued (bounded: an app that
-stops reading loses the oldest messages, counted, rather than the call its memory) and a message
-whose send failed is sent again on the reopened socket.
+when that fails, or the socket drops a second time, `on_lost` runs and the link stays closed.
+Messages are queued (bounded: an app that stops reading loses the oldest messages, counted,
+rather than the call its memory) and a message whose send failed is sent again on the reopened
+socket.
 """
 
 from __future__ import annotations
