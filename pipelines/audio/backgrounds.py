@@ -89,8 +89,10 @@ def background(sound: str, volume: float = 0.5, loop: bool = True) -> Background
     try:
         data = base64.b64decode(sound, validate=True)
     except (binascii.Error, ValueError):
+        data = b""
+    if not data.startswith(b"RIFF"):  # a misspelt name can be valid base64 ("jazz")
         raise ValueError(f"sound: neither a built-in sound ({', '.join(sorted(BUILTIN))}) "
-                         "nor base64 WAV data") from None
+                         "nor base64 WAV data")
     try:
         clip, rate = decode_wav(data)
     except ValueError as exc:

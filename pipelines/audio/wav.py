@@ -69,7 +69,8 @@ def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
     try:
         samples, rate = read_wav(io.BytesIO(data))
     except (EOFError, struct.error) as exc:
-        raise ValueError(f"not a PCM WAV file: truncated header ({exc})") from None
+        raise ValueError("not a PCM WAV file: its header is truncated"
+                         + (f" ({exc})" if str(exc) else "")) from None
     except ValueError as exc:
         if str(exc).startswith("not a PCM WAV file") or "sample width" in str(exc):
             raise
