@@ -138,7 +138,8 @@ def test_replies_and_says_are_reported_when_created() -> None:
 def test_user_state_follows_the_vad_and_goes_away_when_idle() -> None:
     async def scenario() -> None:
         idle = IdleSettings(timeout_s=3, max_prompts=1, prompt="Still there?", goodbye="Bye.")
-        h = await start_call(ConversationSettings(idle=idle), utterances=["Hello.", "I would like a table for two."])
+        h = await start_call(ConversationSettings(idle=idle),
+                             utterances=["Hello.", "I would like a table for two."])
         await h.caller.speak(600)
         await h.wait_for("turn.completed")
         await h.wait_for("user.idle")
