@@ -12,6 +12,8 @@ be synthesised.
 from __future__ import annotations
 
 import asyncio
+import io
+import wave
 from collections.abc import Callable
 from typing import Any
 
@@ -126,8 +128,6 @@ async def test_play_background_and_dtmf_reach_the_caller(
             # A recording, played to the end.
             clip = tone(PLAY_HZ, 0.6, 22050, amp=8000)
             stereo = np.repeat(clip, 2)  # any rate, stereo folds to mono
-            import io
-            import wave
             buf = io.BytesIO()
             with wave.open(buf, "wb") as w:
                 w.setnchannels(2)

@@ -6,6 +6,7 @@ buffer), then through the real server and the simulated far end."""
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import numpy as np
 
@@ -126,8 +127,6 @@ def test_background_specs_name_a_builtin_or_carry_a_wav() -> None:
         b = background(name, 0.3)
         assert b.sample_rate == 16000 and len(b.clip) >= 16000 and b.volume == 0.3
         assert 0 < int(np.max(np.abs(b.clip))) < 16000  # soft: the voice stays on top
-    import base64
-
     data = base64.b64encode(wav_bytes(tone(BED_HZ, 0.2, 22050), 22050)).decode()
     b = background(data, 1.0, loop=False)
     assert b.sample_rate == 22050 and not b.loop
