@@ -56,7 +56,7 @@ from pipelines.engine.states import AgentState, Trigger
 from pipelines.engine.turn_taking import EndOfTurnDecider, TurnTaking
 from pipelines.outcomes import EndReason, ErrorStage
 from pipelines.ports import LLMLike, PlayoutSink, PrefillingLLM, STTLike, TTSLike
-from pipelines.reply import ReplyGenerator, ToolExecutor, prefill
+from pipelines.reply import ReplyGenerator, ReplyUpdate, ToolExecutor, prefill
 from pipelines.settings import ConversationSettings
 from pipelines.speech import SpeechHandle
 from pipelines.vad.base import VadStream
@@ -95,7 +95,7 @@ class Conversation:
         self._llm = llm
         self._tools = list(tools) if tools else None
         core = self._core = EngineCore(settings, session_id, on_event, self.context)
-        replies = ReplyGenerator(
+        replies = self._replies = ReplyGenerator(
             llm=llm, context=self.context, emit=core.emit, clock=core.now,
             tools=self._tools, tool_executor=tool_executor,
             max_tool_rounds=settings.max_tool_rounds, tool_timeout_s=settings.tool_timeout_s,
@@ -203,6 +203,44 @@ class Conversation:
                                 interruptible=interruptible, add_to_context=add_to_context)
         speech.enqueue(handle)
         return handle
+
+    def play(self, audio: np.ndarray, *, sample_rate: int, interruptible: bool = True,
+             ) -> SpeechHandle:
+        """Play recorded int16 audio (mono, at `sample_rate`) after whatever is playing now, as
+        a speech of its own: barge-in and `interrupt` cut it like the agent's words. It has no
+        text, so it never enters the LLM context."""
+        if not self._core.started or self._end.ended is None or self._end.done:
+            raise RuntimeError("conversation is not running")
+        if self._core.ending:
+            raise RuntimeError("conversation is ending")
+        samples = as_int16(audio)
+        if not len(samples) or sample_rate <= 0:
+            raise ValueError("audio must be non-empty with a positive sample rate")
+        handle = self._speech.new("play", audio=samples, sample_rate=sample_rate,
+                                  interruptible=interruptible, add_to_context=False)
+        self._speech.enqueue(handle)
+        return handle
+
+    def update(self, prompt: str | None = None, tools: list[Any] | None = None,
+               llm: LLMLike | None = None, *,
+               tool_executor: ToolExecutor | None = None) -> list[str]:
+        """Change the system prompt, the tools offered to the LLM (`[]` removes them all) and/or
+        the LLM itself, from the agent's next answer on (the one being spoken, tool rounds and
+        all, finishes as it began). `tool_executor` runs the new tools' calls when the call had
+        none before. Emits `session.updated` and returns the fields changed."""
+        changed = [name for name, value in (("prompt", prompt), ("tools", tools), ("llm", llm))
+                   if value is not None]
+        if not changed:
+            return []
+        self._replies.update(ReplyUpdate(prompt=prompt, tools=tools, llm=llm,
+                                         tool_executor=tool_executor))
+        if tools is not None:
+            self._tools = list(tools) or None
+        if llm is not None:
+            self._llm = llm
+        if self._core.started:
+            self._core.emit(ev.SessionUpdated, fields=changed)
+        return changed
 
     def interrupt(self, force: bool = False) -> SpeechHandle | None:
         """Stop the agent now (only interruptible speech unless `force`) and drop what is queued.

@@ -89,6 +89,15 @@ class SessionUsage(Event):
     quantity: float = 0.0
 
 
+@dataclass(kw_only=True)
+class SessionUpdated(Event):
+    """The call's configuration changed while it runs (prompt, tools, LLM): it applies from
+    the agent's next answer, never to the one being spoken."""
+
+    type: ClassVar[str] = "session.updated"
+    fields: list[str] = field(default_factory=list)  # e.g. ["prompt", "tools", "llm"]
+
+
 # --- user ----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class UserSpeechStarted(Event):
@@ -140,7 +149,27 @@ class UserIdle(Event):
     prompts_sent: int = 0
 
 
+@dataclass(kw_only=True)
+class UserStateChanged(Event):
+    """The caller's presence: `speaking` (VAD start), `listening` (VAD stop) or `away` (the
+    idle timer fired with nothing said)."""
+
+    type: ClassVar[str] = "user.state_changed"
+    old_state: str = ""
+    new_state: str = ""
+
+
 # --- agent ---------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class AgentSpeechCreated(Event):
+    """A speech was queued: its audio follows as agent.speech_started/completed segments."""
+
+    type: ClassVar[str] = "agent.speech_created"
+    speech_id: str = ""
+    source: str = ""  # greeting | reply | say | play | idle | apology | goodbye
+    text: str = ""  # what it will say; empty for an answer not generated yet and for audio
+
+
 @dataclass(kw_only=True)
 class AgentSpeechStarted(Event):
     type: ClassVar[str] = "agent.speech_started"
@@ -176,6 +205,15 @@ class AgentStateChanged(Event):
     type: ClassVar[str] = "agent.state_changed"
     old_state: str = ""
     new_state: str = ""
+
+
+@dataclass(kw_only=True)
+class PlayCompleted(Event):
+    """Audio handed to the call with `play` has been played to the end or was cut off."""
+
+    type: ClassVar[str] = "play.completed"
+    play_id: str = ""
+    interrupted: bool = False
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -248,10 +286,25 @@ class CallTransferred(Event):
 
 
 @dataclass(kw_only=True)
+class DtmfSent(Event):
+    type: ClassVar[str] = "dtmf.sent"
+    digits: str = ""
+
+
+@dataclass(kw_only=True)
 class VoicemailDetected(Event):
     type: ClassVar[str] = "voicemail.detected"
     result: str = ""  # machine | human
     method: str = ""  # transcript | beep | timeout
+
+
+@dataclass(kw_only=True)
+class VoicemailBeep(Event):
+    """An answering machine's beep was heard: its recording starts when the tone ends."""
+
+    type: ClassVar[str] = "voicemail.beep"
+    frequency_hz: float = 0.0
+    at_ms: float = 0.0  # stream position where the tone began
 
 
 @dataclass(kw_only=True)

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from pipelines.audio.inbox import AudioFormat
+from pipelines.audio.mixer import Background
 
 
 class TranscriptLike(Protocol):
@@ -119,3 +120,14 @@ class EncodedPlayoutSink(Protocol):
 
     def carries(self, fmt: AudioFormat) -> bool: ...
     async def write_encoded(self, payload: bytes, fmt: AudioFormat) -> None: ...
+
+
+@runtime_checkable
+class BackgroundMixingSink(Protocol):
+    """A sink that can lay a background sound under the call (`audio.mix`): it keeps playing
+    while the agent is silent and the agent's speech is mixed over it, on the sink's own pacing
+    clock. A clear (barge-in) drops the agent's queued speech, never the background, and the
+    background does not count as speech (segments' played_ms and acks are the agent's alone).
+    `None` stops it."""
+
+    def set_background(self, background: Background | None) -> None: ...

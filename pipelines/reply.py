@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines import events as ev
@@ -34,6 +35,26 @@ Emit = Callable[..., None]  # emit(EventClass, **fields)
 PREFILL_GREETING_WAIT_S = 3.0  # the LLM prefill waits this long at most for the greeting's audio
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ReplyUpdate:
+    """A live change of what answers are generated with; None leaves a setting as it is."""
+
+    prompt: str | None = None
+    tools: list[Any] | None = None  # [] removes every tool
+    llm: LLMLike | None = None
+    tool_executor: ToolExecutor | None = None
+
+    def merge(self, newer: ReplyUpdate) -> ReplyUpdate:
+        """Two updates before the next answer: the newer wins field by field."""
+        return ReplyUpdate(
+            prompt=newer.prompt if newer.prompt is not None else self.prompt,
+            tools=newer.tools if newer.tools is not None else self.tools,
+            llm=newer.llm if newer.llm is not None else self.llm,
+            tool_executor=newer.tool_executor if newer.tool_executor is not None
+            else self.tool_executor,
+        )
 
 
 async def no_tools(call: Any) -> Any:
@@ -65,12 +86,41 @@ class ReplyGenerator:
         self._tool_timeout_s = tool_timeout_s
         # True once the call is ending (e.g. a tool hung up): finish what was said, no more.
         self._stop_requested = stop_requested
+        self._pending: ReplyUpdate | None = None
+
+    @property
+    def llm(self) -> LLMLike:
+        return self._llm
+
+    @property
+    def tools(self) -> list[Any] | None:
+        return self._tools
+
+    def update(self, change: ReplyUpdate) -> None:
+        """Use `change` from the next answer on. An answer being generated keeps its prompt,
+        tools and LLM through all its rounds: its tool results and follow-up round belong to
+        the request that asked for them."""
+        self._pending = change if self._pending is None else self._pending.merge(change)
+
+    def _apply_pending(self) -> None:
+        change, self._pending = self._pending, None
+        if change is None:
+            return
+        if change.prompt is not None:
+            self._context.system_prompt = change.prompt
+        if change.tools is not None:
+            self._tools = list(change.tools) or None
+        if change.llm is not None:
+            self._llm = change.llm
+        if change.tool_executor is not None:
+            self._execute = change.tool_executor
 
     async def run(self, speech: SpeechHandle, output: SpeechOutput) -> None:
         """Answer the context's last turn into `output`; returns once it has been played.
 
         Raises SpeechError("llm" | "tts") on provider failures, including an answer with no
         audio at all (the conversation must never go silent without saying why)."""
+        self._apply_pending()
         run = asyncio.create_task(output.run(), name=f"output-{speech.id}")
         try:
             for rnd in range(self._max_rounds + 1):

@@ -22,7 +22,8 @@ import numpy as np
 from pipelines.context import ChatContext, ChatItem
 from pipelines.speech_output import SpeechOutput
 
-SpeechKind = Literal["say", "greeting", "reply", "idle", "apology", "goodbye"]
+# "play": audio the host hands over as it is (a recording), not the agent's own words.
+SpeechKind = Literal["say", "play", "greeting", "reply", "idle", "apology", "goodbye"]
 
 # Stop reasons that mean "the caller (or the API) cut the agent off": they count as interrupted
 # and emit agent.speech_interrupted. Others (watchdog, shutdown) are reported differently.

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from app.calls.customer_app.audio_relay import AudioRelay
 from app.calls.customer_app.bridge import CustomerApp, close_quietly
 from app.calls.customer_app.link import AppUnreachable
 from app.calls.failover_budget import with_failover_budget
+from app.calls.live_update import parse_llm_block, parse_tools
 from app.calls.registry import LiveCalls
 from app.calls.report import ReportCollector, final_report
 from app.calls.runner import CallInfo
@@ -42,11 +44,15 @@ from app.tools.control import TransferMode
 from app.tools.digits import DigitCollector
 from app.tools.executor import ToolExecutor, ToolSession
 from pipelines import events as ev
+from pipelines.audio.backgrounds import background
+from pipelines.audio.wav import decode_wav
 from pipelines.conversation import Conversation
 from pipelines.engine.caller_audio import ENGINE_FORMAT, ConsumerFormats
 from pipelines.engine_models import EngineModels
 from pipelines.outcomes import EndReason, ErrorStage
+from pipelines.ports import BackgroundMixingSink
 from pipelines.s2s.conversation import S2SConversation
+from pipelines.speech import SpeechHandle
 from providers.base import Kind, ProviderContext, Usage
 from providers.factory import build_provider
 
@@ -123,7 +129,7 @@ class _Call:
         self.report = ReportCollector()
         self.digits = DigitCollector()
         # Outbound calls placed with voicemail detection screen the callee before greeting.
-        self.screen = (VoicemailScreen(self.config.voicemail, self.session_id)
+        self.screen = (VoicemailScreen(self.config.voicemail, self.session_id, self.emit)
                        if wants_detection(info.direction, info.metadata) else None)
         self.conversation: Conversation | S2SConversation | AudioRelay | None = None
         # The agent's customer app (websocket_url), once connected; `_app_failed` is why a call
@@ -141,6 +147,8 @@ class _Call:
         self._clip_render: asyncio.Task[None] | None = None
         self.started = time.monotonic()
         self._ended = False
+        self._plays: set[asyncio.Task[None]] = set()  # waiting to report play.completed
+        self._play_ids = itertools.count(1)
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: ev.Event) -> None:
@@ -210,6 +218,9 @@ class _Call:
             self._ended = True
             if self._clip_render is not None:
                 self._clip_render.cancel()  # a call that ends first does not finish it
+            for play in list(self._plays):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(play, 1.0)  # resolved by the engine's shutdown
             if self.executor is not None:
                 await self.executor.aclose()
             await self._finish(reason)
@@ -482,6 +493,7 @@ class _Call:
 
     async def send_dtmf(self, digits: str) -> None:
         await self.transport.playout.send_dtmf(digits)
+        self.emit(ev.DtmfSent(digits=digits))
 
     async def collect_digits(self, num_digits: int | None, timeout_s: float,
                              finish_on_key: str | None = "#") -> str:
@@ -498,6 +510,86 @@ class _Call:
         if isinstance(conv, AudioRelay):
             raise RuntimeError("an audio-mode call has no LLM to inject into")
         conv.inject(text)
+
+    # -- live reconfiguration and audio (the customer app's commands) -----------------------
+    def _cascaded(self, what: str) -> Conversation:
+        conv = self._conv()
+        if not isinstance(conv, Conversation):
+            kind = "an audio-mode" if isinstance(conv, AudioRelay) else "a speech-to-speech"
+            raise RuntimeError(f"{what} is not supported on {kind} call")
+        return conv
+
+    def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
+               llm: dict[str, Any] | None = None) -> list[str]:
+        """From the agent's next answer on: a new system prompt, tool set (ToolConfig-shaped
+        dicts; `[]` removes every tool) and/or LLM provider block. Everything is validated
+        before anything changes (ValueError naming the field); returns the fields changed,
+        which `session.updated` also reports."""
+        conv = self._cascaded("update")
+        new_tools = parse_tools(tools) if tools is not None else None
+        block = parse_llm_block(llm) if llm is not None else None
+        # Built before anything changes: a provider that cannot be built leaves the call as
+        # it was.
+        new_llm = self._provider("llm", block) if block is not None else None
+        specs: list[Any] | None = None
+        created = False
+        if new_tools is not None:
+            if self.executor is None:
+                self._tool_executor(self.config.model_copy(update={"tools": new_tools}))
+                created = self.executor is not None
+            else:
+                self.executor.replace_tools(new_tools)
+            specs = self.executor.specs if self.executor is not None else []
+        if new_llm is not None:
+            # The old one stays in `_providers` and is closed at the end of the call (an
+            # answer may still be streaming from it).
+            self._llm = new_llm
+        return conv.update(prompt=system_prompt, tools=specs, llm=new_llm,
+                           tool_executor=self.executor if created else None)
+
+    async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str:
+        """Play a WAV file (16-bit PCM, any rate, mono or stereo) after what is playing now.
+        Returns its play id at once; `play.completed` {play_id, interrupted} follows once it
+        was heard to the end or cut off. A malformed file raises ValueError."""
+        samples, rate = decode_wav(wav_bytes)
+        play_id = f"play-{next(self._play_ids)}"
+        conv = self._conv()
+        if isinstance(conv, AudioRelay):
+            # In the app's own audio queue, after what the app sent before it.
+            task = asyncio.create_task(self._report_relayed(play_id, conv.play_pcm(samples, rate)))
+            self._plays.add(task)
+            task.add_done_callback(self._plays.discard)
+            return play_id
+        handle = self._cascaded("play").play(samples, sample_rate=rate,
+                                             interruptible=interruptible)
+        task = asyncio.create_task(self._report_played(play_id, handle),
+                                   name=f"play-{self.session_id}-{play_id}")
+        self._plays.add(task)
+        task.add_done_callback(self._plays.discard)
+        return play_id
+
+    async def _report_played(self, play_id: str, handle: SpeechHandle) -> None:
+        await handle
+        self.emit(ev.PlayCompleted(play_id=play_id, interrupted=handle.stop_reason is not None))
+
+    async def _report_relayed(self, play_id: str, played: Awaitable[bool]) -> None:
+        interrupted = not await played
+        self.emit(ev.PlayCompleted(play_id=play_id, interrupted=interrupted))
+
+    def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None:
+        """Lay `sound` (a built-in name: hold_music, office, hum; or base64 WAV data) under the
+        call until `stop_background` or the end of the call. Replaces any background playing."""
+        bed = background(sound, volume, loop)
+        self._mixing_sink().set_background(bed)
+
+    def stop_background(self) -> None:
+        self._mixing_sink().set_background(None)
+
+    def _mixing_sink(self) -> BackgroundMixingSink:
+        sink = self.transport.playout
+        if not isinstance(sink, BackgroundMixingSink):
+            raise RuntimeError("this call's audio path cannot mix background audio")
+        return sink
 
 
 class _NoLLM:

@@ -46,8 +46,10 @@ def wants_detection(direction: str, metadata: Mapping[str, Any] | None) -> bool:
 
 
 class VoicemailScreen:
-    def __init__(self, settings: VoicemailSettings, session_id: str = "") -> None:
+    def __init__(self, settings: VoicemailSettings, session_id: str = "",
+                 on_event: Callable[[ev.Event], None] | None = None) -> None:
         self.settings = settings
+        self._on_event = on_event
         self.session_id = session_id
         self.detector = VoicemailDetector(timeout_ms=settings.detect_timeout_s * 1000.0)
         self.listening = True
@@ -57,7 +59,13 @@ class VoicemailScreen:
     # -- fed by the host ---------------------------------------------------------------------
     def feed_frame(self, frame: np.ndarray) -> None:
         if self.listening:
+            heard_before = self.detector.beep
             self.detector.push_audio(frame)
+            beep = self.detector.beep
+            if beep is not None and beep is not heard_before and self._on_event is not None:
+                # Also after the verdict: the machine's recording starts when its beep ends.
+                self._on_event(ev.VoicemailBeep(frequency_hz=round(beep.frequency_hz, 1),
+                                                at_ms=round(beep.start_ms, 1)))
             self._update()
 
     def feed_event(self, event: ev.Event) -> None:

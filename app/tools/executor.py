@@ -143,6 +143,11 @@ class ToolExecutor:
         self._collecting = 0
         self._own_http: httpx.AsyncClient | None = None
 
+    def replace_tools(self, tools: list[ToolConfig]) -> None:
+        """The call's tools from now on (a live update). A call already running finishes with
+        the tool it started with; a later call of a removed tool gets the unknown-tool error."""
+        self._tools = {t.name: t for t in tools}
+
     @property
     def specs(self) -> list[ToolSpec]:
         """Tool definitions for the LLM (builtins get their own schemas)."""

@@ -6,9 +6,12 @@ adds two int16 signals with saturation so loud overlaps clip instead of wrapping
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipelines.audio.frames import as_int16
+from pipelines.audio.resample import resample
 
 
 def mix(a: np.ndarray, b: np.ndarray, gain_b: float = 1.0) -> np.ndarray:
@@ -64,3 +67,27 @@ class LoopingSource:
 
     def rewind(self) -> None:
         self._pos = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Background:
+    """A sound laid under everything a call plays (hold music, room noise): mono int16 at
+    `sample_rate`, at `volume` (0..1), looped or played once."""
+
+    clip: np.ndarray
+    sample_rate: int
+    volume: float = 0.5
+    loop: bool = True
+
+    def __post_init__(self) -> None:
+        if not len(self.clip) or self.sample_rate <= 0:
+            raise ValueError("background audio must be non-empty with a positive sample rate")
+        if not 0.0 <= self.volume <= 1.0:
+            raise ValueError("volume must be between 0 and 1")
+
+    def source(self, sample_rate: int) -> LoopingSource:
+        """A reader of this sound at the sink's own rate (resampled once, up front)."""
+        clip = as_int16(self.clip)
+        if sample_rate != self.sample_rate:
+            clip = resample(clip, self.sample_rate, sample_rate)
+        return LoopingSource(clip, volume=self.volume, loop=self.loop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import wave
 from pathlib import Path
 from typing import BinaryIO
@@ -58,6 +59,27 @@ def read_wav(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
     except wave.Error as exc:
         raise ValueError(f"not a PCM WAV file: {exc}") from None
     return _decode_frames(raw, width, channels), rate
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """A whole WAV file held in memory (e.g. sent base64 by an app) → mono int16 samples and
+    the sample rate; ValueError saying what is wrong with anything else."""
+    if not data:
+        raise ValueError("the WAV data is empty")
+    try:
+        samples, rate = read_wav(io.BytesIO(data))
+    except (EOFError, struct.error) as exc:
+        raise ValueError("not a PCM WAV file: its header is truncated"
+                         + (f" ({exc})" if str(exc) else "")) from None
+    except ValueError as exc:
+        if str(exc).startswith("not a PCM WAV file") or "sample width" in str(exc):
+            raise
+        raise ValueError(f"not a PCM WAV file: malformed audio data ({exc})") from None
+    if rate <= 0:
+        raise ValueError(f"the WAV file has an invalid sample rate ({rate})")
+    if not len(samples):
+        raise ValueError("the WAV file holds no audio frames")
+    return samples, rate
 
 
 def write_wav(target: str | Path | BinaryIO, samples: np.ndarray, sample_rate: int) -> None:

@@ -42,6 +42,7 @@ class Liveness:
         if core.ending or not core.speech.idle or core.turns.busy():
             return
         self._idle_task = None
+        core.turns.set_user_state("away")
         if self._idle_prompts < idle.max_prompts:
             self._idle_prompts += 1
             core.emit(ev.UserIdle, prompts_sent=self._idle_prompts)

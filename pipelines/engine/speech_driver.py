@@ -69,13 +69,19 @@ class SpeechDriver:
             self.queue.appendleft(handle)
         else:
             self.queue.append(handle)
+        self._created(handle)
         self._core.liveness.cancel_idle()
         self._queue_ready.set()
 
     def enqueue_closing(self, handle: SpeechHandle) -> None:
         """Queue a last speech: the queue is closed to everyone else once the call ends."""
         self.queue.append(handle)
+        self._created(handle)
         self._queue_ready.set()
+
+    def _created(self, handle: SpeechHandle) -> None:
+        self._core.emit(ev.AgentSpeechCreated, speech_id=handle.id, source=handle.kind,
+                        text=handle.source_text)
 
     def drop_queued(self, *, interruptible_only: bool) -> None:
         keep: deque[SpeechHandle] = deque()
@@ -237,6 +243,7 @@ class SpeechDriver:
         assert cur is not None
         handle = self.new("say", text=text, interruptible=interruptible, add_to_context=False)
         self._interjections.add(handle)
+        self._created(handle)
         self._core.spawn(self._play_interjection(cur, handle), f"interject-{handle.id}")
         return handle
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from pipelines.turn.base import EndOfTurnDecision
 from pipelines.turn.presets import AdaptiveTurnDelay, preset_name
 from pipelines.vad.base import VadEvent
 
+UserState = Literal["speaking", "listening", "away"]
 MAX_DTMF_DIGITS = 32
 ONSET_GUARD_SLACK_MS = 150
 
@@ -65,6 +66,13 @@ class TurnTaking:
         self.dtmf_task: asyncio.Task[None] | None = None
         self.suspended = 0  # turns_suspended() depth: caller speech is input, not turns
         self._stt_errors_at_turn = 0
+        self.user_state: UserState = "listening"
+
+    def set_user_state(self, new: UserState, mono: float | None = None) -> None:
+        """The caller's presence as consumers see it (`user.state_changed`, on change only)."""
+        old, self.user_state = self.user_state, new
+        if old != new:
+            self._core.emit(ev.UserStateChanged, mono=mono, old_state=old, new_state=new)
 
     @property
     def deciding(self) -> bool:
@@ -125,6 +133,7 @@ class TurnTaking:
             self._turn_start_ms = e.at_ms
             self._stt_errors_at_turn = core.audio.stt_errors
         core.emit(ev.UserSpeechStarted, mono=edge)
+        self.set_user_state("speaking", mono=edge)
         if core.ending:
             return
         core.barge.on_speech_start(edge)
@@ -137,6 +146,7 @@ class TurnTaking:
         self._last_stop_ms = e.at_ms
         self._speech_end_at = edge
         core.emit(ev.UserSpeechStopped, speech_ms=e.speech_ms, mono=edge)
+        self.set_user_state("listening", mono=edge)
         if core.ending:
             return
         if self.suspended:

@@ -52,9 +52,10 @@ class _Speak:
 
 @dataclass(slots=True)
 class _Done:
-    """Resolves `future` once everything queued before it was played (or cleared)."""
+    """Resolves `future` once everything queued before it was played (True) or cleared
+    (False)."""
 
-    future: asyncio.Future[None]
+    future: asyncio.Future[bool]
 
 
 _Item = PlayAudio | Checkpoint | _Pcm | _Speak | _Done
@@ -118,14 +119,14 @@ class AudioRelay:
         self._emit(ev.UserDtmf(digit=digit))
         self._send({"event": "dtmf", "dtmf": {"digit": digit}})
 
-    def say(self, text: str, *, interruptible: bool = True) -> Awaitable[None]:
+    def say(self, text: str, *, interruptible: bool = True) -> Awaitable[bool]:
         """Speak with the agent's voice after what is queued; resolves once played."""
         if self._tts is None:
             raise RuntimeError("this agent has no voice to speak with")
         self._put(_Speak(text))
         return self._done_marker()
 
-    def play_pcm(self, samples: np.ndarray, rate: int) -> Awaitable[None]:
+    def play_pcm(self, samples: np.ndarray, rate: int) -> Awaitable[bool]:
         self._put(_Pcm(samples, rate, new_segment=True))
         return self._done_marker()
 
@@ -152,7 +153,7 @@ class AudioRelay:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, _Done) and not item.future.done():
-                item.future.set_result(None)
+                item.future.set_result(False)
         for t in self._checkpoints:
             t.cancel()
         self._checkpoints.clear()
@@ -170,8 +171,8 @@ class AudioRelay:
             self._queue.get_nowait()
         self._queue.put_nowait(item)
 
-    def _done_marker(self) -> Awaitable[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _done_marker(self) -> Awaitable[bool]:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._put(_Done(fut))
         return fut
 
@@ -242,7 +243,7 @@ class AudioRelay:
             if seg is not None:
                 await self._sink.wait_played(seg)
             if not item.future.done():
-                item.future.set_result(None)
+                item.future.set_result(True)
 
     async def _ack(self, segment: str | None, name: str) -> None:
         if segment is not None:

@@ -40,17 +40,15 @@ class AppCall(Protocol):
     """What the app may do to its call (the call host's `_Call` implements it)."""
 
     async def say(self, text: str, *, interruptible: bool = True) -> None: ...
-    async def play(self, wav: bytes, *, interruptible: bool = True) -> None: ...
+    async def play(self, wav: bytes, *, interruptible: bool = True) -> str: ...
     async def hangup(self, reason: str) -> None: ...
     async def transfer(self, target: str, mode: Any = "cold", brief: str = "") -> None: ...
     async def send_dtmf(self, digits: str) -> None: ...
     async def inject(self, text: str) -> None: ...
-    async def update(self, *, system_prompt: str | None = None,
-                     tools: list[dict[str, Any]] | None = None,
-                     llm: dict[str, Any] | None = None) -> None: ...
-    async def play_background(self, sound: str, volume: float = 0.5,
-                              loop: bool = True) -> None: ...
-    async def stop_background(self) -> None: ...
+    def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
+               llm: dict[str, Any] | None = None) -> list[str]: ...
+    def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None: ...
+    def stop_background(self) -> None: ...
     def extend_response_wait(self, seconds: float) -> None: ...
 
 
@@ -121,9 +119,6 @@ class CustomerApp:
             msg.update(id=event.call_id, respond=True)
         self.link.send(msg)
 
-    def remote_tools_changed(self, names: set[str]) -> None:
-        self._remote_tools = set(names)
-
     # -- websocket tools (the executor's RemoteTools) -------------------------------------------
     def _pending(self, call_id: str) -> _PendingTool:
         p = self._tools.get(call_id)
@@ -176,6 +171,13 @@ class CustomerApp:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _now(self, what: str, action: Callable[[], Any]) -> None:
+        """A command carried out at once; what it raises goes back to the app."""
+        try:
+            action()
+        except (ValueError, RuntimeError) as exc:
+            self._reject("failed", f"{what}: {exc}"[:300])
+
     def _dispatch(self, c: cmd.Command) -> None:
         call = self._call
         if isinstance(c, cmd.ToolResult | cmd.ToolError):
@@ -209,8 +211,10 @@ class CustomerApp:
         elif isinstance(c, cmd.Update | cmd.Inject) and self.mode == "audio":
             self._reject("not_supported", "an audio-mode call has no LLM to update or inject")
         elif isinstance(c, cmd.Update):
-            self._spawn("update", call.update(system_prompt=c.system_prompt, tools=c.tools,
-                                              llm=c.llm))
+            self._now("update", lambda: call.update(system_prompt=c.system_prompt,
+                                                    tools=c.tools, llm=c.llm))
+            if c.tools is not None:
+                self._remote_tools = {str(t.get("name")) for t in c.tools if t.get("websocket")}
         elif isinstance(c, cmd.Inject):
             self._spawn("inject", call.inject(c.content))
         elif isinstance(c, cmd.Speak):
@@ -227,12 +231,12 @@ class CustomerApp:
         elif isinstance(c, cmd.Hangup):
             self._spawn("hangup", call.hangup(EndReason.AGENT_HANGUP))
         elif isinstance(c, cmd.Mix):
-            self._spawn("audio.mix", call.play_background(c.sound, c.volume, c.loop))
+            self._now("audio.mix", lambda: call.play_background(c.sound, c.volume, c.loop))
         elif isinstance(c, cmd.MixEnable):
             if c.enabled:
                 self._reject("invalid_message", "send audio.mix to start background audio")
             else:
-                self._spawn("audio.mix_enable", call.stop_background())
+                self._now("audio.mix_enable", call.stop_background)
 
 
 def event_message(event: ev.Event) -> dict[str, Any]:

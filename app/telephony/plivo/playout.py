@@ -17,6 +17,15 @@ Segments: `start_segment` / `write` (any rate; resampled, encoded and cut into 2
 as played only when Plivo echoes that checkpoint in `playedStream`. `clear()` stops feeding,
 drops what is queued locally, sends `clearAudio`, and returns how much of the current segment
 the caller heard (from the pacing clock, or its full length if its ack already arrived).
+
+Background (`set_background`, `audio.mix`): a sound mixed under everything on this one clock.
+While no speech is queued the feeder sends frames of it alone, at most `BED_AHEAD_MS` ahead of
+what the caller hears (so the agent's next words wait behind little of it); speech frames are
+decoded, mixed with the bed's next block and re-encoded as they go out, μ-law passed through
+by `write_encoded` included (mixing needs the samples; without a background those bytes still go
+out untouched). Bed frames belong to no segment: they never hold up a checkpoint, never count in
+a segment's `played_ms`, and `is_idle`/`clear` look at speech only. A clear drops what Plivo has
+buffered (bed included); the bed carries on from the next frame.
 """
 
 from __future__ import annotations
@@ -37,12 +46,16 @@ from app.telephony.plivo.codec import StreamCodec
 from pipelines.audio.frames import FRAME_MS, Framer
 from pipelines.audio.g711 import ulaw_decode
 from pipelines.audio.inbox import AudioFormat
+from pipelines.audio.mixer import Background, LoopingSource, mix
 from pipelines.audio.resample import StreamResampler
 
 log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000.0
 _KEEP_SEGMENTS = 256  # finished segments remembered for played_ms() lookups
+# Background alone is sent this far ahead at most: enough to ride out scheduling jitter, little
+# enough that speech starting in silence is barely delayed behind it.
+BED_AHEAD_MS = 60
 
 Send = Callable[[str], Awaitable[None]]
 Clock = Callable[[], float]
@@ -90,11 +103,13 @@ class PlayoutStats:
     underruns: int = 0  # Plivo's buffer ran dry in the middle of a segment
     ack_timeouts: int = 0
     max_ahead_ms_seen: float = 0.0
+    background_frames: int = 0  # frames of background alone (no speech in them)
+    mixed_frames: int = 0  # speech frames with the background mixed in
     acked_order: list[str] = field(default_factory=list)
 
 
 class PlivoPlayout:
-    """`pipelines.ports.PlayoutSink` over one Plivo stream."""
+    """`pipelines.ports.PlayoutSink` (and `BackgroundMixingSink`) over one Plivo stream."""
 
     def __init__(
         self,
@@ -120,6 +135,8 @@ class PlivoPlayout:
         self._segments: OrderedDict[str, _Segment] = OrderedDict()
         self._current: _Segment | None = None
         self._play_head = 0.0
+        self._speech_end = 0.0  # clock time the last speech frame sent finishes playing
+        self._bed: LoopingSource | None = None
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -255,7 +272,7 @@ class PlivoPlayout:
     async def clear(self) -> float:
         now = self._clock()
         live = [s for s in self._segments.values() if not s.acked and not s.cleared]
-        pending_audio = bool(self._queue) or self._play_head > now
+        pending_audio = bool(self._queue) or self._speech_end > now
         current = self._heard_segment(live, now)
         heard = 0.0
         self._queue.clear()
@@ -273,6 +290,7 @@ class PlivoPlayout:
         if not pending_audio and not live:
             return 0.0
         self._play_head = now  # Plivo empties its buffer on clearAudio
+        self._speech_end = min(self._speech_end, now)
         self.stats.clears += 1
         await self._send(protocol.clear_audio(self.stream_id))
         return heard
@@ -280,10 +298,22 @@ class PlivoPlayout:
     def is_idle(self) -> bool:
         cur = self._current
         open_seg = cur is not None and not cur.ended and not cur.cleared
-        return not self._queue and not open_seg and self._clock() >= self._play_head
+        return not self._queue and not open_seg and self._clock() >= self._speech_end
 
     async def send_dtmf(self, digits: str) -> None:
         await self._send(protocol.send_dtmf(digits))
+
+    # --- BackgroundMixingSink -----------------------------------------------------------------
+    def set_background(self, background: Background | None) -> None:
+        """Mix `background` under the call from the next frame on (None: stop it)."""
+        self._bed = background.source(self.codec.sample_rate) if background else None
+        if self._bed is not None and not self._closed:
+            self._wake.set()
+            self.start()
+
+    @property
+    def background_active(self) -> bool:
+        return self._bed is not None and not self._bed.exhausted
 
     # --- acks from the stream reader ------------------------------------------------------------
     def on_played(self, name: str) -> None:
@@ -367,6 +397,9 @@ class PlivoPlayout:
         try:
             while not self._closed:
                 if not self._queue:
+                    if self.background_active:
+                        await self._feed_background()
+                        continue
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -392,12 +425,18 @@ class PlivoPlayout:
                     seg.first_play_at = self._play_head
                 self._play_head += FRAME_S
                 seg.frames_sent += 1
-                seg.sent_end = self._play_head
+                seg.sent_end = self._speech_end = self._play_head
                 self.stats.frames_sent += 1
                 self.stats.max_ahead_ms_seen = max(self.stats.max_ahead_ms_seen,
                                                    (self._play_head - now) * 1000.0)
                 self._space.set()
-                await self._send(protocol.play_audio(item.payload, self.codec.encoding,
+                payload = item.payload
+                bed = self._bed
+                if bed is not None and not bed.exhausted:
+                    payload = self.codec.encode(mix(self.codec.decode(payload),
+                                                    bed.read(self.codec.frame_samples)))
+                    self.stats.mixed_frames += 1
+                await self._send(protocol.play_audio(payload, self.codec.encoding,
                                                      self.codec.sample_rate))
         except asyncio.CancelledError:
             raise
@@ -409,3 +448,22 @@ class PlivoPlayout:
             self._closed = True
             for seg in self._segments.values():
                 seg.finish()
+
+    async def _feed_background(self) -> None:
+        """One frame of background alone once it is due; returns early when speech or a new
+        background arrives, so that the feeder looks again."""
+        bed = self._bed
+        assert bed is not None
+        now = self._clock()
+        wait = max(0.0, self._play_head - now) + FRAME_S - BED_AHEAD_MS / 1000.0
+        if wait > 1e-4:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            return
+        if self._play_head < now:
+            self._play_head = now
+        self._play_head += FRAME_S
+        self.stats.background_frames += 1
+        frame = self.codec.encode(bed.read(self.codec.frame_samples))
+        await self._send(protocol.play_audio(frame, self.codec.encoding, self.codec.sample_rate))
