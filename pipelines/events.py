@@ -98,6 +98,17 @@ class SessionUpdated(Event):
     fields: list[str] = field(default_factory=list)  # e.g. ["prompt", "tools", "llm"]
 
 
+@dataclass(kw_only=True)
+class AgentHandoff(Event):
+    """Another persona took the call over: an update changed the system prompt together with
+    the tools or the LLM. The conversation so far stays; `new_agent` names it when the update
+    did."""
+
+    type: ClassVar[str] = "agent.handoff"
+    new_agent: str = ""
+    fields: list[str] = field(default_factory=list)
+
+
 # --- user ----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class UserSpeechStarted(Event):

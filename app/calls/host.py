@@ -40,7 +40,7 @@ from app.db.repos import agents as agents_repo
 from app.events.signing import signing_secret_from_box
 from app.outbox.service import is_outage
 from app.state import AppState
-from app.tools.control import TransferMode
+from app.tools.control import TransferMode, normalize_target
 from app.tools.digits import DigitCollector
 from app.tools.executor import ToolExecutor, ToolSession
 from pipelines import events as ev
@@ -487,6 +487,7 @@ class _Call:
         conv.hangup(reason)
 
     async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
+        target = normalize_target(target)  # the event names the number as it is dialled
         await self.transport.transfer(target, mode, brief)
         self.emit(ev.CallTransferred(target=target, mode=mode))
         await self._conv().stop(EndReason.TRANSFERRED)
@@ -520,11 +521,12 @@ class _Call:
         return conv
 
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
-               llm: dict[str, Any] | None = None) -> list[str]:
+               llm: dict[str, Any] | None = None, new_agent: str = "") -> list[str]:
         """From the agent's next answer on: a new system prompt, tool set (ToolConfig-shaped
         dicts; `[]` removes every tool) and/or LLM provider block. Everything is validated
         before anything changes (ValueError naming the field); returns the fields changed,
-        which `session.updated` also reports."""
+        which `session.updated` also reports. A new prompt with new tools or a new LLM is a
+        handoff to another persona: `agent.handoff` (named `new_agent`) says so as well."""
         conv = self._cascaded("update")
         new_tools = parse_tools(tools) if tools is not None else None
         block = parse_llm_block(llm) if llm is not None else None
@@ -544,8 +546,11 @@ class _Call:
             # The old one stays in `_providers` and is closed at the end of the call (an
             # answer may still be streaming from it).
             self._llm = new_llm
-        return conv.update(prompt=system_prompt, tools=specs, llm=new_llm,
-                           tool_executor=self.executor if created else None)
+        changed = conv.update(prompt=system_prompt, tools=specs, llm=new_llm,
+                              tool_executor=self.executor if created else None)
+        if "prompt" in changed and ("tools" in changed or "llm" in changed):
+            self.emit(ev.AgentHandoff(new_agent=new_agent, fields=changed))
+        return changed
 
     async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str:
         """Play a WAV file (16-bit PCM, any rate, mono or stereo) after what is playing now.

@@ -222,6 +222,23 @@ class Session:
             message["llm"] = llm
         self.send_raw(message)
 
+    def handoff(self, *, system_prompt: str, tools: list[dict[str, Any]] | None = None,
+                llm: dict[str, Any] | None = None, summary: str | None = None,
+                new_agent: str = "") -> None:
+        """Another persona takes the call over from the next turn, with the conversation so
+        far: one update (prompt, and tools and/or LLM), then `summary` as context. The call
+        reports `agent.handoff`."""
+        message: dict[str, Any] = {"type": "agent_session.update", "system_prompt": system_prompt}
+        if tools is not None:
+            message["tools"] = tools
+        if llm is not None:
+            message["llm"] = llm
+        if new_agent:
+            message["new_agent"] = new_agent
+        self.send_raw(message)
+        if summary:
+            self.inject(summary)
+
     def inject(self, content: str) -> None:
         """Context for the next turn."""
         self.send_raw({"type": "agent_session.inject", "content": content})

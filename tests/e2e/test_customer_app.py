@@ -374,3 +374,94 @@ async def test_example_audio_echo_plays_the_caller_back(
                 await asyncio.sleep(1.0)
     assert call.result.play_frames > 25  # the caller heard their own words back
     assert not call.result.play_errors
+
+
+def tone_wav(seconds: float = 0.6, rate: int = 16000) -> bytes:
+    import io
+    import wave
+
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * 330 * t) * 6000).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return buf.getvalue()
+
+
+async def test_app_controls_the_call_through_the_helper(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every control command of a managed-mode app, sent with the helper's Session methods:
+    background audio, DTMF, speak, play, inject and a handoff (a new prompt and tools) that the
+    next answer uses, then hangup."""
+    from app.voiceapp import Event, Session, VoiceApp
+
+    billing_tool = {**ORDER_TOOL, "name": "refund", "description": "Refund an order"}
+    voice = VoiceApp()
+
+    @voice.on("session.started")
+    def started(session: Session, event: Event) -> None:
+        session.play_background("hold_music", volume=0.2)
+        session.send_dtmf("12")
+        session.speak("Welcome from the app.")
+        session.play(tone_wav())
+        session.inject("The caller is a gold member.")
+        session.handoff(system_prompt="You are the billing agent.", tools=[billing_tool],
+                        new_agent="billing")
+
+    @voice.on("turn.completed")
+    def done(session: Session, event: Event) -> None:
+        session.stop_background()
+        session.hangup()
+
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        voice.signing_secret = stack.signing_secret
+        async with voice.serve("127.0.0.1", 0) as server:
+            await stack.add_agent(websocket_url=server.url("/"), greeting=None)
+            rec = Recorder(stack)
+            stack.deepgram.queue_transcript("I want a refund.")
+            stack.openai.queue_chat("Let me help with that refund.")
+            async with stack.call() as call:
+                sid = await stack.session_id(call)
+                await rec.wait_type("play.completed", sid=sid, within_s=20)
+                await stack.say(call, "I want a refund.", trail_ms=200)
+                (ended,) = await rec.wait_type("session.ended", sid=sid, within_s=30)
+    envs = rec.session(sid)
+    assert ended.event.reason == "agent_hangup"
+    assert [e.event.digits for e in of_type(envs, "dtmf.sent")] == ["12"]
+    (handoff,) = of_type(envs, "agent.handoff")
+    assert handoff.event.new_agent == "billing"
+    assert set(handoff.event.fields) >= {"prompt", "tools"}
+    (played,) = of_type(envs, "play.completed")
+    assert not played.event.interrupted
+    sources = [e.event.source for e in of_type(envs, "agent.speech_created")]
+    assert sources[:2] == ["say", "play"] and "reply" in sources
+    # The next answer used the new persona, its tools and the injected context.
+    request = stack.openai.for_endpoint("chat")[0].json
+    assert request["messages"][0] == {"role": "system", "content": "You are the billing agent."}
+    assert any(m["content"] == "The caller is a gold member." for m in request["messages"])
+    assert [t["function"]["name"] for t in request["tools"]] == ["refund"]
+    assert not of_type(envs, "session.error")
+
+
+async def test_app_transfers_the_call(settings_factory: Callable[..., Settings],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg["type"] == "session.started":
+            await conn.send({"type": "agent_session.transfer", "destination": ["+1 415 555 0123",
+                                                                               "+14155550124"]})
+            await conn.send({"type": "agent_session.transfer", "destination": "+1 415 555 0123"})
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(greeting=None, **app_agent(app))
+        rec = Recorder(stack)
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            (ended,) = await rec.wait_type("session.ended", sid=sid, within_s=30)
+    (moved,) = of_type(rec.session(sid), "call.transferred")
+    assert moved.event.target == "+14155550123" and ended.event.reason == "transferred"
+    assert "<Number>14155550123</Number>" in stack.transfer_docs[call.call_uuid]
+    (refused,) = app.conns[0].of_type("error")
+    assert refused["code"] == "not_supported"

@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 
 # What an audio-mode app hears of the engine's events (it has no engine: the rest would be
 # empty or misleading); its stream messages come from the relay.
-AUDIO_MODE_EVENTS = frozenset({
-    "session.started", "session.ended", "session.error", "session.usage", "session.updated",
-    "user.dtmf", "call.transferred", "dtmf.sent", "play.completed",
-})
+AUDIO_MODE_EVENTS = frozenset(e.type for e in (
+    ev.SessionStarted, ev.SessionEnded, ev.SessionError, ev.SessionUsage, ev.UserDtmf,
+    ev.CallTransferred, ev.DtmfSent, ev.PlayCompleted,
+))
 
 
 class AppCall(Protocol):
@@ -46,7 +46,7 @@ class AppCall(Protocol):
     async def send_dtmf(self, digits: str) -> None: ...
     async def inject(self, text: str) -> None: ...
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
-               llm: dict[str, Any] | None = None) -> list[str]: ...
+               llm: dict[str, Any] | None = None, new_agent: str = "") -> list[str]: ...
     def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None: ...
     def stop_background(self) -> None: ...
     def extend_response_wait(self, seconds: float) -> None: ...
@@ -83,7 +83,9 @@ class CustomerApp:
     # -- lifecycle ------------------------------------------------------------------------------
     async def open(self, started: ev.SessionStarted) -> None:
         """Connect and say `session.started`; raises `AppUnreachable`."""
+        # `caller` / `callee` as AgentStack apps read them, beside Phonebooth's own names.
         self._hello = {**event_message(started), "call_id": started.call_uuid,
+                       "caller": started.from_number, "callee": started.to_number,
                        "mode": self.mode, "resumed": False}
         await self.link.open()
         self.link.send(self._hello)
@@ -212,7 +214,8 @@ class CustomerApp:
             self._reject("not_supported", "an audio-mode call has no LLM to update or inject")
         elif isinstance(c, cmd.Update):
             self._now("update", lambda: call.update(system_prompt=c.system_prompt,
-                                                    tools=c.tools, llm=c.llm))
+                                                    tools=c.tools, llm=c.llm,
+                                                    new_agent=c.new_agent))
             if c.tools is not None:
                 self._remote_tools = {str(t.get("name")) for t in c.tools if t.get("websocket")}
         elif isinstance(c, cmd.Inject):

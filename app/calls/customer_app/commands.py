@@ -93,6 +93,8 @@ class ClearAudio(_Command):
 # -- control (every mode) -------------------------------------------------------------------
 class Update(_Command):
     system_prompt: str | None = Field(None, min_length=1)
+    # Names the persona taking over (reported in agent.handoff).
+    new_agent: str = Field("", max_length=200)
     tools: list[dict[str, Any]] | None = None
     llm: dict[str, Any] | None = None
 
