@@ -255,6 +255,43 @@ class ToolFailed(Event):
     status: str = "error"  # error | timeout | cancelled (as recorded in tool_calls.status)
 
 
+@dataclass(kw_only=True)
+class ToolExecuted(Event):
+    """A tool the server runs itself (a webhook or a builtin, not the customer app's) finished;
+    `tool.completed` carries its result."""
+
+    type: ClassVar[str] = "tool.executed"
+    call_id: str = ""
+    tool_name: str = ""
+    latency_ms: float = 0.0
+
+
+@dataclass(kw_only=True)
+class AgentToolStarted(Event):
+    """A server-side sub-task that talks with the caller (e.g. collecting digits) took over
+    the conversation; the agent resumes when it completes or fails."""
+
+    type: ClassVar[str] = "agent_tool.started"
+    agent_tool_type: str = ""  # the builtin, e.g. collect_digits
+    agent_tool_id: str = ""  # the tool call's id
+
+
+@dataclass(kw_only=True)
+class AgentToolCompleted(Event):
+    type: ClassVar[str] = "agent_tool.completed"
+    agent_tool_type: str = ""
+    agent_tool_id: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class AgentToolFailed(Event):
+    type: ClassVar[str] = "agent_tool.failed"
+    agent_tool_type: str = ""
+    agent_tool_id: str = ""
+    error: str = ""
+
+
 # --- turns ---------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class TurnCompleted(Event):

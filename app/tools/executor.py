@@ -40,7 +40,16 @@ from app.tools.control import CallControl
 from app.tools.errors import ToolExecutionError
 from app.tools.remote import RemoteTools
 from app.tools.webhook import call_webhook_tool, validate_arguments
-from pipelines.events import Event, ToolCalled, ToolCompleted, ToolFailed
+from pipelines.events import (
+    AgentToolCompleted,
+    AgentToolFailed,
+    AgentToolStarted,
+    Event,
+    ToolCalled,
+    ToolCompleted,
+    ToolExecuted,
+    ToolFailed,
+)
 from providers.base import ToolSpec
 
 log = logging.getLogger(__name__)
@@ -95,13 +104,14 @@ class _Hold:
 class _Record:
     """Makes sure each call gets exactly one terminal event."""
 
-    __slots__ = ("call_id", "finished", "name", "t0")
+    __slots__ = ("call_id", "error", "finished", "name", "t0")
 
     def __init__(self, call_id: str, name: str) -> None:
         self.call_id = call_id
         self.name = name
         self.t0 = time.monotonic()
         self.finished = False
+        self.error = ""
 
     def latency_ms(self) -> float:
         return (time.monotonic() - self.t0) * 1000.0
@@ -220,6 +230,10 @@ class ToolExecutor:
         collecting = tool.builtin == "collect_digits"
         if collecting:
             self._collecting += 1
+            # It talks with the caller itself: a sub-agent in AgentStack's words.
+            self._emit(AgentToolStarted(session_id=self.ctx.session_id,
+                                        agent_tool_type=tool.builtin or "",
+                                        agent_tool_id=rec.call_id))
         try:
             if tool.webhook is not None:
                 result, patch = await call_webhook_tool(
@@ -252,12 +266,18 @@ class ToolExecutor:
         finally:
             if collecting:
                 self._collecting -= 1
+                self._agent_tool_ended(tool, rec)
             if hold is not None:
                 hold.release()
 
         rec.finished = True
         self._emit(ToolCompleted(session_id=self.ctx.session_id, call_id=rec.call_id,
                                  name=rec.name, result=result, latency_ms=rec.latency_ms()))
+        if collecting:
+            self._emit(AgentToolCompleted(
+                session_id=self.ctx.session_id, agent_tool_type=tool.builtin or "",
+                agent_tool_id=rec.call_id,
+                result=result if isinstance(result, dict) else {"value": result}))
         if after is not None:
             try:
                 await after()
@@ -270,7 +290,20 @@ class ToolExecutor:
                 return self._fail(rec, ToolExecutionError(
                     "failed", f"the action could not be completed ({type(exc).__name__})"),
                     force=True)
+        if not tool.websocket:
+            # The server ran it, follow-up action included (AgentStack's tool.executed).
+            self._emit(ToolExecuted(session_id=self.ctx.session_id, call_id=rec.call_id,
+                                    tool_name=rec.name, latency_ms=rec.latency_ms()))
         return result
+
+    def _agent_tool_ended(self, tool: ToolConfig, rec: _Record) -> None:
+        """A collecting tool that failed or was cancelled (its success is reported with its
+        result, after tool.completed)."""
+        if rec.finished:
+            self._emit(AgentToolFailed(session_id=self.ctx.session_id,
+                                       agent_tool_type=tool.builtin or "",
+                                       agent_tool_id=rec.call_id,
+                                       error=rec.error or "failed"))
 
     # -- helpers -----------------------------------------------------------------------------
     def _client(self) -> httpx.AsyncClient:
@@ -324,6 +357,7 @@ class ToolExecutor:
     def _fail(self, rec: _Record, exc: ToolExecutionError, *, force: bool = False) -> Any:
         if not rec.finished or force:
             rec.finished = True
+            rec.error = exc.message
             self._emit(ToolFailed(session_id=self.ctx.session_id, call_id=rec.call_id,
                                   name=rec.name, error=exc.message, status=exc.status,
                                   latency_ms=rec.latency_ms()))
@@ -333,6 +367,7 @@ class ToolExecutor:
         if rec.finished:
             return
         rec.finished = True
+        rec.error = "cancelled"
         self._emit(ToolFailed(session_id=self.ctx.session_id, call_id=rec.call_id,
                               name=rec.name, error="cancelled", status="cancelled",
                               latency_ms=rec.latency_ms()))

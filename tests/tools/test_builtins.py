@@ -38,6 +38,7 @@ async def test_end_call_records_success_then_says_goodbye_and_hangs_up() -> None
         ("event", "tool.completed", None),
         ("say", "Thanks for calling, bye!", False),
         ("hangup", "agent_ended"),
+        ("event", "tool.executed", None),
     ]
 
 
@@ -48,7 +49,7 @@ async def test_transfer_call_to_a_configured_target() -> None:
     assert spec.parameters["properties"]["target"]["enum"] == ["sales"]
     result = await executor(ToolCall(id="c", name="transfer_call", arguments={"target": "sales"}))
     assert result == {"status": "transferring", "target": "sales", "mode": "cold"}
-    assert control.actions[-2:] == [("say", "Connecting you to sales.", False),
+    assert control.actions[-3:-1] == [("say", "Connecting you to sales.", False),
                                     ("transfer", "+14155550100", "cold", "")]
 
 
@@ -64,7 +65,7 @@ async def test_transfer_call_refuses_unconfigured_numbers() -> None:
                                      arguments={"target": "<Dial>evil</Dial>"}))
     assert result["error"]["type"] == "invalid_arguments"
     await executor(ToolCall(id="d", name="transfer_call", arguments={"target": "sip:a@b.com"}))
-    assert control.actions[-1] == ("transfer", "sip:a@b.com", "cold", "")
+    assert control.actions[-2] == ("transfer", "sip:a@b.com", "cold", "")
 
 
 async def test_warm_transfer_passes_the_brief() -> None:
@@ -74,7 +75,7 @@ async def test_warm_transfer_passes_the_brief() -> None:
     assert "summary" in spec.parameters["properties"]
     await executor(ToolCall(id="c", name="transfer_call", arguments={
         "target": "support", "summary": "Ada, order A-17 arrived damaged."}))
-    assert control.actions[-1] == ("transfer", "+14155550111", "warm",
+    assert control.actions[-2] == ("transfer", "+14155550111", "warm",
                                    "Ada, order A-17 arrived damaged.")
 
 
@@ -112,6 +113,11 @@ async def test_collect_digits_from_keypad_and_speech() -> None:
 
     assert await _collect(executor, control, keypad) == {"digits": "1234"}
     assert ("say", "Please enter your PIN.", True) in control.actions
+    # Collecting is a sub-agent in AgentStack's words: started, then completed after the
+    # tool's own record; the server ran it (tool.executed).
+    events = [a[1] for a in control.actions if a[0] == "event"]
+    assert events == ["tool.called", "agent_tool.started", "tool.completed",
+                      "agent_tool.completed", "tool.executed"]
     assert ("collect", None, 5.0, "#") in control.actions
 
     result = await _collect(executor, control,
@@ -128,7 +134,8 @@ async def test_collect_digits_times_out_with_partial_input() -> None:
     executor, control = make([builtin("collect_digits", num_digits=6, timeout_s=0.2)])
     result = await _collect(executor, control, lambda c: c.feed_dtmf("9"))
     assert result["error"]["type"] == "timeout" and result["error"]["digits"] == "9"
-    assert control.actions[-1] == ("event", "tool.failed", "timeout")
+    assert control.actions[-2:] == [("event", "tool.failed", "timeout"),
+                                    ("event", "agent_tool.failed", None)]
 
 
 async def test_builtins_need_a_live_call() -> None:

@@ -103,7 +103,7 @@ async def test_transfer_call_posts_plivo_transfer_and_serves_dial_xml(
     while (env := sub.get_nowait()) is not None:
         seen.append((env.type, env.event.payload()))
     assert [t for t, _ in seen] == ["tool.called", "tool.completed", "call.transferred",
-                                    "session.ended"]
+                                    "session.ended", "tool.executed"]
     assert seen[2][1] == {"target": "+14155550100", "mode": "warm"}
     (post,) = fake.calls_to("POST", f"/Call/{call_uuid}/")
     assert post.status == 202

@@ -103,7 +103,7 @@ async def test_webhook_tool_call_is_signed_and_completes(
                               "state": {"customer": "ada"}}  # reserved keys stay private
     assert req.headers["X-Api-Key"] == "k1"
     assert req.headers["Content-Type"] == "application/json"
-    assert rec.types == ["tool.called", "tool.completed"]
+    assert rec.types == ["tool.called", "tool.completed", "tool.executed"]
     await events.flush()
     (row,) = await _tool_rows(database, sid)
     assert row.status == "ok" and row.name == "get_weather" and row.latency_ms is not None
