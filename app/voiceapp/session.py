@@ -256,7 +256,8 @@ class Session:
     def transfer(
         self, destination: str | list[str], dial_mode: str = "parallel", timeout: float = 30
     ) -> None:
-        """Transfer the caller to a number (or several: `dial_mode` parallel or sequential)."""
+        """Transfer the caller to a number or sip: URI. (AgentStack's signature: Phonebooth
+        takes one destination per transfer and refuses a list of several.)"""
         self.send_raw({"type": "agent_session.transfer", "destination": destination,
                        "dial_mode": dial_mode, "timeout": timeout})
 

@@ -212,6 +212,9 @@ class CustomerApp:
                 self.relay.on_audio(c)
         elif isinstance(c, cmd.Update | cmd.Inject) and self.mode == "audio":
             self._reject("not_supported", "an audio-mode call has no LLM to update or inject")
+        elif isinstance(c, cmd.Update) and c.llm is not None and self.mode == "text":
+            self._reject("not_supported", "in mode 'text' the app is the LLM: update 'llm' in "
+                         "managed mode only")
         elif isinstance(c, cmd.Update):
             self._now("update", lambda: call.update(system_prompt=c.system_prompt,
                                                     tools=c.tools, llm=c.llm,
