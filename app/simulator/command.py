@@ -89,13 +89,16 @@ def _addresses(args: argparse.Namespace) -> tuple[str, str]:
     """(where to connect, what to sign over). Plivo signs over the URL it was given, which is
     the server's public_url: with no --url the simulator calls the local server the config
     describes, so it signs over that config's server.public_url (http://localhost:8000 by
-    default) while connecting to 127.0.0.1. An explicit --url is taken as the server's own
+    default) while connecting to 127.0.0.1 on the config's server.port. An explicit --url is taken as the server's own
     address unless --public-url says otherwise."""
     if args.url:
         return str(args.url), str(args.public_url or args.url)
-    if args.public_url:
-        return DEFAULT_URL, str(args.public_url)
-    return DEFAULT_URL, _settings(args).server.public_url
+    try:
+        server = _settings(args).server
+    except Exception:  # no usable config: the defaults
+        return DEFAULT_URL, str(args.public_url or DEFAULT_URL)
+    local = f"http://127.0.0.1:{server.port}"
+    return local, str(args.public_url or server.public_url)
 
 
 def _api_key(args: argparse.Namespace) -> str | None:

@@ -65,11 +65,10 @@ async def test_call_command_says_text_with_piper(edge: Edge, tmp_path, capsys):
 
 
 async def test_default_call_signs_over_the_configured_public_url(
-        edge_settings, edge_only, plivo_rest, tmp_path, monkeypatch, capsys):
+        edge_settings, edge_only, plivo_rest, tmp_path, capsys):
     """The README's `phonebooth call --config config.yaml --agent demo --say ...`: no --url.
     The server's public_url is http://localhost:PORT (the default's shape) while the simulator
     connects to 127.0.0.1:PORT; it must sign over the public URL the config names."""
-    from app.simulator import command as simulator_cli
 
     async with run_live_server(edge_settings(), public_host="localhost") as server:
         server.state.calls = GreetingEchoRunner()
@@ -77,9 +76,9 @@ async def test_default_call_signs_over_the_configured_public_url(
         public_url = f"http://localhost:{server.port}"
         assert server.state.settings.server.public_url == public_url
         config = tmp_path / "config.yaml"
-        config.write_text(f"server:\n  public_url: {public_url}\n"
+        # The simulator connects to 127.0.0.1 on the config's port.
+        config.write_text(f"server:\n  public_url: {public_url}\n  port: {server.port}\n"
                           f"plivo:\n  auth_token: {plivo_rest.auth_token}\n")
-        monkeypatch.setattr(simulator_cli, "DEFAULT_URL", server.base_url)
         wav = tmp_path / "caller.wav"
         write_wav(wav, tone(1000, 0.5, 16000), 16000)
         rc = await asyncio.to_thread(main, [
