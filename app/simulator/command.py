@@ -89,8 +89,8 @@ def _addresses(args: argparse.Namespace) -> tuple[str, str]:
     """(where to connect, what to sign over). Plivo signs over the URL it was given, which is
     the server's public_url: with no --url the simulator calls the local server the config
     describes, so it signs over that config's server.public_url (http://localhost:8000 by
-    default) while connecting to 127.0.0.1 on the config's server.port. An explicit --url is taken as the server's own
-    address unless --public-url says otherwise."""
+    default) while connecting to 127.0.0.1 on the config's server.port. An explicit --url is
+    taken as the server's own address unless --public-url says otherwise."""
     if args.url:
         return str(args.url), str(args.public_url or args.url)
     try:
