@@ -307,7 +307,9 @@ class _Call:
             self.screen = None  # the app hears the callee itself
             relay = self.app.relay = AudioRelay(
                 self.transport, send=self.app.link.send, emit=self.emit,
-                tts=self._provider("tts", cfg.tts), voice=cfg.voice)
+                tts=self._provider("tts", cfg.tts), voice=cfg.voice,
+                max_duration_s=cfg.max_call_duration_s,
+                max_duration_goodbye=cfg.max_duration_goodbye)
             return relay
         if cfg.s2s is None or self._app_failed is not None:
             return self._build()

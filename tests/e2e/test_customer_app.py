@@ -465,3 +465,54 @@ async def test_app_transfers_the_call(settings_factory: Callable[..., Settings],
     assert "<Number>14155550123</Number>" in stack.transfer_docs[call.call_uuid]
     (refused,) = app.conns[0].of_type("error")
     assert refused["code"] == "not_supported"
+
+
+async def test_app_that_drops_once_is_reopened_and_the_call_goes_on(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg["type"] == "session.started" and not msg["resumed"]:
+            await conn.ws.close(1012, "app restarting")
+        elif msg["type"] == "tool.called" and msg.get("respond"):
+            await conn.send({"type": "tool.result", "id": msg["id"], "result": {"ok": 1}})
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(tools=[ORDER_TOOL], **app_agent(app))
+        rec = Recorder(stack)
+        stack.deepgram.queue_transcript("Where is my order A123?")
+        stack.openai.queue_chat(
+            ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]),
+            "Found it.")
+        async with stack.call() as call:
+            await app.wait_message("session.started", conn=1)
+            sid = await greet_and_ask(stack, call, rec, "Where is my order A123?")
+            await rec.wait_type("turn.completed", sid=sid, within_s=30)
+    # The second socket carried the rest of the call: the tool was answered on it.
+    assert len(app.conns) == 2
+    assert app.conns[1].of_type("tool.called") and app.conns[1].headers[SESSION_ID_HEADER] == sid
+    assert of_type(rec.session(sid), "tool.completed")
+    assert not of_type(rec.session(sid), "session.error")
+
+
+async def test_audio_mode_app_speaks_and_plays_with_the_agents_voice(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
+        if msg.get("event") == "start":
+            await conn.send({"type": "agent_session.speak", "text": "Hello from the app."})
+            await conn.send({"type": "agent_session.play",
+                             "audio_data": base64.b64encode(tone_wav()).decode()})
+        elif msg.get("type") == "play.completed":
+            await conn.send({"type": "agent_session.inject", "content": "no LLM here"})
+            await conn.send({"type": "agent_session.hangup"})
+
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
+        await stack.add_agent(mode="audio", **app_agent(app))
+        rec = Recorder(stack)
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            (ended,) = await rec.wait_type("session.ended", sid=sid, within_s=30)
+    assert ended.event.reason == "agent_hangup"
+    (played,) = of_type(rec.session(sid), "play.completed")
+    assert not played.event.interrupted
+    assert call.result.play_frames > 50  # the sentence and the tone reached the caller
+    (refused,) = app.conns[0].of_type("error")
+    assert refused["code"] == "not_supported"

@@ -65,7 +65,8 @@ class AudioRelay:
     """One audio-mode call: the host drives it like the engine (start, stop, wait_ended)."""
 
     def __init__(self, transport: CallTransport, *, send: Callable[[dict[str, Any]], None],
-                 emit: ev.EventCallback, tts: TTSLike | None, voice: str | None) -> None:
+                 emit: ev.EventCallback, tts: TTSLike | None, voice: str | None,
+                 max_duration_s: float | None = None, max_duration_goodbye: str = "") -> None:
         self._transport = transport
         self._sink = transport.playout
         self._send = send
@@ -78,6 +79,9 @@ class AudioRelay:
         self._tasks: list[asyncio.Task[Any]] = []
         self._ended: asyncio.Future[str] | None = None
         self._ending = False
+        self._hanging_up: asyncio.Task[None] | None = None
+        self._max_duration_s = max_duration_s
+        self._max_duration_goodbye = max_duration_goodbye
         self.media_sent = 0
 
     # -- the engine's face towards the host -----------------------------------------------------
@@ -86,6 +90,11 @@ class AudioRelay:
         self.send_start()
         self._tasks = [asyncio.create_task(self._relay_caller(), name="app-media-out"),
                        asyncio.create_task(self._play(), name="app-media-in")]
+        if self._max_duration_s is not None:
+            # The engine's hard limit holds here too: an app that never hangs up cannot keep
+            # a line open for ever.
+            self._tasks.append(asyncio.create_task(self._time_limit(self._max_duration_s),
+                                                   name="app-max-duration"))
 
     def send_start(self) -> None:
         """Plivo's `start` message (again after a reconnect)."""
@@ -135,7 +144,8 @@ class AudioRelay:
         if self._ending or self._ended is None or self._ended.done():
             return
         self._ending = True
-        asyncio.get_running_loop().create_task(self._hang_up(reason, goodbye, interrupt))
+        self._hanging_up = asyncio.get_running_loop().create_task(
+            self._hang_up(reason, goodbye, interrupt), name="app-hangup")
 
     async def _hang_up(self, reason: str, goodbye: str | None, interrupt: bool) -> None:
         if interrupt:
@@ -144,6 +154,11 @@ class AudioRelay:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.say(goodbye), 30)
         await self.stop(reason)
+
+    async def _time_limit(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.hangup(EndReason.MAX_DURATION, goodbye=self._max_duration_goodbye or None,
+                    interrupt=True)
 
     # -- the app's audio commands ---------------------------------------------------------------
     def on_audio(self, cmd: PlayAudio | Checkpoint) -> None:
