@@ -1,4 +1,6 @@
-"""Live control of a call: `POST /v1/sessions/{id}/say|hangup|transfer|inject`.
+"""Live control of a call: `POST /v1/sessions/{id}/say|hangup|transfer|inject|play`,
+`PATCH /v1/sessions/{id}` (prompt, tools, LLM from the next answer) and
+`PUT|DELETE /v1/sessions/{id}/background`.
 
 The call is looked up in the process's live-call registry (`app.calls.registry.live_calls`:
 the call host at `state.calls`, or its `.live` LiveCalls), which yields a `CallControl`. Not
@@ -12,6 +14,8 @@ Otherwise 404 "session not live on this replica" if the session is still live el
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from typing import Any, Literal, Protocol
 
@@ -21,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.api.deps import State
 from app.api.problems import ApiProblem, not_found, problems, unprocessable
 from app.bus.control import ControlRefused, RemoteCall, remote_owner
-from app.calls.registry import live_calls
+from app.calls.registry import LiveCall, live_calls
 from app.calls.transfer import normalize_target
 from app.db.repos import sessions as sessions_repo
 from app.state import AppState
@@ -64,10 +68,47 @@ class InjectIn(BaseModel):
     text: str = Field(min_length=1, max_length=4000)
 
 
+class UpdateIn(BaseModel):
+    """What changes from the agent's next answer on (the one being spoken keeps its own)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(None, min_length=1, description="The new system prompt")
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="The agent config's tool definitions; [] removes every tool")
+    llm: dict[str, Any] | None = Field(
+        None, description="An LLM provider block, as in the agent config")
+    new_agent: str = Field("", max_length=200, description="Names the persona taking over "
+                           "(agent.handoff) when the prompt changes with the tools or LLM")
+
+
+class PlayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    audio_data: str = Field(min_length=1, max_length=12_000_000,
+                            description="A WAV file (16-bit PCM, any rate, mono or stereo), "
+                                        "base64")
+    interruptible: bool = True
+
+
+class BackgroundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sound: str = Field(min_length=1, max_length=12_000_000,
+                       description="hold_music, office or hum, or a base64 WAV")
+    volume: float = Field(0.5, ge=0.0, le=1.0)
+    loop: bool = True
+
+
 class Accepted(BaseModel):
     session_id: str
     action: str
     status: Literal["accepted"] = "accepted"
+
+
+class Updated(Accepted):
+    fields: list[str] = Field(default_factory=list, description="What changed")
+
+
+class Playing(Accepted):
+    play_id: str = Field(description="Named again by the play.completed event")
 
 
 class LiveControl(Protocol):
@@ -78,9 +119,10 @@ class LiveControl(Protocol):
     async def transfer(self, target: str, mode: TransferMode = "cold",
                        brief: str = "") -> None: ...
     async def inject(self, text: str) -> None: ...
+    async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str: ...
 
 
-async def _live_call(state: AppState, session_id: str) -> LiveControl:
+async def _live_call(state: AppState, session_id: str) -> LiveCall | RemoteCall:
     registry = live_calls(state)
     control = registry.get(session_id) if registry is not None else None
     if control is not None and not control.ended:
@@ -110,15 +152,27 @@ def _background(state: AppState, coro: Any, what: str) -> None:
     task.add_done_callback(done)
 
 
-async def _act(what: str, session_id: str, action: Any) -> None:
+def _field_problem(exc: ValueError, default: str) -> ApiProblem:
+    """A call's refusal "tools.0.name: ..." as a 422 naming that field."""
+    field, sep, message = str(exc).partition(": ")
+    if not sep or " " in field:
+        field, message = default, str(exc)
+    return unprocessable([{"field": field, "message": message}])
+
+
+async def _act(what: str, session_id: str, action: Any, field: str = "body") -> Any:
     try:
-        await action
+        return await action
     except ApiProblem:
         raise
     except ControlRefused as exc:
+        if exc.status == 422:
+            raise _field_problem(ValueError(exc.detail), field) from None
         raise ApiProblem(exc.status, exc.detail) from None
     except ValueError as exc:
-        raise unprocessable([{"field": "body", "message": str(exc)}]) from None
+        raise _field_problem(exc, field) from None
+    except RuntimeError as exc:  # not on this kind of call (speech-to-speech, audio mode)
+        raise ApiProblem(409, str(exc)) from None
     except Exception as exc:
         log.warning("%s on session %s failed: %r", what, session_id, exc)
         raise ApiProblem(502, f"{what} failed: {type(exc).__name__}") from None
@@ -162,3 +216,68 @@ async def inject(session_id: str, body: InjectIn, state: State) -> Accepted:
     control = await _live_call(state, session_id)
     await _act("inject", session_id, control.inject(body.text))
     return Accepted(session_id=session_id, action="inject")
+
+
+async def _now(action: Any) -> Any:
+    """A hosted call's synchronous reconfiguration, in `_act`'s shape."""
+    return action()
+
+
+@router.patch("/{session_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Updated,
+              responses=problems(404, 409, 422, 502))
+async def update(session_id: str, body: UpdateIn, state: State) -> Updated:
+    """Reconfigure the running call: a new system prompt, tools and/or LLM, from the agent's
+    next answer on (`session.updated`; `agent.handoff` when the prompt changes with the tools or
+    LLM). Validated like an agent config; a bad field is a 422 naming it and nothing changes."""
+    if body.prompt is None and body.tools is None and body.llm is None:
+        raise unprocessable([{"field": "body",
+                              "message": "give at least one of prompt, tools, llm"}])
+    control = await _live_call(state, session_id)
+    if isinstance(control, RemoteCall):
+        fields = await _act("update", session_id, control.update(
+            body.prompt, body.tools, body.llm, body.new_agent))
+    else:
+        fields = await _act("update", session_id, _now(lambda: control.update(
+            body.prompt, body.tools, body.llm, body.new_agent)))
+    return Updated(session_id=session_id, action="update", fields=fields)
+
+
+@router.post("/{session_id}/play", status_code=status.HTTP_202_ACCEPTED, response_model=Playing,
+             responses=problems(404, 409, 422, 502))
+async def play(session_id: str, body: PlayIn, state: State) -> Playing:
+    """Play a WAV file to the caller after what the agent is saying; `play.completed` follows
+    (with `interrupted` when the caller cut it off)."""
+    try:
+        wav = base64.b64decode(body.audio_data, validate=True)
+    except (binascii.Error, ValueError):
+        raise unprocessable([{"field": "audio_data", "message": "not valid base64"}]) from None
+    control = await _live_call(state, session_id)
+    play_id = await _act("play", session_id, control.play(wav, interruptible=body.interruptible),
+                         field="audio_data")
+    return Playing(session_id=session_id, action="play", play_id=play_id)
+
+
+@router.put("/{session_id}/background", status_code=status.HTTP_202_ACCEPTED,
+            response_model=Accepted, responses=problems(404, 409, 422, 502))
+async def background(session_id: str, body: BackgroundIn, state: State) -> Accepted:
+    """Lay a background sound under the call (replacing any): alone while the agent is silent,
+    under its voice while it speaks, until `DELETE .../background` or the end of the call."""
+    control = await _live_call(state, session_id)
+    if isinstance(control, RemoteCall):
+        await _act("background", session_id,
+                   control.play_background(body.sound, body.volume, body.loop), field="sound")
+    else:
+        await _act("background", session_id, _now(
+            lambda: control.play_background(body.sound, body.volume, body.loop)), field="sound")
+    return Accepted(session_id=session_id, action="background")
+
+
+@router.delete("/{session_id}/background", status_code=status.HTTP_202_ACCEPTED,
+               response_model=Accepted, responses=problems(404, 409, 502))
+async def stop_background(session_id: str, state: State) -> Accepted:
+    control = await _live_call(state, session_id)
+    if isinstance(control, RemoteCall):
+        await _act("background", session_id, control.stop_background())
+    else:
+        await _act("background", session_id, _now(control.stop_background))
+    return Accepted(session_id=session_id, action="background_stop")

@@ -23,7 +23,8 @@ from app.calls.admission import LocalSeats, Seats
 
 BUS_KEY = "app.bus"
 
-ControlAction = Literal["say", "hangup", "transfer", "inject", "state"]
+ControlAction = Literal["say", "hangup", "transfer", "inject", "state", "update", "play",
+                        "background", "background_stop"]
 # End reason of the calls of a process that stopped heartbeating (crashed, killed, cut off).
 NODE_LOST_REASON = "node_lost"
 
@@ -42,6 +43,8 @@ class ControlReply:
 
     status: int
     detail: str = ""
+    # What the action answers besides its status (e.g. the fields an update changed).
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -12,6 +12,7 @@ state from the database (the source of truth).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any
 
@@ -59,6 +60,30 @@ class RemoteCall:
 
     async def inject(self, text: str) -> None:
         await self._ask(ControlRequest(self.session_id, "inject", {"text": text}))
+
+    async def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
+                     llm: dict[str, Any] | None = None, new_agent: str = "") -> list[str]:
+        reply = await self.bus.request(self.owner, ControlRequest(
+            self.session_id, "update", {"system_prompt": system_prompt, "tools": tools,
+                                        "llm": llm, "new_agent": new_agent}))
+        if not reply.ok:
+            raise ControlRefused(reply)
+        return list(reply.data.get("fields") or [])
+
+    async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str:
+        reply = await self.bus.request(self.owner, ControlRequest(
+            self.session_id, "play", {"audio_data": base64.b64encode(wav_bytes).decode(),
+                                      "interruptible": interruptible}))
+        if not reply.ok:
+            raise ControlRefused(reply)
+        return str(reply.data.get("play_id") or "")
+
+    async def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None:
+        await self._ask(ControlRequest(self.session_id, "background",
+                                       {"sound": sound, "volume": volume, "loop": loop}))
+
+    async def stop_background(self) -> None:
+        await self._ask(ControlRequest(self.session_id, "background_stop"))
 
 
 async def remote_owner(state: Any, session_id: str) -> RemoteCall | None:
@@ -110,6 +135,19 @@ class ControlServer:
                 await control.transfer(str(a["target"]), mode, str(a.get("brief") or ""))
             elif req.action == "inject":
                 await control.inject(str(a["text"]))
+            elif req.action == "update":
+                fields = control.update(a.get("system_prompt"), a.get("tools"), a.get("llm"),
+                                        str(a.get("new_agent") or ""))
+                return ControlReply(202, "accepted", {"fields": fields})
+            elif req.action == "play":
+                play_id = await control.play(base64.b64decode(str(a["audio_data"])),
+                                             interruptible=bool(a.get("interruptible", True)))
+                return ControlReply(202, "accepted", {"play_id": play_id})
+            elif req.action == "background":
+                control.play_background(str(a["sound"]), float(a.get("volume", 0.5)),
+                                        bool(a.get("loop", True)))
+            elif req.action == "background_stop":
+                control.stop_background()
             elif req.action == "state":
                 fresh = await shared_state_store(self.state).get(req.session_id,
                                                                  include_reserved=True)
@@ -119,6 +157,8 @@ class ControlServer:
                 return ControlReply(422, f"unknown action {req.action!r}")
         except (KeyError, ValueError) as exc:
             return ControlReply(422, str(exc))
+        except RuntimeError as exc:  # not on this kind of call (speech-to-speech, audio mode)
+            return ControlReply(409, str(exc))
         except Exception as exc:
             log.warning("%s on session %s failed: %r", req.action, req.session_id, exc)
             return ControlReply(502, f"{req.action} failed: {type(exc).__name__}")

@@ -447,7 +447,8 @@ class RedisBus:
         elif channel == self._reply(self.node_id):
             fut = self._replies.get(body.get("id", ""))
             if fut is not None and not fut.done():
-                fut.set_result(ControlReply(int(body["status"]), str(body.get("detail", ""))))
+                fut.set_result(ControlReply(int(body["status"]), str(body.get("detail", "")),
+                                            dict(body.get("data") or {})))
         else:
             task = asyncio.create_task(self._answer_request(body))
             self._handlers.add(task)
@@ -470,4 +471,5 @@ class RedisBus:
                 reply = ControlReply(502, f"{req.action} failed: {type(exc).__name__}")
         with contextlib.suppress(RedisError, OSError):
             await self.redis.publish(self._reply(str(body.get("reply_to"))), json.dumps(
-                {"id": body.get("id"), "status": reply.status, "detail": reply.detail}))
+                {"id": body.get("id"), "status": reply.status, "detail": reply.detail,
+                 "data": reply.data}))

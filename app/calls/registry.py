@@ -12,24 +12,35 @@ from typing import Any, Protocol
 from app.tools.control import CallControl
 
 
+class LiveCall(CallControl, Protocol):
+    """A hosted call as the control API reaches it: what tools may do, and reconfiguring it
+    while it runs (the call host's `_Call`)."""
+
+    def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
+               llm: dict[str, Any] | None = None, new_agent: str = "") -> list[str]: ...
+    async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str: ...
+    def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None: ...
+    def stop_background(self) -> None: ...
+
+
 class LiveCallLookup(Protocol):
-    def get(self, session_id: str) -> CallControl | None: ...
+    def get(self, session_id: str) -> LiveCall | None: ...
 
 
 class LiveCalls:
     def __init__(self) -> None:
-        self._calls: dict[str, CallControl] = {}
+        self._calls: dict[str, LiveCall] = {}
 
-    def register(self, session_id: str, control: CallControl) -> None:
+    def register(self, session_id: str, control: LiveCall) -> None:
         self._calls[session_id] = control
 
-    def unregister(self, session_id: str, control: CallControl | None = None) -> None:
+    def unregister(self, session_id: str, control: LiveCall | None = None) -> None:
         """Remove the entry (only if it is still `control`, when given)."""
         current = self._calls.get(session_id)
         if current is not None and (control is None or current is control):
             del self._calls[session_id]
 
-    def get(self, session_id: str) -> CallControl | None:
+    def get(self, session_id: str) -> LiveCall | None:
         return self._calls.get(session_id)
 
     def __contains__(self, session_id: object) -> bool:

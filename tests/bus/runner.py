@@ -34,6 +34,9 @@ class _Call:
         self.state: dict[str, Any] = {}
         self.said: list[str] = []
         self.injected: list[str] = []
+        self.updates: list[dict[str, Any]] = []
+        self.played: list[bytes] = []
+        self.background: tuple[str, float, bool] | None = None
         self._ended = False
         self._n = 0
 
@@ -73,6 +76,27 @@ class _Call:
 
     async def inject(self, text: str) -> None:
         self.injected.append(text)
+
+    # What the control API's reconfiguration reaches (the call host's live update, play and
+    # background), recorded.
+    def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
+               llm: dict[str, Any] | None = None, new_agent: str = "") -> list[str]:
+        if tools is not None and any(not isinstance(t, dict) or "name" not in t for t in tools):
+            raise ValueError("tools.0.name: Field required")
+        changed = [k for k, v in (("prompt", system_prompt), ("tools", tools), ("llm", llm))
+                   if v is not None]
+        self.updates.append({"prompt": system_prompt, "tools": tools, "llm": llm})
+        return changed
+
+    async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str:
+        self.played.append(wav_bytes)
+        return f"play-{len(self.played)}"
+
+    def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None:
+        self.background = (sound, volume, loop)
+
+    def stop_background(self) -> None:
+        self.background = None
 
 
 class ClusterRunner:

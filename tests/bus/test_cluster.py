@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from typing import Any
@@ -103,6 +104,23 @@ async def test_control_sent_to_the_other_node_reaches_the_call(cluster: Cluster)
 
         r = await post(b, f"/v1/sessions/{sid}/inject", {"text": "VIP caller."})
         assert r.status_code == 202 and hosted.injected == ["VIP caller."]
+
+        # Reconfiguration reaches the owner too, with its answer and its refusals.
+        async with httpx.AsyncClient(base_url=b.server.base_url, trust_env=False) as c:
+            r = await c.patch(f"/v1/sessions/{sid}", json={"prompt": "Be terse."},
+                              headers=AUTH)
+            assert (r.status_code, r.json()["fields"]) == (202, ["prompt"]), r.text
+            r = await c.patch(f"/v1/sessions/{sid}", json={"tools": [{}]}, headers=AUTH)
+            assert r.status_code == 422 and r.json()["errors"][0]["field"] == "tools.0.name"
+            r = await c.put(f"/v1/sessions/{sid}/background", json={"sound": "office"},
+                            headers=AUTH)
+            assert r.status_code == 202 and hosted.background == ("office", 0.5, True)
+            r = await c.delete(f"/v1/sessions/{sid}/background", headers=AUTH)
+            assert r.status_code == 202 and hosted.background is None
+        r = await post(b, f"/v1/sessions/{sid}/play",
+                       {"audio_data": base64.b64encode(b"RIFF....WAVE").decode()})
+        assert (r.status_code, r.json()["play_id"]) == (202, "play-1")
+        assert hosted.updates[0]["prompt"] == "Be terse." and hosted.played == [b"RIFF....WAVE"]
 
         async with httpx.AsyncClient(base_url=b.server.base_url, trust_env=False) as c:
             r = await c.patch(f"/v1/sessions/{sid}/state", json={"tier": "gold"},

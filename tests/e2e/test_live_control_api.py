@@ -1,0 +1,95 @@
+"""Reconfiguring a live call over REST: PATCH /v1/sessions/{id}, play, background.
+
+A real call (the Plivo simulator as caller, the real engine, fake OpenAI / Deepgram /
+ElevenLabs) is reconfigured through the control API while it runs.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.e2e.test_customer_app import tone_wav
+from tests.e2e.tools_fixtures import ADMIN, CallStack, Recorder, call_stack, of_type
+
+pytestmark = pytest.mark.slow
+
+REFUND = {"name": "refund", "description": "Refund an order",
+          "webhook": {"url": "http://127.0.0.1:9/refund"},
+          "parameters": {"type": "object", "properties": {}}}
+
+
+async def send(stack: CallStack, method: str, path: str, body: Any = None) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=stack.server.base_url, headers=ADMIN) as c:
+        return await c.request(method, path, json=body)
+
+
+def field_of(r: httpx.Response) -> str:
+    assert r.status_code == 422, r.text
+    return str(r.json()["errors"][0]["field"])
+
+
+async def test_patch_play_and_background_on_a_live_call(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        await stack.add_agent()
+        rec = Recorder(stack)
+        stack.deepgram.queue_transcript("I want a refund.")
+        stack.openai.queue_chat("Billing here, let me look.")
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            await rec.wait_type("agent.speech_completed", sid=sid)  # the greeting
+
+            # Refused whole, naming the field; nothing changes.
+            assert field_of(await send(stack, "PATCH", f"/v1/sessions/{sid}",
+                                       {"tools": [{"name": "x y"}]})).startswith("tools.0")
+            assert field_of(await send(stack, "PATCH", f"/v1/sessions/{sid}", {})) == "body"
+            llm = {"provider": "openai", "api_key": {"env": "PB_E2E_VENDOR_KEY"},
+                   "base_url": stack.openai.base_url, "model": "gpt-4.1-mini"}
+            r = await send(stack, "PATCH", f"/v1/sessions/{sid}",
+                           {"prompt": "You are the billing agent.", "tools": [REFUND],
+                            "llm": llm, "new_agent": "billing"})
+            assert r.status_code == 202, r.text
+            assert sorted(r.json()["fields"]) == ["llm", "prompt", "tools"]
+
+            wav = base64.b64encode(tone_wav()).decode()
+            assert field_of(await send(stack, "POST", f"/v1/sessions/{sid}/play",
+                                       {"audio_data": "%%%"})) == "audio_data"
+            assert field_of(await send(stack, "POST", f"/v1/sessions/{sid}/play",
+                                       {"audio_data": base64.b64encode(b"nope").decode()})
+                            ) == "audio_data"
+            r = await send(stack, "POST", f"/v1/sessions/{sid}/play", {"audio_data": wav})
+            assert r.status_code == 202, r.text
+            play_id = r.json()["play_id"]
+            (done,) = await rec.wait_type("play.completed", sid=sid, within_s=20)
+            assert done.event.play_id == play_id and not done.event.interrupted
+
+            assert field_of(await send(stack, "PUT", f"/v1/sessions/{sid}/background",
+                                       {"sound": "disco"})) == "sound"
+            r = await send(stack, "PUT", f"/v1/sessions/{sid}/background",
+                           {"sound": "hold_music", "volume": 0.2})
+            assert r.status_code == 202, r.text
+            assert (await send(stack, "DELETE", f"/v1/sessions/{sid}/background")
+                    ).status_code == 202
+
+            await stack.say(call, "I want a refund.", trail_ms=200)
+            await rec.wait_type("turn.completed", sid=sid, within_s=30)
+        await rec.wait_type("session.ended", sid=sid)
+        # Over: a conflict.
+        r = await send(stack, "PATCH", f"/v1/sessions/{sid}", {"prompt": "late"})
+        assert r.status_code == 409, r.text
+
+    envs = rec.session(sid)
+    (updated,) = of_type(envs, "session.updated")
+    (handoff,) = of_type(envs, "agent.handoff")
+    assert handoff.event.new_agent == "billing" and updated.seq < handoff.seq
+    # The next answer used the new persona, model and tools.
+    request = stack.openai.for_endpoint("chat")[0].json
+    assert request["model"] == "gpt-4.1-mini"
+    assert request["messages"][0]["content"] == "You are the billing agent."
+    assert [t["function"]["name"] for t in request["tools"]] == ["refund"]
