@@ -223,15 +223,19 @@ class Conversation:
 
     def update(self, prompt: str | None = None, tools: list[Any] | None = None,
                llm: LLMLike | None = None, *,
-               tool_executor: ToolExecutor | None = None) -> list[str]:
-        """Change the system prompt, the tools offered to the LLM (`[]` removes them all) and/or
-        the LLM itself, from the agent's next answer on (the one being spoken, tool rounds and
-        all, finishes as it began). `tool_executor` runs the new tools' calls when the call had
-        none before. Emits `session.updated` and returns the fields changed."""
-        changed = [name for name, value in (("prompt", prompt), ("tools", tools), ("llm", llm))
+               tool_executor: ToolExecutor | None = None, tts: TTSLike | None = None,
+               voice: str | None = None) -> list[str]:
+        """Change the system prompt, the tools offered to the LLM (`[]` removes them all), the
+        LLM itself and/or the TTS and voice, from the agent's next answer on (the one being
+        spoken, tool rounds and all, finishes as it began). `tool_executor` runs the new tools'
+        calls when the call had none before. Emits `session.updated` and returns the fields
+        changed."""
+        changed = [name for name, value in (("prompt", prompt), ("tools", tools), ("llm", llm),
+                                            ("tts", tts), ("voice", voice))
                    if value is not None]
         if not changed:
             return []
+        self._speech.use_voice(tts, voice)
         self._replies.update(ReplyUpdate(prompt=prompt, tools=tools, llm=llm,
                                          tool_executor=tool_executor))
         if tools is not None:

@@ -100,12 +100,13 @@ class SessionUpdated(Event):
 
 @dataclass(kw_only=True)
 class AgentHandoff(Event):
-    """Another persona took the call over: an update changed the system prompt together with
-    the tools or the LLM. The conversation so far stays; `new_agent` names it when the update
-    did."""
+    """Another persona took the call over: a stored agent (handoff), or an update that changed
+    the system prompt together with the tools or the LLM. The conversation so far stays;
+    `new_agent` names it when the update did."""
 
     type: ClassVar[str] = "agent.handoff"
-    new_agent: str = ""
+    new_agent: str = ""  # a stored agent's id when one took over (its version beside it)
+    agent_version: int = 0
     fields: list[str] = field(default_factory=list)
 
 

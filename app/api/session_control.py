@@ -77,6 +77,9 @@ class UpdateIn(BaseModel):
         None, description="The agent config's tool definitions; [] removes every tool")
     llm: dict[str, Any] | None = Field(
         None, description="An LLM provider block, as in the agent config")
+    tts: dict[str, Any] | None = Field(
+        None, description="A TTS provider block, as in the agent config")
+    voice: str | None = Field(None, min_length=1, max_length=200)
     new_agent: str = Field("", max_length=200, description="Names the persona taking over "
                            "(agent.handoff) when the prompt changes with the tools or LLM")
 
@@ -120,6 +123,7 @@ class LiveControl(Protocol):
                        brief: str = "") -> None: ...
     async def inject(self, text: str) -> None: ...
     async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str: ...
+    async def handoff(self, agent_id: str, summary: str = "") -> list[str]: ...
 
 
 async def _live_call(state: AppState, session_id: str) -> LiveCall | RemoteCall:
@@ -229,17 +233,34 @@ async def update(session_id: str, body: UpdateIn, state: State) -> Updated:
     """Reconfigure the running call: a new system prompt, tools and/or LLM, from the agent's
     next answer on (`session.updated`; `agent.handoff` when the prompt changes with the tools or
     LLM). Validated like an agent config; a bad field is a 422 naming it and nothing changes."""
-    if body.prompt is None and body.tools is None and body.llm is None:
+    if all(v is None for v in (body.prompt, body.tools, body.llm, body.tts, body.voice)):
         raise unprocessable([{"field": "body",
-                              "message": "give at least one of prompt, tools, llm"}])
+                              "message": "give at least one of prompt, tools, llm, tts, voice"}])
     control = await _live_call(state, session_id)
     if isinstance(control, RemoteCall):
         fields = await _act("update", session_id, control.update(
-            body.prompt, body.tools, body.llm, body.new_agent))
+            body.prompt, body.tools, body.llm, body.new_agent, tts=body.tts, voice=body.voice))
     else:
         fields = await _act("update", session_id, _now(lambda: control.update(
-            body.prompt, body.tools, body.llm, body.new_agent)))
+            body.prompt, body.tools, body.llm, body.new_agent, tts=body.tts, voice=body.voice)))
     return Updated(session_id=session_id, action="update", fields=fields)
+
+
+class HandoffIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_id: str = Field(min_length=1, max_length=64, description="The agent taking over")
+    summary: str = Field("", max_length=4000, description="Context for the agent taking over")
+
+
+@router.post("/{session_id}/handoff", status_code=status.HTTP_202_ACCEPTED,
+             response_model=Updated, responses=problems(404, 409, 422, 502))
+async def handoff(session_id: str, body: HandoffIn, state: State) -> Updated:
+    """Another stored agent takes the call over from the next answer, with the conversation so
+    far: its prompt, tools, LLM, TTS and voice (`agent.handoff`; the report lists it)."""
+    control = await _live_call(state, session_id)
+    fields = await _act("handoff", session_id, control.handoff(body.agent_id, body.summary),
+                        field="agent_id")
+    return Updated(session_id=session_id, action="handoff", fields=fields)
 
 
 @router.post("/{session_id}/play", status_code=status.HTTP_202_ACCEPTED, response_model=Playing,

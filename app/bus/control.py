@@ -62,10 +62,19 @@ class RemoteCall:
         await self._ask(ControlRequest(self.session_id, "inject", {"text": text}))
 
     async def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
-                     llm: dict[str, Any] | None = None, new_agent: str = "") -> list[str]:
-        reply = await self.bus.request(self.owner, ControlRequest(
+                     llm: dict[str, Any] | None = None, new_agent: str = "", *,
+                     tts: dict[str, Any] | None = None, voice: str | None = None) -> list[str]:
+        return await self._fields(ControlRequest(
             self.session_id, "update", {"system_prompt": system_prompt, "tools": tools,
-                                        "llm": llm, "new_agent": new_agent}))
+                                        "llm": llm, "new_agent": new_agent, "tts": tts,
+                                        "voice": voice}))
+
+    async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
+        return await self._fields(ControlRequest(self.session_id, "handoff",
+                                                 {"agent_id": agent_id, "summary": summary}))
+
+    async def _fields(self, req: ControlRequest) -> list[str]:
+        reply = await self.bus.request(self.owner, req)
         if not reply.ok:
             raise ControlRefused(reply)
         return list(reply.data.get("fields") or [])
@@ -137,7 +146,11 @@ class ControlServer:
                 await control.inject(str(a["text"]))
             elif req.action == "update":
                 fields = control.update(a.get("system_prompt"), a.get("tools"), a.get("llm"),
-                                        str(a.get("new_agent") or ""))
+                                        str(a.get("new_agent") or ""), tts=a.get("tts"),
+                                        voice=a.get("voice"))
+                return ControlReply(202, "accepted", {"fields": fields})
+            elif req.action == "handoff":
+                fields = await control.handoff(str(a["agent_id"]), str(a.get("summary") or ""))
                 return ControlReply(202, "accepted", {"fields": fields})
             elif req.action == "play":
                 play_id = await control.play(base64.b64decode(str(a["audio_data"])),

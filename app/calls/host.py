@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from app import metrics
-from app.agent_config import AgentConfig
+from app.agent_config import AgentConfig, ProviderBlock, ToolConfig
 from app.calls.clips import ClipCache, clip_key, worth_prerendering
 from app.calls.customer_app.audio_relay import AudioRelay
 from app.calls.customer_app.bridge import CustomerApp, close_quietly
 from app.calls.customer_app.link import AppUnreachable
 from app.calls.failover_budget import with_failover_budget
-from app.calls.live_update import parse_llm_block, parse_tools
+from app.calls.live_update import parse_provider_block, parse_tools
 from app.calls.registry import LiveCalls
 from app.calls.report import ReportCollector, final_report
 from app.calls.runner import CallInfo
@@ -523,35 +523,70 @@ class _Call:
         return conv
 
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
-               llm: dict[str, Any] | None = None, new_agent: str = "") -> list[str]:
+               llm: dict[str, Any] | None = None, new_agent: str = "", *,
+               tts: dict[str, Any] | None = None, voice: str | None = None) -> list[str]:
         """From the agent's next answer on: a new system prompt, tool set (ToolConfig-shaped
-        dicts; `[]` removes every tool) and/or LLM provider block. Everything is validated
-        before anything changes (ValueError naming the field); returns the fields changed,
-        which `session.updated` also reports. A new prompt with new tools or a new LLM is a
-        handoff to another persona: `agent.handoff` (named `new_agent`) says so as well."""
+        dicts; `[]` removes every tool), LLM and/or TTS provider block, and voice. Everything
+        is validated before anything changes (ValueError naming the field); returns the fields
+        changed, which `session.updated` also reports. A new prompt with new tools or a new LLM
+        is a handoff to another persona: `agent.handoff` (named `new_agent`) says so as well."""
+        self._cascaded("update")
+        return self._reconfigure(
+            prompt=system_prompt,
+            tools=parse_tools(tools) if tools is not None else None,
+            llm=parse_provider_block("llm", llm) if llm is not None else None,
+            tts=parse_provider_block("tts", tts) if tts is not None else None,
+            voice=voice, new_agent=new_agent)
+
+    async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
+        """Another stored agent takes the call over from the next answer, with the conversation
+        so far: its prompt, tools, LLM, TTS and voice (its greeting and turn-taking settings are
+        not applied mid-call). `summary` is added as context for it. `agent.handoff` names it,
+        and the call's report lists every agent that took part."""
+        self._cascaded("handoff")
+        async with self.host.state.db.session() as s:
+            agent = await agents_repo.get(s, agent_id)
+            version = await agents_repo.current_version(s, agent) if agent is not None else None
+        if version is None:
+            raise ValueError(f"agent_id: no agent '{agent_id}'")
+        target = AgentConfig.model_validate(dict(version.config))
+        changed = self._reconfigure(prompt=target.prompt, tools=list(target.tools),
+                                    llm=target.llm, tts=target.tts, voice=target.voice,
+                                    new_agent=agent_id, handoff_version=version.version,
+                                    always_handoff=True)
+        if summary.strip():
+            await self.inject(summary.strip())
+        return changed
+
+    def _reconfigure(self, *, prompt: str | None, tools: list[ToolConfig] | None,
+                     llm: ProviderBlock | None, tts: ProviderBlock | None, voice: str | None,
+                     new_agent: str, handoff_version: int = 0,
+                     always_handoff: bool = False) -> list[str]:
         conv = self._cascaded("update")
-        new_tools = parse_tools(tools) if tools is not None else None
-        block = parse_llm_block(llm) if llm is not None else None
         # Built before anything changes: a provider that cannot be built leaves the call as
         # it was.
-        new_llm = self._provider("llm", block) if block is not None else None
+        new_llm = self._provider("llm", llm) if llm is not None else None
+        new_tts = self._provider("tts", tts) if tts is not None else None
         specs: list[Any] | None = None
         created = False
-        if new_tools is not None:
+        if tools is not None:
             if self.executor is None:
-                self._tool_executor(self.config.model_copy(update={"tools": new_tools}))
+                self._tool_executor(self.config.model_copy(update={"tools": tools}))
                 created = self.executor is not None
             else:
-                self.executor.replace_tools(new_tools)
+                self.executor.replace_tools(tools)
             specs = self.executor.specs if self.executor is not None else []
         if new_llm is not None:
             # The old one stays in `_providers` and is closed at the end of the call (an
             # answer may still be streaming from it).
             self._llm = new_llm
-        changed = conv.update(prompt=system_prompt, tools=specs, llm=new_llm,
+        if new_tts is not None:
+            self._tts = new_tts
+        changed = conv.update(prompt=prompt, tools=specs, llm=new_llm, tts=new_tts, voice=voice,
                               tool_executor=self.executor if created else None)
-        if "prompt" in changed and ("tools" in changed or "llm" in changed):
-            self.emit(ev.AgentHandoff(new_agent=new_agent, fields=changed))
+        if always_handoff or ("prompt" in changed and ("tools" in changed or "llm" in changed)):
+            self.emit(ev.AgentHandoff(new_agent=new_agent, agent_version=handoff_version,
+                                      fields=changed))
         return changed
 
     async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str:

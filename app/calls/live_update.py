@@ -53,19 +53,25 @@ def parse_tools(raw: Any) -> list[ToolConfig]:
 
 def parse_llm_block(raw: Any) -> ProviderBlock:
     """An LLM provider block (with its fallbacks), its options checked against the adapters."""
+    return parse_provider_block("llm", raw)
+
+
+def parse_provider_block(kind: str, raw: Any) -> ProviderBlock:
+    """A `kind` (llm, tts) provider block with its fallbacks, its options checked against the
+    adapters."""
     if not isinstance(raw, Mapping):
-        raise ValueError("llm: must be a provider block ({provider: NAME, ...options})")
+        raise ValueError(f"{kind}: must be a provider block ({{provider: NAME, ...options}})")
     try:
         block = ProviderBlock.model_validate(dict(raw))
     except ValidationError as exc:
-        raise _first_error(("llm",), exc) from None
-    for loc, sub, depth in provider_blocks("llm", block):
+        raise _first_error((kind,), exc) from None
+    for loc, sub, depth in provider_blocks(kind, block):
         if too_deep(sub, depth):
             raise ValueError(f"{_loc([*loc, 'fallback'])}: {TOO_DEEP}")
-        errors = _block_errors("llm", sub, loc)
+        errors = _block_errors(kind, sub, loc)
         if errors:
             e = errors[0]
-            kind = e["type"]
-            message = kind.message() if isinstance(kind, PydanticCustomError) else kind
-            raise ValueError(f"{_loc(e.get('loc', ('llm',)))}: {message}")
+            err = e["type"]
+            message = err.message() if isinstance(err, PydanticCustomError) else err
+            raise ValueError(f"{_loc(e.get('loc', (kind,)))}: {message}")
     return block

@@ -58,6 +58,7 @@ def build_report(
     summary: str | None = None,
     provider_fallbacks: Iterable[Mapping[str, Any]] = (),
     errors: Iterable[Mapping[str, Any]] = (),
+    handoffs: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     transcript: list[dict[str, Any]] = []
     stage_values: dict[str, list[float]] = {}
@@ -118,6 +119,8 @@ def build_report(
         "latency_ms": latency_summary,
         # Failover is visible on the session: which provider gave way to which, and why.
         "provider_fallbacks": [dict(f) for f in provider_fallbacks],
+        # Every persona that took the call over after the agent it began with.
+        "handoffs": [dict(h) for h in handoffs],
         "errors": [dict(e) for e in errors],
     }
     if summary is not None:
@@ -134,6 +137,7 @@ class ReportCollector:
         self.usage: list[dict[str, Any]] = []
         self.fallbacks: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
+        self.handoffs: list[dict[str, Any]] = []
         self._by_turn: dict[str, dict[str, Any]] = {}
         self._early_metrics: dict[str, dict[str, Any]] = {}
 
@@ -162,6 +166,10 @@ class ReportCollector:
         elif t == "provider.fallback" and len(self.fallbacks) < MAX_COLLECTED_INCIDENTS:
             self.fallbacks.append({"at": event.ts, **{k: d.get(k) for k in (
                 "kind", "from_provider", "to_provider", "error")}})
+        elif t == "agent.handoff" and len(self.handoffs) < MAX_COLLECTED_INCIDENTS:
+            self.handoffs.append({"at": event.ts, "agent": d.get("new_agent") or "",
+                                  "agent_version": d.get("agent_version") or None,
+                                  "fields": list(d.get("fields") or [])})
         elif t == "session.error" and len(self.errors) < MAX_COLLECTED_INCIDENTS:
             self.errors.append({"at": event.ts, **{k: d.get(k) for k in (
                 "stage", "code", "message")}})
@@ -189,7 +197,8 @@ class ReportCollector:
     def build(self, duration_s: float | None = None, summary: str | None = None) -> dict[str, Any]:
         return build_report(turns=self.turns, tool_calls=self.tool_calls.values(),
                             usage=self.usage, duration_s=duration_s, summary=summary,
-                            provider_fallbacks=self.fallbacks, errors=self.errors)
+                            provider_fallbacks=self.fallbacks, errors=self.errors,
+                            handoffs=self.handoffs)
 
 
 async def report_from_db(

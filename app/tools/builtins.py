@@ -1,4 +1,5 @@
-"""Builtin tools an agent can enable: end_call, transfer_call, send_dtmf, collect_digits.
+"""Builtin tools an agent can enable: end_call, transfer_call, send_dtmf, collect_digits,
+handoff.
 
 Each acts on the call through `CallControl`. Call-ending actions (hang up, transfer) return their
 result first and do the irreversible part in `BuiltinOutcome.after`, which the executor runs only
@@ -80,7 +81,15 @@ class CollectDigitsOptions(_Options):
         return v
 
 
+class HandoffOptions(_Options):
+    # name -> a stored agent's id; the LLM picks a name.
+    agents: dict[str, str] = Field(min_length=1)
+    # Said by the current agent before the other one takes over.
+    message: str | None = None
+
+
 OPTION_MODELS: dict[str, type[_Options]] = {
+    "handoff": HandoffOptions,
     "end_call": EndCallOptions,
     "transfer_call": TransferCallOptions,
     "send_dtmf": SendDtmfOptions,
@@ -88,6 +97,8 @@ OPTION_MODELS: dict[str, type[_Options]] = {
 }
 
 DESCRIPTIONS = {
+    "handoff": "Hand the conversation over to another agent (a colleague with other skills), "
+               "who continues with everything said so far.",
     "end_call": "End the phone call. Use when the conversation is finished or the caller "
                 "asks to hang up.",
     "transfer_call": "Transfer the caller to a person or another line.",
@@ -118,6 +129,12 @@ def _default_parameters(tool: ToolConfig) -> dict[str, Any]:
                                 "One or two sentences telling the person who takes the call "
                                 "who is calling and why."}
         return {"type": "object", "properties": props, "required": ["target"]}
+    if name == "handoff":
+        agents = sorted(HandoffOptions.model_validate(tool.options).agents)
+        return {"type": "object", "properties": {
+            "agent": {"type": "string", "enum": agents, "description": "Who takes over."},
+            "summary": {"type": "string", "description": "What the caller needs, for the "
+                        "agent taking over."}}, "required": ["agent"]}
     if name == "send_dtmf":
         return {"type": "object", "properties": {
             "digits": {"type": "string", "pattern": "^[0-9A-Da-d*#]{1,64}$",
@@ -196,7 +213,30 @@ async def run_builtin(
         return BuiltinOutcome({"sent": digits})
     if name == "collect_digits":
         return BuiltinOutcome(await _collect_digits(_options(tool), arguments, control))
+    if name == "handoff":
+        return _handoff(_options(tool), arguments, control)
     raise ToolExecutionError("unknown_tool", f"unknown builtin '{name}'")
+
+
+def _handoff(opts: HandoffOptions, arguments: dict[str, Any],
+             control: CallControl) -> BuiltinOutcome:
+    name = str(arguments.get("agent") or "")
+    agent_id = opts.agents.get(name)
+    if agent_id is None:
+        raise ToolExecutionError("invalid_arguments", f"unknown agent '{name}'; choose one of: "
+                                 + ", ".join(sorted(opts.agents)))
+    summary = str(arguments.get("summary") or "")
+
+    async def after() -> None:
+        # The answer being given finishes with this agent; the next one is the new agent's.
+        if opts.message:
+            await control.say(opts.message, interruptible=False)
+        try:
+            await control.handoff(agent_id, summary)
+        except (ValueError, RuntimeError) as exc:
+            raise ToolExecutionError("failed", str(exc)) from None
+
+    return BuiltinOutcome({"status": "handing over", "agent": name}, after)
 
 
 async def _unstoppable(aw: Awaitable[None]) -> None:

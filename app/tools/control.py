@@ -80,3 +80,9 @@ class CallControl(Protocol):
     async def inject(self, text: str) -> None:
         """Add context the LLM sees on its next turn (a system note, not spoken)."""
         ...
+
+    async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
+        """Another stored agent takes the call over from the next answer, with the
+        conversation so far (`summary` is added as context for it). ValueError when there is
+        no such agent."""
+        ...

@@ -50,6 +50,14 @@ class SpeechDriver:
         self._thinking = ThinkingAudio(sink) if core.settings.thinking_audio else None
         self.agent_audio = asyncio.Event()  # set once the agent's first audio went out
 
+    def use_voice(self, tts: TTSLike | None, voice: str | None) -> None:
+        """Speeches started from now on speak with this TTS and/or voice (one being spoken
+        finishes with its own)."""
+        if tts is not None:
+            self._tts = tts
+        if voice is not None:
+            self._voice = voice
+
     @property
     def idle(self) -> bool:
         """Nothing playing and nothing queued."""

@@ -93,3 +93,63 @@ async def test_patch_play_and_background_on_a_live_call(
     assert request["model"] == "gpt-4.1-mini"
     assert request["messages"][0]["content"] == "You are the billing agent."
     assert [t["function"]["name"] for t in request["tools"]] == ["refund"]
+
+
+async def test_handoff_to_another_agent_over_rest_and_as_a_tool(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fakes.fake_openai import ChatReply, FakeToolCall
+
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        billing = await stack.add_agent(number=None, name="Billing",
+                                        prompt="You are the billing agent.", tools=[REFUND],
+                                        voice="billing-voice")
+        support = await stack.add_agent(number=None, name="Support",
+                                        prompt="You are the support agent.")
+        handoff_tool = {"name": "handoff", "builtin": "handoff",
+                        "options": {"agents": {"support": support},
+                                    "message": "Let me get a colleague."}}
+        front = await stack.add_agent(tools=[handoff_tool])
+        rec = Recorder(stack)
+        stack.deepgram.queue_transcript("I have a billing question.", "My app is broken.",
+                                        "Hello?")
+        stack.openai.queue_chat(
+            "Billing here.",
+            ChatReply(tool_calls=[FakeToolCall("handoff", {"agent": "support",
+                                                           "summary": "App is broken."},
+                                               "h1")]),
+            "Passing you on.", "Support here.")
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            await rec.wait_type("agent.speech_completed", sid=sid)  # the greeting
+            assert field_of(await send(stack, "POST", f"/v1/sessions/{sid}/handoff",
+                                       {"agent_id": "no-such-agent"})) == "agent_id"
+            # 1. Over REST to billing: its prompt, tools and voice from the next answer.
+            r = await send(stack, "POST", f"/v1/sessions/{sid}/handoff",
+                           {"agent_id": billing, "summary": "Caller asks about a bill."})
+            assert r.status_code == 202, r.text
+            assert {"prompt", "tools", "voice"} <= set(r.json()["fields"])
+            await stack.say(call, "I have a billing question.", trail_ms=200)
+            await rec.wait_type("turn.completed", sid=sid, within_s=30)
+            # 2. Back to the front agent, whose LLM hands over to support with its builtin.
+            r = await send(stack, "POST", f"/v1/sessions/{sid}/handoff", {"agent_id": front})
+            assert r.status_code == 202, r.text
+            await stack.say(call, "My app is broken.", trail_ms=200)
+            await rec.wait_type("turn.completed", sid=sid, n=2, within_s=30)
+            # 3. The next answer is support's.
+            await stack.say(call, "Hello?", trail_ms=200)
+            await rec.wait_type("turn.completed", sid=sid, n=3, within_s=30)
+        (ended,) = await rec.wait_type("session.ended", sid=sid)
+
+    chats = [c.json for c in stack.openai.for_endpoint("chat")]
+    assert chats[0]["messages"][0]["content"] == "You are the billing agent."
+    assert any(m["content"] == "Caller asks about a bill." for m in chats[0]["messages"])
+    assert [t["function"]["name"] for t in chats[0]["tools"]] == ["refund"]
+    assert chats[1]["messages"][0]["content"].startswith("You are a helpful phone agent")
+    assert chats[3]["messages"][0]["content"] == "You are the support agent."
+    assert any(m["content"] == "App is broken." for m in chats[3]["messages"])
+    voices = [r.path for r in stack.eleven.for_endpoint("stream-input")]
+    assert any("billing-voice" in p for p in voices)
+    handoffs = [e.event for e in of_type(rec.session(sid), "agent.handoff")]
+    assert [h.new_agent for h in handoffs] == [billing, front, support]
+    assert all(h.agent_version == 1 for h in handoffs)
+    assert [h["agent"] for h in ended.event.report["handoffs"]] == [billing, front, support]

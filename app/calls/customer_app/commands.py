@@ -97,6 +97,8 @@ class Update(_Command):
     new_agent: str = Field("", max_length=200)
     tools: list[dict[str, Any]] | None = None
     llm: dict[str, Any] | None = None
+    tts: dict[str, Any] | None = None
+    voice: str | None = Field(None, min_length=1, max_length=200)
 
 
 class Inject(_Command):
