@@ -92,6 +92,9 @@ class _Call:
         self.played.append(wav_bytes)
         return f"play-{len(self.played)}"
 
+    async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
+        raise NotImplementedError("the bus tests' runner carries no agents")
+
     def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None:
         self.background = (sound, volume, loop)
 

@@ -48,5 +48,11 @@ class RecordingControl:
     async def inject(self, text: str) -> None:
         self.actions.append(("inject", text))
 
+    async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
+        if agent_id.startswith("missing"):
+            raise ValueError(f"agent_id: no agent '{agent_id}'")
+        self.actions.append(("handoff", agent_id, summary))
+        return ["prompt"]
+
 
 assert isinstance(RecordingControl(), CallControl)

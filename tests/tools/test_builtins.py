@@ -198,3 +198,27 @@ async def test_follow_up_failure_corrects_the_record(name: str) -> None:
     result = await executor(ToolCall(id="c", name=name, arguments={"target": "a"}))
     assert result["error"]["type"] == "failed"
     assert [e.type for e in seen] == ["tool.called", "tool.completed", "tool.failed"]
+
+
+async def test_handoff_names_an_agent_and_hands_over_after_its_record() -> None:
+    tool = builtin("handoff", agents={"support": "agent-support", "broken": "missing-1"},
+                   message="Let me get a colleague.")
+    executor, control = make([tool])
+    assert executor.specs[0].parameters["properties"]["agent"]["enum"] == ["broken", "support"]
+    result = await executor(ToolCall(id="h", name="handoff",
+                                     arguments={"agent": "support", "summary": "App broken."}))
+    assert result == {"status": "handing over", "agent": "support"}
+    assert control.actions[-3:] == [("say", "Let me get a colleague.", False),
+                                    ("handoff", "agent-support", "App broken."),
+                                    ("event", "tool.executed", None)]
+
+    result = await executor(ToolCall(id="h2", name="handoff", arguments={"agent": "nobody"}))
+    assert result["error"]["type"] == "invalid_arguments"
+    result = await executor(ToolCall(id="h3", name="handoff", arguments={"agent": "broken"}))
+    assert result["error"]["type"] == "failed" and "missing-1" in result["error"]["message"]
+
+
+def test_handoff_needs_at_least_one_agent() -> None:
+    from app.tools.builtins import builtin_option_errors
+
+    assert builtin_option_errors(builtin("handoff"))[0]["field"] == "options.agents"
