@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from pipelines.audio.backgrounds import background
 from pipelines.settings import ConversationSettings
 from providers import registry
 from providers.base import SecretRef
@@ -152,6 +153,24 @@ AgentMode = Literal["managed", "text", "audio"]
 _HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
 
 
+class BackgroundSettings(BaseModel):
+    """A sound under the whole call: alone while the agent is silent, under its voice."""
+
+    model_config = ConfigDict(extra="forbid")
+    sound: str = Field(min_length=1, description="hold_music, office or hum, or a base64 WAV")
+    volume: float = Field(0.2, ge=0.0, le=1.0)
+    loop: bool = True
+
+    @field_validator("sound")
+    @classmethod
+    def _playable(cls, v: str) -> str:
+        try:
+            background(v)
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("sound: ")) from None
+        return v
+
+
 class PostCallSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     summary_prompt: str | None = None
@@ -183,6 +202,7 @@ class AgentConfig(ConversationSettings):
     tool_settings: ToolsSettings = ToolsSettings()
     voicemail: VoicemailSettings = VoicemailSettings()
     post_call: PostCallSettings = PostCallSettings()
+    background: BackgroundSettings | None = None
     webhook_url: str | None = Field(None, pattern=r"^https?://")
     # Only these event types are sent to webhook_url (all when empty).
     webhook_events: list[str] = Field(default_factory=list)

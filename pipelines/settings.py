@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from pipelines.audio.backgrounds import background
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -123,12 +125,25 @@ class ConversationSettings(_Strict):
     max_duration_goodbye: str = "We have reached the time limit for this call. Goodbye!"
     max_context_items: int = Field(50, ge=4, le=1000)
     thinking_audio: bool = False
+    # What plays while the agent thinks (with thinking_audio): a built-in sound (hold_music,
+    # office, hum) or a base64 WAV; by default a soft pulse.
+    thinking_sound: str | None = Field(None, min_length=1)
     # LLM ↔ tool round trips per answer; the last round is offered no tools.
     max_tool_rounds: int = Field(5, ge=1, le=20)
     # Safety net for a tool executor without its own timeout.
     tool_timeout_s: float = Field(30.0, gt=0, le=600)
     # Keypad digits are collected until this gap (or '#') and then answered as one turn.
     dtmf_inter_digit_ms: int = Field(1500, ge=0, le=10000)
+
+    @field_validator("thinking_sound")
+    @classmethod
+    def _playable(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                background(v)
+            except ValueError as exc:
+                raise ValueError(str(exc).removeprefix("sound: ")) from None
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -16,8 +16,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from pipelines.audio.backgrounds import background
 from pipelines.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
 from pipelines.audio.mixer import LoopingSource
+from pipelines.audio.resample import resample
 from pipelines.ports import PlayoutSink
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,18 @@ def thinking_clip() -> np.ndarray:
     return np.rint(clip * 32767).astype(np.int16)
 
 
+def custom_clip(sound: str) -> np.ndarray:
+    """A thinking sound given as a built-in name or a base64 WAV, at the engine's rate."""
+    bed = background(sound)
+    return resample(bed.clip, bed.sample_rate, SAMPLE_RATE)
+
+
 class ThinkingAudio:
-    def __init__(self, sink: PlayoutSink, *, delay_s: float = 0.6) -> None:
+    def __init__(self, sink: PlayoutSink, *, delay_s: float = 0.6,
+                 clip: np.ndarray | None = None) -> None:
         self._sink = sink
         self._delay_s = delay_s
+        self._clip = clip if clip is not None else thinking_clip()
         self._task: asyncio.Task[None] | None = None
         self._playing = False
 
@@ -68,7 +78,7 @@ class ThinkingAudio:
 
     async def _run(self) -> None:
         await asyncio.sleep(self._delay_s)
-        source = LoopingSource(thinking_clip(), volume=1.0)
+        source = LoopingSource(self._clip, volume=1.0)
         await self._sink.start_segment(f"thinking-{next(_ids)}")
         self._playing = True
         while True:

@@ -391,6 +391,9 @@ class _Call:
 
     async def _converse(self, conv: Conversation | S2SConversation | AudioRelay) -> str:
         await conv.start()
+        bed = self.config.background
+        if bed is not None and isinstance(self.transport.playout, BackgroundMixingSink):
+            self.play_background(bed.sound, bed.volume, bed.loop)
         if self._app_failed is not None:
             # The app never answered: the caller hears the apology, then the call ends.
             self._apologise_and_end(conv, self._app_failed)

@@ -20,7 +20,7 @@ from pipelines.reply import ReplyGenerator
 from pipelines.sentences import split_sentences
 from pipelines.speech import INTERRUPTIONS, SpeechHandle, SpeechKind, turn_metrics
 from pipelines.speech_output import SpeechError, SpeechOutput
-from pipelines.thinking_audio import ThinkingAudio
+from pipelines.thinking_audio import ThinkingAudio, custom_clip
 
 if TYPE_CHECKING:
     from pipelines.engine.barge_in import Episode
@@ -47,7 +47,9 @@ class SpeechDriver:
         self._segment_ids = itertools.count(1)
         self._interjections: set[SpeechHandle] = set()
         self._played_waiters: dict[str, asyncio.Future[None]] = {}
-        self._thinking = ThinkingAudio(sink) if core.settings.thinking_audio else None
+        sound = core.settings.thinking_sound
+        self._thinking = (ThinkingAudio(sink, clip=custom_clip(sound) if sound else None)
+                          if core.settings.thinking_audio else None)
         self.agent_audio = asyncio.Event()  # set once the agent's first audio went out
 
     def use_voice(self, tts: TTSLike | None, voice: str | None) -> None:

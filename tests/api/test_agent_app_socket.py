@@ -42,3 +42,17 @@ async def test_bad_customer_app_fields_are_422_naming_the_field(client, admin_he
                                                                 field):
     r = await client.post("/v1/agents", json=agent_config(**extra), headers=admin_headers)
     assert field in _fields(r)
+
+
+async def test_background_and_thinking_sound_are_checked_when_saved(client, admin_headers):
+    ok = agent_config(background={"sound": "office", "volume": 0.1},
+                      thinking_audio=True, thinking_sound="hum")
+    r = await client.post("/v1/agents", json=ok, headers=admin_headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["config"]["background"] == {"sound": "office", "volume": 0.1, "loop": True}
+    r = await client.post("/v1/agents", json=agent_config(background={"sound": "disco"}),
+                          headers=admin_headers)
+    assert _fields(r) == {"background.sound"}
+    r = await client.post("/v1/agents", json=agent_config(thinking_sound="UklGRgAAAA=="),
+                          headers=admin_headers)
+    assert _fields(r) == {"thinking_sound"}

@@ -6,6 +6,7 @@ ElevenLabs) is reconfigured through the control API while it runs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 from typing import Any
@@ -153,3 +154,14 @@ async def test_handoff_to_another_agent_over_rest_and_as_a_tool(
     assert [h.new_agent for h in handoffs] == [billing, front, support]
     assert all(h.agent_version == 1 for h in handoffs)
     assert [h["agent"] for h in ended.event.report["handoffs"]] == [billing, front, support]
+
+
+async def test_agent_background_plays_from_the_start_of_the_call(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        await stack.add_agent(greeting=None, background={"sound": "hum", "volume": 0.3})
+        async with stack.call() as call:
+            # Nobody speaks, yet the caller hears the agent's background.
+            await call.wait_for(lambda: call.agent_spoke, within_s=10)
+            await asyncio.sleep(0.5)
+    assert call.result.play_frames > 10 and not call.result.play_errors
