@@ -54,6 +54,7 @@ from pipelines.engine.preemption import Preemption
 from pipelines.engine.speech_driver import SpeechDriver
 from pipelines.engine.states import AgentState, Trigger
 from pipelines.engine.turn_taking import EndOfTurnDecider, TurnTaking
+from pipelines.interruption import InterruptionPolicy
 from pipelines.outcomes import EndReason, ErrorStage
 from pipelines.ports import LLMLike, PlayoutSink, PrefillingLLM, STTLike, TTSLike
 from pipelines.reply import ReplyGenerator, ReplyUpdate, ToolExecutor, prefill
@@ -245,6 +246,19 @@ class Conversation:
         if self._core.started:
             self._core.emit(ev.SessionUpdated, fields=changed)
         return changed
+
+    def retune(self, settings: ConversationSettings) -> None:
+        """New turn-taking settings (vad thresholds, turn, interruption, idle, semantic_vad)
+        while the call runs: each part takes them from its next decision on. The VAD engine
+        cannot change mid-call."""
+        if settings.vad.engine != self.settings.vad.engine:
+            raise ValueError("vad.engine: cannot change while the call runs")
+        self.settings = self._core.settings = settings
+        self._audio.vad.retune(settings.vad)
+        self._turns.retune(settings)
+        self._barge.policy = InterruptionPolicy(settings.interruption)
+        if self._core.started:
+            self._core.emit(ev.SessionUpdated, fields=["turn_taking"])
 
     def interrupt(self, force: bool = False) -> SpeechHandle | None:
         """Stop the agent now (only interruptible speech unless `force`) and drop what is queued.

@@ -80,6 +80,9 @@ class UpdateIn(BaseModel):
     tts: dict[str, Any] | None = Field(
         None, description="A TTS provider block, as in the agent config")
     voice: str | None = Field(None, min_length=1, max_length=200)
+    turn_taking: dict[str, Any] | None = Field(
+        None, description="Merged into the call's vad / turn / interruption / idle / "
+                          "semantic_vad settings (JSON merge patch), from the next utterance")
     new_agent: str = Field("", max_length=200, description="Names the persona taking over "
                            "(agent.handoff) when the prompt changes with the tools or LLM")
 
@@ -233,16 +236,19 @@ async def update(session_id: str, body: UpdateIn, state: State) -> Updated:
     """Reconfigure the running call: a new system prompt, tools and/or LLM, from the agent's
     next answer on (`session.updated`; `agent.handoff` when the prompt changes with the tools or
     LLM). Validated like an agent config; a bad field is a 422 naming it and nothing changes."""
-    if all(v is None for v in (body.prompt, body.tools, body.llm, body.tts, body.voice)):
-        raise unprocessable([{"field": "body",
-                              "message": "give at least one of prompt, tools, llm, tts, voice"}])
+    if all(v is None for v in (body.prompt, body.tools, body.llm, body.tts, body.voice,
+                               body.turn_taking)):
+        raise unprocessable([{"field": "body", "message": "give at least one of prompt, "
+                              "tools, llm, tts, voice, turn_taking"}])
     control = await _live_call(state, session_id)
     if isinstance(control, RemoteCall):
         fields = await _act("update", session_id, control.update(
-            body.prompt, body.tools, body.llm, body.new_agent, tts=body.tts, voice=body.voice))
+            body.prompt, body.tools, body.llm, body.new_agent, tts=body.tts, voice=body.voice,
+            turn_taking=body.turn_taking))
     else:
         fields = await _act("update", session_id, _now(lambda: control.update(
-            body.prompt, body.tools, body.llm, body.new_agent, tts=body.tts, voice=body.voice)))
+            body.prompt, body.tools, body.llm, body.new_agent, tts=body.tts, voice=body.voice,
+            turn_taking=body.turn_taking)))
     return Updated(session_id=session_id, action="update", fields=fields)
 
 

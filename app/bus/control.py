@@ -63,11 +63,12 @@ class RemoteCall:
 
     async def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
                      llm: dict[str, Any] | None = None, new_agent: str = "", *,
-                     tts: dict[str, Any] | None = None, voice: str | None = None) -> list[str]:
+                     tts: dict[str, Any] | None = None, voice: str | None = None,
+                     turn_taking: dict[str, Any] | None = None) -> list[str]:
         return await self._fields(ControlRequest(
             self.session_id, "update", {"system_prompt": system_prompt, "tools": tools,
                                         "llm": llm, "new_agent": new_agent, "tts": tts,
-                                        "voice": voice}))
+                                        "voice": voice, "turn_taking": turn_taking}))
 
     async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
         return await self._fields(ControlRequest(self.session_id, "handoff",
@@ -147,7 +148,7 @@ class ControlServer:
             elif req.action == "update":
                 fields = control.update(a.get("system_prompt"), a.get("tools"), a.get("llm"),
                                         str(a.get("new_agent") or ""), tts=a.get("tts"),
-                                        voice=a.get("voice"))
+                                        voice=a.get("voice"), turn_taking=a.get("turn_taking"))
                 return ControlReply(202, "accepted", {"fields": fields})
             elif req.action == "handoff":
                 fields = await control.handoff(str(a["agent_id"]), str(a.get("summary") or ""))

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from app import metrics
 from app.agent_config import AgentConfig, ProviderBlock, ToolConfig
@@ -38,6 +39,7 @@ from app.calls.transport import CallTransport
 from app.calls.voicemail import VoicemailScreen, wants_detection
 from app.db.repos import agents as agents_repo
 from app.events.signing import signing_secret_from_box
+from app.merge_patch import apply_merge_patch
 from app.outbox.service import is_outage
 from app.state import AppState
 from app.tools.control import TransferMode, normalize_target
@@ -62,6 +64,10 @@ log = logging.getLogger(__name__)
 # once through the carrier's REST API, with a session.error saying why.
 SETUP_FAILED_REASON = EndReason.SETUP_FAILED
 PROVIDER_CLOSE_TIMEOUT_S = 2.0
+
+
+# What `update(turn_taking=...)` may change mid-call.
+TURN_TAKING_FIELDS = ("vad", "turn", "interruption", "idle", "semantic_vad")
 
 
 class CallHost:
@@ -527,19 +533,46 @@ class _Call:
 
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
                llm: dict[str, Any] | None = None, new_agent: str = "", *,
-               tts: dict[str, Any] | None = None, voice: str | None = None) -> list[str]:
+               tts: dict[str, Any] | None = None, voice: str | None = None,
+               turn_taking: dict[str, Any] | None = None) -> list[str]:
         """From the agent's next answer on: a new system prompt, tool set (ToolConfig-shaped
-        dicts; `[]` removes every tool), LLM and/or TTS provider block, and voice. Everything
-        is validated before anything changes (ValueError naming the field); returns the fields
-        changed, which `session.updated` also reports. A new prompt with new tools or a new LLM
-        is a handoff to another persona: `agent.handoff` (named `new_agent`) says so as well."""
-        self._cascaded("update")
-        return self._reconfigure(
+        dicts; `[]` removes every tool), LLM and/or TTS provider block, and voice; and from the
+        caller's next utterance, turn-taking settings (`turn_taking`: a JSON merge patch of
+        `vad`, `turn`, `interruption`, `idle`, `semantic_vad`). Everything is validated before
+        anything changes (ValueError naming the field); returns the fields changed, which
+        `session.updated` also reports. A new prompt with new tools or a new LLM is a handoff
+        to another persona: `agent.handoff` (named `new_agent`) says so as well."""
+        conv = self._cascaded("update")
+        retuned = self._retuned(turn_taking) if turn_taking is not None else None
+        changed = self._reconfigure(
             prompt=system_prompt,
             tools=parse_tools(tools) if tools is not None else None,
             llm=parse_provider_block("llm", llm) if llm is not None else None,
             tts=parse_provider_block("tts", tts) if tts is not None else None,
             voice=voice, new_agent=new_agent)
+        if retuned is not None:
+            conv.retune(retuned)
+            self.config = retuned
+            changed.append("turn_taking")
+        return changed
+
+    def _retuned(self, patch: dict[str, Any]) -> AgentConfig:
+        """The call's config with `patch` merged into its turn-taking settings, validated."""
+        unknown = sorted(set(patch) - set(TURN_TAKING_FIELDS))
+        if unknown:
+            raise ValueError(f"turn_taking.{unknown[0]}: not a turn-taking setting (one of "
+                             f"{', '.join(TURN_TAKING_FIELDS)})")
+        current = self.config.model_dump(mode="json")
+        merged = apply_merge_patch({k: current[k] for k in TURN_TAKING_FIELDS}, patch)
+        try:
+            new = AgentConfig.model_validate({**current, **merged})
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise ValueError("turn_taking." + ".".join(str(p) for p in e["loc"])
+                             + f": {e['msg']}") from None
+        if new.vad.engine != self.config.vad.engine:
+            raise ValueError("turn_taking.vad.engine: cannot change while the call runs")
+        return new
 
     async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
         """Another stored agent takes the call over from the next answer, with the conversation

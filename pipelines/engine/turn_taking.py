@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from pipelines import events as ev
 from pipelines.engine.core import EngineCore
 from pipelines.engine.states import Trigger
 from pipelines.outcomes import ErrorStage
+from pipelines.settings import ConversationSettings, TurnSettings
 from pipelines.speech import SpeechHandle, TurnTiming
 from pipelines.transcripts import TranscriptBuffer
 from pipelines.turn.base import EndOfTurnDecision
@@ -39,6 +40,14 @@ class EndOfTurnDecider(Protocol):
         self, get_audio: Callable[[], np.ndarray], silence_ms_at_start: float = 0,
         get_text: Callable[[], str] = ..., scale: Callable[[float], float] | None = None,
     ) -> EndOfTurnDecision: ...
+
+
+@runtime_checkable
+class TurnSettingsDecider(Protocol):
+    """An end-of-turn decider driven by the turn settings (the endpointing policy), which a
+    live retune hands the new ones."""
+
+    settings: TurnSettings
 
 
 class TurnTaking:
@@ -67,6 +76,17 @@ class TurnTaking:
         self.suspended = 0  # turns_suspended() depth: caller speech is input, not turns
         self._stt_errors_at_turn = 0
         self.user_state: UserState = "listening"
+
+    def retune(self, settings: ConversationSettings) -> None:
+        """New turn-taking settings from the next utterance on (one being judged finishes
+        under the old ones)."""
+        old = preset_name(self._settings.semantic_vad)
+        self._settings = settings
+        if isinstance(self._endpointing, TurnSettingsDecider):
+            self._endpointing.settings = settings.turn
+        if preset_name(settings.semantic_vad) != old:
+            self.adaptive = AdaptiveTurnDelay() if preset_name(settings.semantic_vad) == "auto" \
+                else None
 
     def set_user_state(self, new: UserState, mono: float | None = None) -> None:
         """The caller's presence as consumers see it (`user.state_changed`, on change only)."""

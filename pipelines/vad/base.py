@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipelines.settings import VadSettings
 
 
 @dataclass(slots=True)
@@ -28,5 +31,9 @@ class VadStream(Protocol):
     async def process(self, frame: np.ndarray) -> VadEvent | None: ...
 
     def reset(self) -> None: ...
+
+    def retune(self, settings: VadSettings) -> None:
+        """New thresholds from the next frame on (the engine itself cannot change)."""
+        ...
 
     async def aclose(self) -> None: ...

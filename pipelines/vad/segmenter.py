@@ -23,6 +23,13 @@ class SpeechSegmenter:
         self._stop_samples = stop_ms * sample_rate / 1000.0
         self.reset()
 
+    def retune(self, start_ms: float, stop_ms: float) -> None:
+        """New edge lengths from the next window on (a segment in progress stays open)."""
+        if start_ms <= 0 or stop_ms <= 0:
+            raise ValueError("start_ms and stop_ms must be positive")
+        self._start_samples = start_ms * self.sample_rate / 1000.0
+        self._stop_samples = stop_ms * self.sample_rate / 1000.0
+
     def reset(self) -> None:
         self.speaking = False
         self._run_start: int | None = None  # first sample of the current candidate edge run

@@ -122,6 +122,11 @@ class SileroVadStream:
         self.probability = 0.0
         self._reset_model_state()
 
+    def retune(self, settings: VadSettings) -> None:
+        self.threshold = settings.threshold
+        self.neg_threshold = max(settings.threshold - HYSTERESIS, 0.01)
+        self._segmenter.retune(settings.start_ms, settings.stop_ms)
+
     def _reset_model_state(self) -> None:
         self._state = SileroModel.initial_state()
         self._buf[:] = 0.0  # zero context, as for a fresh model

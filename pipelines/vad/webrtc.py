@@ -38,6 +38,10 @@ class WebRtcVadStream:
         self._events: deque[VadEvent] = deque()
         self._clock = 0
         self._closed = False
+
+    def retune(self, settings: VadSettings) -> None:
+        self._vad.set_mode(settings.webrtc_mode)
+        self._segmenter.retune(settings.start_ms, settings.stop_ms)
         self.speaking = False
         self.probability = 0.0
 

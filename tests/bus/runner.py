@@ -80,7 +80,7 @@ class _Call:
     # What the control API's reconfiguration reaches (the call host's live update, play and
     # background), recorded.
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
-               llm: dict[str, Any] | None = None, new_agent: str = "") -> list[str]:
+               llm: dict[str, Any] | None = None, new_agent: str = "", **more: Any) -> list[str]:
         if tools is not None and any(not isinstance(t, dict) or "name" not in t for t in tools):
             raise ValueError("tools.0.name: Field required")
         changed = [k for k, v in (("prompt", system_prompt), ("tools", tools), ("llm", llm))

@@ -72,6 +72,21 @@ async def test_patch_play_and_background_on_a_live_call(
 
             assert field_of(await send(stack, "PUT", f"/v1/sessions/{sid}/background",
                                        {"sound": "disco"})) == "sound"
+            # Turn-taking settings: merged, validated whole, applied from the next utterance.
+            for bad, field in (({"vad": {"threshold": 5}}, "turn_taking.vad.threshold"),
+                               ({"vad": {"engine": "webrtc"}}, "turn_taking.vad.engine"),
+                               ({"greeting": "hi"}, "turn_taking.greeting"),
+                               ({"semantic_vad": "hyper"}, "turn_taking.semantic_vad")):
+                assert field_of(await send(stack, "PATCH", f"/v1/sessions/{sid}",
+                                           {"turn_taking": bad})) == field, bad
+            r = await send(stack, "PATCH", f"/v1/sessions/{sid}", {"turn_taking": {
+                "turn": {"max_wait_ms": 900}, "interruption": {"min_words": 2}}})
+            assert (r.status_code, r.json()["fields"]) == (202, ["turn_taking"]), r.text
+            live = stack.server.state.calls.live.get(sid)
+            assert live.config.turn.max_wait_ms == 900
+            assert live.config.interruption.min_words == 2
+            assert live.config.idle.timeout_s == 30  # untouched settings stay
+
             r = await send(stack, "PUT", f"/v1/sessions/{sid}/background",
                            {"sound": "hold_music", "volume": 0.2})
             assert r.status_code == 202, r.text
@@ -81,12 +96,14 @@ async def test_patch_play_and_background_on_a_live_call(
             await stack.say(call, "I want a refund.", trail_ms=200)
             await rec.wait_type("turn.completed", sid=sid, within_s=30)
         await rec.wait_type("session.ended", sid=sid)
+        await stack.settled()
         # Over: a conflict.
         r = await send(stack, "PATCH", f"/v1/sessions/{sid}", {"prompt": "late"})
         assert r.status_code == 409, r.text
 
     envs = rec.session(sid)
-    (updated,) = of_type(envs, "session.updated")
+    updated, retuned = of_type(envs, "session.updated")
+    assert updated.event.fields != ["turn_taking"] and retuned.event.fields == ["turn_taking"]
     (handoff,) = of_type(envs, "agent.handoff")
     assert handoff.event.new_agent == "billing" and updated.seq < handoff.seq
     # The next answer used the new persona, model and tools.

@@ -118,6 +118,9 @@ class EnergyVad:
         self._seg.reset()
         self.speaking = False
 
+    def retune(self, settings: VadSettings) -> None:
+        self._seg.retune(settings.start_ms, settings.stop_ms)
+
     async def aclose(self) -> None:
         self.closed = True
 

@@ -153,3 +153,22 @@ def test_user_state_follows_the_vad_and_goes_away_when_idle() -> None:
         await h.close()
 
     run_virtual(scenario())
+
+
+def test_turn_taking_settings_are_retuned_while_the_call_runs() -> None:
+    async def scenario() -> None:
+        h = await start_call(utterances=["Hello there."], llm_scripts=[["Hi!"]])
+        settings = ConversationSettings.model_validate({
+            "vad": {"stop_ms": 900}, "turn": {"max_wait_ms": 700},
+            "interruption": {"min_words": 3}})
+        h.conv.retune(settings)
+        assert h.conv.settings.vad.stop_ms == 900
+        assert h.endpointing.settings.max_wait_ms == 700
+        assert h.vad._seg._stop_samples == 900 * 16
+        assert h.conv._barge.policy.settings.min_words == 3
+        assert h.of("session.updated")[-1].fields == ["turn_taking"]
+        with pytest.raises(ValueError, match="vad.engine"):
+            h.conv.retune(ConversationSettings.model_validate({"vad": {"engine": "webrtc"}}))
+        await h.conv.stop()
+
+    run_virtual(scenario())

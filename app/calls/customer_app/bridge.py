@@ -47,7 +47,8 @@ class AppCall(Protocol):
     async def inject(self, text: str) -> None: ...
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
                llm: dict[str, Any] | None = None, new_agent: str = "", *,
-               tts: dict[str, Any] | None = None, voice: str | None = None) -> list[str]: ...
+               tts: dict[str, Any] | None = None, voice: str | None = None,
+               turn_taking: dict[str, Any] | None = None) -> list[str]: ...
     def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None: ...
     def stop_background(self) -> None: ...
     def extend_response_wait(self, seconds: float) -> None: ...
@@ -220,7 +221,8 @@ class CustomerApp:
             self._now("update", lambda: call.update(system_prompt=c.system_prompt,
                                                     tools=c.tools, llm=c.llm,
                                                     new_agent=c.new_agent, tts=c.tts,
-                                                    voice=c.voice))
+                                                    voice=c.voice,
+                                                    turn_taking=c.turn_taking))
             if c.tools is not None:
                 self._remote_tools = {str(t.get("name")) for t in c.tools if t.get("websocket")}
         elif isinstance(c, cmd.Inject):

@@ -99,6 +99,8 @@ class Update(_Command):
     llm: dict[str, Any] | None = None
     tts: dict[str, Any] | None = None
     voice: str | None = Field(None, min_length=1, max_length=200)
+    # vad / turn / interruption / idle / semantic_vad, merged into the call's settings.
+    turn_taking: dict[str, Any] | None = None
 
 
 class Inject(_Command):
