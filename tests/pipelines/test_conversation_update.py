@@ -167,7 +167,7 @@ def test_turn_taking_settings_are_retuned_while_the_call_runs() -> None:
         assert h.vad._seg._stop_samples == 900 * 16
         assert h.conv._barge.policy.settings.min_words == 3
         assert h.of("session.updated")[-1].fields == ["turn_taking"]
-        with pytest.raises(ValueError, match="vad.engine"):
+        with pytest.raises(ValueError, match=r"vad\.engine"):
             h.conv.retune(ConversationSettings.model_validate({"vad": {"engine": "webrtc"}}))
         await h.conv.stop()
 
