@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -152,6 +152,44 @@ class BusSettings(BaseModel):
         return self.url is not None and bool(self.url.get_secret_value())
 
 
+class TelemetrySettings(BaseModel):
+    # A mistyped key would leave tracing silently off: refuse it.
+    model_config = ConfigDict(extra="forbid")
+
+    # OTLP/HTTP collector that receives a trace per call (e.g. http://otel-collector:4318; the
+    # exporter posts to <endpoint>/v1/traces unless the URL already ends with it). null = no
+    # tracing: no tracer provider is built and calls create no spans.
+    otlp_endpoint: str | None = None
+    # service.name of the traces' resource.
+    service_name: str = Field("phonebooth", min_length=1, max_length=128)
+    # Extra HTTP headers on every export (e.g. a vendor's API key); treated as secrets.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    # Share of calls traced (0.0-1.0), decided once per call at its root span.
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    # Timeout of one export request (seconds).
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @property
+    def enabled(self) -> bool:
+        return self.otlp_endpoint is not None
+
+    @property
+    def traces_url(self) -> str:
+        """Where spans are posted: the endpoint as given when it names /v1/traces already."""
+        base = self.otlp_endpoint or ""
+        return base if base.endswith("/v1/traces") else base + "/v1/traces"
+
+
 class DemoSettings(BaseModel):
     # Create the offline demo agent on first start when the store has no agents.
     create_on_start: bool = True
@@ -176,6 +214,7 @@ class Settings(BaseSettings):
     events: EventsSettings = EventsSettings()
     outbox: OutboxSettings = OutboxSettings()
     bus: BusSettings = BusSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     demo: DemoSettings = DemoSettings()
 
     @classmethod

@@ -1,10 +1,10 @@
 """The FastAPI application: `create_app(settings)`.
 
 Start-up order (lifespan): logging → database (+ migrations) → secret key → demo agent →
-lifecycle COMPONENTS in order (the events component first replays what the outbox kept from an
-earlier run, then closes the sessions a crash left live as `interrupted`). Shutdown
-runs the components' exits in reverse (call draining lives in the call host's component), then
-closes the database.
+lifecycle COMPONENTS in order (tracing first, when configured; then the events component
+replays what the outbox kept from an earlier run and closes the sessions a crash left live as
+`interrupted`). Shutdown runs the components' exits in reverse (call draining lives in the call
+host's component; tracing flushes last), then closes the database.
 
 Extension points, one line each:
 - `PUBLIC_ROUTERS`: routers without API-key auth (health, Plivo webhooks and streams).
@@ -42,6 +42,7 @@ from app.api import (
 from app.api.auth import require_api_key
 from app.bus.component import bus_component
 from app.calls.component import call_host_component
+from app.calls.tracing import tracing_component
 from app.config import Settings, load_settings
 from app.console import live as console_live
 from app.console import playground as console_playground
@@ -86,6 +87,7 @@ V1_ROUTERS: list[APIRouter] = [
 
 Component = Callable[[FastAPI, AppState], AbstractAsyncContextManager[Any]]
 COMPONENTS: list[Component] = [
+    tracing_component,  # first: it outlives the calls, so their spans are flushed at exit
     events_component,
     bus_component,  # after events (it shares them), before what admits and hosts calls
     call_host_component,  # models + the conversation runner; before the edge so it outlives it

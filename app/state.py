@@ -41,6 +41,7 @@ class AppState:
     calls: Any = None  # app.calls host (admission, live sessions, drain)
     events: Any = None  # app.events bus (webhooks, WebSocket fan-out)
     engine_models: Any = None  # shared VAD / turn / local provider models
+    tracing: Any = None  # app.telemetry.Tracing when telemetry.otlp_endpoint is set
     ready_checks: list[ReadyCheck] = field(default_factory=list)
     drain_hooks: list[DrainHook] = field(default_factory=list)
     draining: bool = False

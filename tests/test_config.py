@@ -28,7 +28,7 @@ def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 def _flatten(d: dict[str, Any], prefix: str = "") -> set[str]:
     out: set[str] = set()
     for k, v in d.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:  # an empty mapping is a setting's value ({})
             out |= _flatten(v, f"{prefix}{k}.")
         else:
             out.add(prefix + k)

@@ -35,6 +35,7 @@ from app.calls.runner import CallInfo
 from app.calls.s2s_call import open_s2s
 from app.calls.secrets import SecretResolver
 from app.calls.state_store import shared_state_store
+from app.calls.tracing import CallTracer
 from app.calls.transport import CallTransport
 from app.calls.voicemail import VoicemailScreen, wants_detection
 from app.db.repos import agents as agents_repo
@@ -97,6 +98,8 @@ class CallHost:
         finally:
             metrics.ACTIVE_CALLS.dec()
             self.live.unregister(info.session_id, call)
+            if call.tracer is not None:
+                call.tracer.close()  # after session.ended this does nothing
 
     async def _agent_config(self, info: CallInfo) -> AgentConfig:
         """The call's agent, validated here once: the config the answer URL handed over in this
@@ -133,6 +136,9 @@ class _Call:
         self.state: dict[str, Any] = {}
         self.config = config
         self.report = ReportCollector()
+        # A trace of the call when tracing is on (app/calls/tracing.py).
+        tracing = getattr(host.state, "tracing", None)
+        self.tracer = CallTracer(tracing.tracer) if tracing is not None else None
         self.digits = DigitCollector()
         # Outbound calls placed with voicemail detection screen the callee before greeting.
         self.screen = (VoicemailScreen(self.config.voicemail, self.session_id, self.emit)
@@ -164,6 +170,8 @@ class _Call:
         if self.screen is not None:
             self.screen.feed_event(event)
         self.report(event)
+        if self.tracer is not None:
+            self.tracer.on_event(event)
         self.host.publish(event)
         if self.app is not None:
             self.app.on_event(event)
