@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,6 +29,7 @@ from providers.base import SecretRef
 
 BUILTIN_TOOLS = ("end_call", "transfer_call", "send_dtmf", "collect_digits", "handoff")
 PROVIDER_KINDS = ("stt", "llm", "tts")
+TOOL_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 # A fallback may have fallbacks of its own (tried depth-first), down to this depth: a flat list
 # says the same thing, and a bounded tree keeps the published schema finite.
 MAX_FALLBACK_DEPTH = 2
@@ -95,7 +96,7 @@ class ToolConfig(BaseModel):
         {"required": ["builtin"], "properties": {"builtin": {"type": "string"}}},
         {"required": ["websocket"], "properties": {"websocket": {"const": True}}},
     ]})
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+    name: str = Field(pattern=TOOL_NAME)
     description: str = ""
     parameters: dict[str, Any] = Field(
         default_factory=lambda: {"type": "object", "properties": {}},
@@ -151,6 +152,46 @@ class AppSocketSettings(BaseModel):
 
 AgentMode = Literal["managed", "text", "audio"]
 _HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"
+MAX_MCP_SERVERS = 10
+
+
+def _check_header_names(headers: dict[str, str | SecretRef]) -> dict[str, str | SecretRef]:
+    for name in headers:
+        if not re.match(_HEADER_NAME, name):
+            raise ValueError(f"not an HTTP header name: {name!r}")
+        if name.lower().startswith("x-phonebooth-"):
+            raise ValueError(f"{name}: X-Phonebooth-* headers are Phonebooth's own")
+    return headers
+
+
+class MCPServerConfig(BaseModel):
+    """An MCP tool server (docs/events-and-tools.md#mcp-servers): its tools are listed at call
+    start and join the agent's own."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2000)
+    transport: Literal["streamable_http", "sse"] = "streamable_http"
+    # Sent on every request: a literal value or a stored credential / environment variable.
+    headers: dict[str, str | SecretRef] = Field(default_factory=dict)
+    # The server's tool names (as it lists them) the LLM may use; all of them when absent.
+    allowed_tools: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, max_length=200, json_schema_extra={"uniqueItems": True})
+    # One tool call, connection included.
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    # Listing the tools at call start (the call waits for it, at most this long).
+    connect_timeout_s: float = Field(3.0, gt=0, le=30)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str | SecretRef]) -> dict[str, str | SecretRef]:
+        return _check_header_names(headers)
+
+    @field_validator("allowed_tools")
+    @classmethod
+    def _tool_names(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError("duplicate tool name")
+        return names
 
 
 class BackgroundSettings(BaseModel):
@@ -215,16 +256,24 @@ class AgentConfig(ConversationSettings):
     # audio: the app gets the call's raw audio and speaks for itself.
     mode: AgentMode = "managed"
     websocket_settings: AppSocketSettings = AppSocketSettings()
+    # MCP tool servers whose tools join `tools` at call start (not in audio mode).
+    mcp_servers: list[MCPServerConfig] = Field(default_factory=list,
+                                               max_length=MAX_MCP_SERVERS)
 
     @field_validator("websocket_headers")
     @classmethod
     def _header_names(cls, headers: dict[str, str | SecretRef]) -> dict[str, str | SecretRef]:
-        for name in headers:
-            if not re.match(_HEADER_NAME, name):
-                raise ValueError(f"not an HTTP header name: {name!r}")
-            if name.lower().startswith("x-phonebooth-"):
-                raise ValueError(f"{name}: X-Phonebooth-* headers are Phonebooth's own")
-        return headers
+        return _check_header_names(headers)
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _unique_servers(cls, servers: list[MCPServerConfig]) -> list[MCPServerConfig]:
+        seen: set[str] = set()
+        for s in servers:
+            if s.url in seen:
+                raise ValueError(f"duplicate MCP server url '{s.url}'")
+            seen.add(s.url)
+        return servers
 
     @field_validator("tools")
     @classmethod
@@ -353,6 +402,9 @@ def app_socket_errors(config: AgentConfig) -> list[InitErrorDetails]:
         errors += [_error("websocket_url", "a websocket tool needs the agent's websocket_url",
                           ("tools", i, "websocket"), True)
                    for i, t in enumerate(config.tools) if t.websocket]
+    if config.mode == "audio" and config.mcp_servers:
+        errors.append(_error("mode_mcp", "mode 'audio' has no LLM to give MCP tools to (the "
+                             "app speaks for itself)", ("mcp_servers",), None))
     if config.mode != "managed" and config.s2s is not None:
         errors.append(_error("mode_s2s", f"mode '{config.mode}' replaces the engine's LLM or "
                              "audio; an s2s model cannot take the call as well", ("mode",),

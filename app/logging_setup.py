@@ -183,7 +183,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
     root.addHandler(handler)
     root.setLevel(settings.server.log_level.upper())
     # Library chatter that would drown call logs at info level.
-    for noisy in ("sqlalchemy.engine", "aiosqlite", "asyncio", "httpx", "httpcore"):
+    for noisy in ("sqlalchemy.engine", "aiosqlite", "asyncio", "httpx", "httpcore", "httpx2"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     if settings.database.echo:
         logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)

@@ -60,3 +60,4 @@ class ErrorStage(StrEnum):
     ENGINE = "engine"  # a bug or a broken task inside the engine
     HOST = "host"  # the call host (setup, the run loop around the engine)
     APP = "app"  # the agent's customer app over its WebSocket
+    TOOL = "tool"  # the agent's tool servers (an MCP server not reachable at call start)

@@ -46,6 +46,7 @@ from app.state import AppState
 from app.tools.control import TransferMode, normalize_target
 from app.tools.digits import DigitCollector
 from app.tools.executor import ToolExecutor, ToolSession
+from app.tools.mcp_tools import McpListingCache, McpToolbox, display_url, open_mcp_tools
 from pipelines import events as ev
 from pipelines.audio.backgrounds import background
 from pipelines.audio.wav import decode_wav
@@ -83,6 +84,8 @@ class CallHost:
         self.shared: dict[str, Any] = {}
         # Lines pre-rendered by each agent's TTS for when that TTS is down (app/calls/clips.py).
         self.clips = ClipCache()
+        # The tools each agent version's MCP servers list, for later calls of that version.
+        self.mcp_listings = McpListingCache()
         self._signing_secret = signing_secret_from_box(state.crypto)
 
     @property
@@ -150,6 +153,8 @@ class _Call:
         self._app_failed: EndReason | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.executor: ToolExecutor | None = None
+        # The tools of the agent's MCP servers, listed at call start.
+        self.mcp: McpToolbox | None = None
         # Filled by `_build` as each provider is built, so that a call whose setup fails part
         # way still closes what it built and ends without a post-call summary.
         self._providers: list[Any] = []
@@ -216,6 +221,8 @@ class _Call:
         try:
             if self.config.websocket_url is not None:
                 await self._open_app()
+            if self.config.mcp_servers and self.config.mode != "audio":
+                await self._open_mcp()
             self.conversation = await self._engine()
             reason = await self._converse(self.conversation)
         except Exception as exc:
@@ -281,6 +288,24 @@ class _Call:
             self._app_failed = EndReason.APP_UNREACHABLE
             return
         self.app = app
+
+    async def _open_mcp(self) -> None:
+        """List the MCP servers' tools; a server that cannot be reached is left out, with a
+        session.error: the call goes on without its tools."""
+        info = self.info
+
+        def unavailable(server: Any, message: str) -> None:
+            self.emit(ev.SessionError(
+                code="mcp_unreachable", stage=str(ErrorStage.TOOL),
+                message=f"MCP server {display_url(server.url)} cannot be reached; the call "
+                        f"goes on without its tools: {message}"[:300]))
+
+        agent = (info.agent_id, info.agent_version) \
+            if info.agent_id and info.agent_version else None
+        self.mcp = await open_mcp_tools(
+            self.config.mcp_servers, taken=[t.name for t in self.config.tools],
+            resolve=self.host.secrets, cache=self.host.mcp_listings, agent=agent,
+            on_error=unavailable)
 
     def _app_lost(self) -> None:
         """The app's socket dropped and could not be reopened: apologise and end."""
@@ -349,7 +374,7 @@ class _Call:
         return conv
 
     def _tool_executor(self, cfg: AgentConfig) -> None:
-        if cfg.tools and self.executor is None:
+        if (cfg.tools or self.mcp) and self.executor is None:
             self.executor = ToolExecutor(
                 cfg.tools,
                 ToolSession(
@@ -360,6 +385,7 @@ class _Call:
                     state_store=shared_state_store(self.host.state),
                     settings=cfg.tool_settings,
                     remote=self.app,
+                    mcp=self.mcp,
                 ),
                 self.emit,
             )

@@ -13,7 +13,12 @@ Cancellation (a committed barge-in):
 While `collect_digits` runs, `executor.interruptible` is False: the caller is expected to speak
 (digits), which must not count as a barge-in that cancels the tool.
 
-Hold line: a webhook or websocket tool still running after `tool_settings.hold_after_ms` makes
+MCP tools (`ToolSession.mcp`, the agent's `mcp_servers` listed at call start) are called like
+webhook tools: arguments checked against the tool's listed schema, the server's answer or a
+structured error handed to the LLM, `tool.executed` once done. The agent's own tools win a name
+(after a live update too); the MCP tools were named around them at call start.
+
+Hold line: a webhook, websocket or MCP tool still running after `tool_settings.hold_after_ms` makes
 the executor call `say(hold_message)` once (0 = say it at once); a per-tool
 `options.hold_message` overrides the message, and an empty message disables it. Tools the LLM
 calls in parallel share one hold line: the caller hears "one moment" once, not once per tool.
@@ -38,7 +43,7 @@ from app.tools.builtins import run_builtin, tool_parameters, tool_specs
 from app.tools.call_state import StateError, StatePatcher, public_view
 from app.tools.control import CallControl
 from app.tools.errors import ToolExecutionError
-from app.tools.remote import RemoteTools
+from app.tools.remote import McpTools, RemoteTools
 from app.tools.webhook import call_webhook_tool, validate_arguments
 from pipelines.events import (
     AgentToolCompleted,
@@ -74,6 +79,8 @@ class ToolSession:
     state: dict[str, Any] = field(default_factory=dict)
     # Runs the `websocket: true` tools: the agent's customer app.
     remote: RemoteTools | None = None
+    # Runs the tools of the agent's MCP servers.
+    mcp: McpTools | None = None
 
     def current_state(self) -> dict[str, Any]:
         return self.control.state if self.control is not None else self.state
@@ -146,6 +153,7 @@ class ToolExecutor:
     ) -> None:
         self._tools = {t.name: t for t in tools}
         self.ctx = session_ctx
+        self._mcp = {s.name: s for s in session_ctx.mcp.specs} if session_ctx.mcp else {}
         self._on_event = on_event
         self._running: set[asyncio.Task[Any]] = set()
         self._hold_tasks: set[asyncio.Task[Any]] = set()
@@ -160,8 +168,9 @@ class ToolExecutor:
 
     @property
     def specs(self) -> list[ToolSpec]:
-        """Tool definitions for the LLM (builtins get their own schemas)."""
-        return tool_specs(list(self._tools.values()))
+        """Tool definitions for the LLM (builtins get their own schemas), MCP tools last."""
+        return tool_specs(list(self._tools.values())) + [
+            spec for name, spec in self._mcp.items() if name not in self._tools]
 
     def tool(self, name: str) -> ToolConfig | None:
         return self._tools.get(name)
@@ -198,19 +207,23 @@ class ToolExecutor:
         self._emit(ToolCalled(session_id=self.ctx.session_id, call_id=call_id, name=name,
                               arguments=arguments))
         tool = self._tools.get(name)
-        if tool is None:
+        mcp = self._mcp.get(name) if tool is None else None
+        if tool is None and mcp is None:
             return self._fail(rec, ToolExecutionError(
                 "unknown_tool", f"no tool named '{name}'; available: "
-                + (", ".join(sorted(self._tools)) or "none")))
+                + (", ".join(sorted({*self._tools, *self._mcp})) or "none")))
         if parse_error:
             return self._fail(rec, ToolExecutionError("invalid_arguments", parse_error))
-        errors = validate_arguments(tool_parameters(tool), arguments)
+        schema = tool_parameters(tool) if tool is not None else mcp.parameters if mcp else {}
+        errors = validate_arguments(schema, arguments)
         if errors:
             return self._fail(rec, ToolExecutionError(
                 "invalid_arguments", "the arguments do not match the tool's parameters",
                 errors=errors))
 
-        inner = asyncio.create_task(self._run(tool, arguments, rec), name=f"tool-{call_id}")
+        run = self._run(tool, arguments, rec) if tool is not None else \
+            self._run_mcp(name, arguments, rec)
+        inner = asyncio.create_task(run, name=f"tool-{call_id}")
         self._running.add(inner)
         try:
             return await inner
@@ -225,7 +238,8 @@ class ToolExecutor:
             self._running.discard(inner)
 
     async def _run(self, tool: ToolConfig, arguments: dict[str, Any], rec: _Record) -> Any:
-        hold = self._start_hold(tool) if tool.webhook is not None or tool.websocket else None
+        hold = self._start_hold(tool.name, tool.options) \
+            if tool.webhook is not None or tool.websocket else None
         after: Callable[[], Awaitable[None]] | None = None
         collecting = tool.builtin == "collect_digits"
         if collecting:
@@ -296,6 +310,31 @@ class ToolExecutor:
                                     tool_name=rec.name, latency_ms=rec.latency_ms()))
         return result
 
+    async def _run_mcp(self, name: str, arguments: dict[str, Any], rec: _Record) -> Any:
+        hold = self._start_hold(name, {})
+        try:
+            if self.ctx.mcp is None:
+                raise ToolExecutionError("not_available", "no MCP server serves this call")
+            result = await self.ctx.mcp.run_tool(rec.call_id, name, arguments)
+        except ToolExecutionError as exc:
+            return self._fail(rec, exc)
+        except asyncio.CancelledError:
+            self._cancelled(rec)
+            raise
+        except Exception as exc:
+            log.exception("MCP tool %s crashed", name)
+            return self._fail(rec, ToolExecutionError(
+                "internal", f"the tool failed unexpectedly ({type(exc).__name__})"))
+        finally:
+            if hold is not None:
+                hold.release()
+        rec.finished = True
+        self._emit(ToolCompleted(session_id=self.ctx.session_id, call_id=rec.call_id,
+                                 name=name, result=result, latency_ms=rec.latency_ms()))
+        self._emit(ToolExecuted(session_id=self.ctx.session_id, call_id=rec.call_id,
+                                tool_name=name, latency_ms=rec.latency_ms()))
+        return result
+
     def _agent_tool_ended(self, tool: ToolConfig, rec: _Record) -> None:
         """A collecting tool that failed or was cancelled (its success is reported with its
         result, after tool.completed)."""
@@ -328,9 +367,9 @@ class ToolExecutor:
         state.clear()
         state.update(new)
 
-    def _start_hold(self, tool: ToolConfig) -> _Hold | None:
+    def _start_hold(self, name: str, options: dict[str, Any]) -> _Hold | None:
         say = self.ctx.say or (self.ctx.control.say if self.ctx.control is not None else None)
-        message = str(tool.options.get("hold_message", self.ctx.settings.hold_message) or "")
+        message = str(options.get("hold_message", self.ctx.settings.hold_message) or "")
         if say is None or not message:
             return None
         shared = self._hold
@@ -344,7 +383,7 @@ class ToolExecutor:
             hold.speaking = True
             await say(message)
 
-        hold.task = asyncio.create_task(hold_line(), name=f"hold-{tool.name}")
+        hold.task = asyncio.create_task(hold_line(), name=f"hold-{name}")
         self._hold_tasks.add(hold.task)
         hold.task.add_done_callback(self._hold_done)
         return hold
