@@ -34,7 +34,14 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import ListToolsResult, Tool
+from mcp_types import (
+    AudioContent,
+    CallToolResult,
+    ImageContent,
+    ListToolsResult,
+    TextContent,
+    Tool,
+)
 
 from app.agent_config import MCPServerConfig
 from app.tools.errors import ToolExecutionError
@@ -201,25 +208,26 @@ def _schema(schema: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def tool_result(result: Any) -> Any:
+def tool_result(result: CallToolResult) -> Any:
     """What the LLM sees of a CallToolResult: its structured content when there is some, else
     its text (one block: the text; several: a list, other content summarised by type)."""
     if result.structured_content is not None:
         return result.structured_content
     parts: list[Any] = []
     for block in result.content:
-        if getattr(block, "type", "") == "text":
+        if isinstance(block, TextContent):
             parts.append(block.text)
         else:
-            parts.append({"type": getattr(block, "type", "unknown"),
-                          "mime_type": getattr(block, "mime_type", None)})
+            parts.append({"type": block.type,
+                          "mime_type": block.mime_type
+                          if isinstance(block, ImageContent | AudioContent) else None})
     if len(parts) == 1:
         return parts[0]
     return parts
 
 
-def _error_text(result: Any) -> str:
-    texts = [b.text for b in result.content if getattr(b, "type", "") == "text"]
+def _error_text(result: CallToolResult) -> str:
+    texts = [b.text for b in result.content if isinstance(b, TextContent)]
     return " ".join(texts)[:500] or "the tool reported an error"
 
 
