@@ -26,7 +26,9 @@ from pipelines.settings import ConversationSettings
 from providers import registry
 from providers.base import SecretRef
 
-BUILTIN_TOOLS = ("end_call", "transfer_call", "send_dtmf", "collect_digits")
+BUILTIN_TOOLS = ("end_call", "transfer_call", "send_dtmf", "collect_digits", "collect_email",
+                 "collect_address", "collect_phone", "collect_name", "collect_dob",
+                 "collect_credit_card")
 PROVIDER_KINDS = ("stt", "llm", "tts")
 # A fallback may have fallbacks of its own (tried depth-first), down to this depth: a flat list
 # says the same thing, and a bounded tree keeps the published schema finite.
@@ -102,7 +104,9 @@ class ToolConfig(BaseModel):
         json_schema_extra={"required": ["type"], "properties": {"type": {"const": "object"}}},
     )
     webhook: WebhookTarget | None = None
-    builtin: Literal["end_call", "transfer_call", "send_dtmf", "collect_digits"] | None = None
+    builtin: Literal["end_call", "transfer_call", "send_dtmf", "collect_digits", "collect_email",
+                     "collect_address", "collect_phone", "collect_name", "collect_dob",
+                     "collect_credit_card"] | None = None
     # Run by the customer app on the agent's `websocket_url` (managed mode): `tool.called` goes
     # to the app, which answers with `tool.result` or `tool.error`.
     websocket: bool = False
