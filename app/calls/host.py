@@ -43,6 +43,7 @@ from app.outbox.service import is_outage
 from app.state import AppState
 from app.tools.control import TransferMode, normalize_target
 from app.tools.digits import DigitCollector
+from app.tools.errors import ToolExecutionError
 from app.tools.executor import ToolExecutor, ToolSession
 from app.tools.listen import CallerInput, mask_digits
 from pipelines import events as ev
@@ -548,6 +549,10 @@ class _Call:
         conv = self._conv()
         if isinstance(conv, AudioRelay):
             raise RuntimeError("an audio-mode call's app collects its own input")
+        if sensitive and isinstance(conv, S2SConversation):
+            # A speech-to-speech model hears (and may answer) every word: no card numbers.
+            raise ToolExecutionError("not_available", "sensitive details cannot be collected "
+                                     "on a speech-to-speech call")
         if self.listener is not None:
             raise RuntimeError("another tool is already listening to the caller")
         heard = self.listener = CallerInput()
