@@ -27,7 +27,9 @@ from pipelines.settings import ConversationSettings
 from providers import registry
 from providers.base import SecretRef
 
-BUILTIN_TOOLS = ("end_call", "transfer_call", "send_dtmf", "collect_digits", "handoff")
+BUILTIN_TOOLS = ("end_call", "transfer_call", "send_dtmf", "collect_digits", "collect_email",
+                 "collect_address", "collect_phone", "collect_name", "collect_dob",
+                 "collect_credit_card", "handoff")
 PROVIDER_KINDS = ("stt", "llm", "tts")
 TOOL_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 # A fallback may have fallbacks of its own (tried depth-first), down to this depth: a flat list
@@ -104,8 +106,9 @@ class ToolConfig(BaseModel):
         json_schema_extra={"required": ["type"], "properties": {"type": {"const": "object"}}},
     )
     webhook: WebhookTarget | None = None
-    builtin: Literal["end_call", "transfer_call", "send_dtmf", "collect_digits",
-                     "handoff"] | None = None
+    builtin: Literal["end_call", "transfer_call", "send_dtmf", "collect_digits", "collect_email",
+                     "collect_address", "collect_phone", "collect_name", "collect_dob",
+                     "collect_credit_card", "handoff"] | None = None
     # Run by the customer app on the agent's `websocket_url` (managed mode): `tool.called` goes
     # to the app, which answers with `tool.result` or `tool.error`.
     websocket: bool = False

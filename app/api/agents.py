@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
+from pydantic import ValidationError
 
+from app.agent_config import AgentConfig, validate_json_strict
 from app.agent_validation import Problem, check_config, dry_run
 from app.api.deps import DbSession, Offset, State
 from app.api.openapi import json_body, object_body
@@ -28,6 +30,7 @@ from app.db.repos import agents as agents_repo
 from app.db.repos import credentials as credentials_repo
 from app.db.repos import numbers as numbers_repo
 from app.merge_patch import apply_merge_patch
+from app.tools.builtins import builtin_option_errors
 from pipelines.turn.presets import patch_base
 
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -52,10 +55,18 @@ def _raise_problems(problems: list[Problem]) -> None:
         raise unprocessable([p.as_dict() for p in problems], "invalid agent config")
 
 
+def _tool_problems(config: AgentConfig) -> list[Problem]:
+    """Builtin tools' options against their option models (e.g. collect_phone's
+    default_country), as `tools.<i>.options.<name>`."""
+    return [Problem(f"tools.{i}.{e['field']}", e["message"])
+            for i, tool in enumerate(config.tools) for e in builtin_option_errors(tool)]
+
+
 def _validated(data: Any) -> dict[str, Any]:
     config, problems = check_config(data)
     _raise_problems(problems)
     assert config is not None
+    _raise_problems(_tool_problems(config))
     return config.model_dump(mode="json")
 
 
@@ -99,6 +110,10 @@ async def _dry_run(state: State, s: DbSession, data: Any) -> ValidationResult:
     problems = await dry_run(
         data, existing_credentials=existing, models_dir=state.settings.models_dir
     )
+    try:
+        problems += _tool_problems(validate_json_strict(data))
+    except ValidationError:
+        pass  # reported by dry_run
     return ValidationResult(
         valid=not problems, problems=[ProblemItem(**p.as_dict()) for p in problems]
     )

@@ -1,5 +1,6 @@
 """Builtin tools an agent can enable: end_call, transfer_call, send_dtmf, collect_digits,
-handoff.
+handoff, and the collect tools (collect_email, collect_address, collect_phone, collect_name,
+collect_dob, collect_credit_card; see `app.tools.collect`).
 
 Each acts on the call through `CallControl`. Call-ending actions (hang up, transfer) return their
 result first and do the irreversible part in `BuiltinOutcome.after`, which the executor runs only
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.agent_config import ToolConfig
+from app.tools.collect import KINDS, run_collect
 from app.tools.control import CallControl, CollectTimeout, normalize_target
 from app.tools.digits import VALID_KEYS
 from app.tools.errors import ToolExecutionError
@@ -88,13 +90,18 @@ class HandoffOptions(_Options):
     message: str | None = None
 
 
-OPTION_MODELS: dict[str, type[_Options]] = {
+OPTION_MODELS: dict[str, type[BaseModel]] = {
     "handoff": HandoffOptions,
     "end_call": EndCallOptions,
     "transfer_call": TransferCallOptions,
     "send_dtmf": SendDtmfOptions,
     "collect_digits": CollectDigitsOptions,
+    **{name: kind.options for name, kind in KINDS.items()},
 }
+
+# Builtins that talk with the caller themselves (AgentStack's agent tools): the caller's speech
+# is their input, so it must not barge in; they are reported with agent_tool.* events.
+COLLECTING_BUILTINS = frozenset({"collect_digits", *KINDS})
 
 DESCRIPTIONS = {
     "handoff": "Hand the conversation over to another agent (a colleague with other skills), "
@@ -105,6 +112,7 @@ DESCRIPTIONS = {
     "send_dtmf": "Press keys on the phone keypad (e.g. to navigate an automated menu).",
     "collect_digits": "Ask the caller to enter digits on their keypad (or say them) and "
                       "return what they entered.",
+    **{name: kind.description for name, kind in KINDS.items()},
 }
 
 _EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
@@ -146,6 +154,10 @@ def _default_parameters(tool: ToolConfig) -> dict[str, Any]:
                        "description": "What to say to ask for the digits."},
             "num_digits": {"type": "integer", "minimum": 1, "maximum": 64,
                            "description": "How many digits to collect, if known."}}}
+    if name in KINDS:
+        return {"type": "object", "properties": {
+            "prompt": {"type": "string", "maxLength": 500,
+                       "description": "What to say to ask for it (optional)."}}}
     return dict(_EMPTY_SCHEMA)
 
 
@@ -215,6 +227,8 @@ async def run_builtin(
         return BuiltinOutcome(await _collect_digits(_options(tool), arguments, control))
     if name == "handoff":
         return _handoff(_options(tool), arguments, control)
+    if name in KINDS:
+        return BuiltinOutcome(await run_collect(KINDS[name], _options(tool), arguments, control))
     raise ToolExecutionError("unknown_tool", f"unknown builtin '{name}'")
 
 

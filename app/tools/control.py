@@ -9,7 +9,11 @@ use this protocol, so they work the same for any transport.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Protocol, runtime_checkable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # listen.py imports digits.py, which imports this module
+    from app.tools.listen import CallerInput
 
 TransferMode = Literal["cold", "warm"]
 
@@ -75,6 +79,15 @@ class CallControl(Protocol):
         """Collect digits the caller presses or speaks; raise CollectTimeout on timeout.
 
         Stops at `num_digits` digits or at `finish_on_key` (not included in the result)."""
+        ...
+
+    def listen(self, *, sensitive: bool = False) -> AbstractAsyncContextManager[CallerInput]:
+        """Take the caller's input for a collecting tool (`async with control.listen() as
+        heard`): inside, turns are suspended (speech neither barges in nor is answered by the
+        LLM) and each final transcript, or keypad entry ended by `#`, is queued on `heard`.
+
+        With `sensitive`, the call's events show the caller's words and keys with every digit
+        masked while inside (a card number must not be stored or sent anywhere)."""
         ...
 
     async def inject(self, text: str) -> None:

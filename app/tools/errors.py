@@ -11,7 +11,7 @@ from typing import Any, Literal
 # `status` as recorded in tool_calls: error | timeout (cancelled is handled by the executor).
 ErrorKind = Literal[
     "invalid_arguments", "unknown_tool", "timeout", "http_error", "unreachable",
-    "bad_response", "not_available", "invalid_input", "failed", "internal",
+    "bad_response", "not_available", "invalid_input", "not_confirmed", "failed", "internal",
 ]
 
 

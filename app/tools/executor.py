@@ -10,8 +10,10 @@ Cancellation (a committed barge-in):
 - cancelling the task that awaits `executor(call)` cancels the tool and re-raises, or
 - `executor.cancel_all()` cancels running tools; their `executor(call)` returns a `cancelled`
   error result instead of raising, so the caller's own task is unaffected.
-While `collect_digits` runs, `executor.interruptible` is False: the caller is expected to speak
-(digits), which must not count as a barge-in that cancels the tool.
+While a collecting builtin (`collect_digits`, `collect_email`, ...) runs, `executor.interruptible`
+is False: the caller is expected to speak (their answer), which must not count as a barge-in
+that cancels the tool; `agent_tool.started` / `agent_tool.completed` / `agent_tool.failed`
+(agent_tool_type = the builtin) report it as the sub-agent it is.
 
 MCP tools (`ToolSession.mcp`, the agent's `mcp_servers` listed at call start) are called like
 webhook tools: arguments checked against the tool's listed schema, the server's answer or a
@@ -39,7 +41,7 @@ import httpx
 
 from app.agent_config import ToolConfig, ToolsSettings
 from app.merge_patch import apply_merge_patch
-from app.tools.builtins import run_builtin, tool_parameters, tool_specs
+from app.tools.builtins import COLLECTING_BUILTINS, run_builtin, tool_parameters, tool_specs
 from app.tools.call_state import StateError, StatePatcher, public_view
 from app.tools.control import CallControl
 from app.tools.errors import ToolExecutionError
@@ -241,7 +243,7 @@ class ToolExecutor:
         hold = self._start_hold(tool.name, tool.options) \
             if tool.webhook is not None or tool.websocket else None
         after: Callable[[], Awaitable[None]] | None = None
-        collecting = tool.builtin == "collect_digits"
+        collecting = tool.builtin in COLLECTING_BUILTINS
         if collecting:
             self._collecting += 1
             # It talks with the caller itself: a sub-agent in AgentStack's words.

@@ -74,6 +74,9 @@ class _Call:
                              finish_on_key: str | None = "#") -> str:
         raise NotImplementedError("the bus tests' runner carries no transfers or digit collection")
 
+    def listen(self, *, sensitive: bool = False) -> Any:
+        raise NotImplementedError("the bus tests' runner carries no collect tools")
+
     async def inject(self, text: str) -> None:
         self.injected.append(text)
 

@@ -3,10 +3,13 @@ CallControl."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from app.tools.control import CallControl, TransferMode
 from app.tools.digits import DigitCollector
+from app.tools.listen import CallerInput
 from tests.events.conftest import events, events_factory  # noqa: F401 - fixtures
 
 
@@ -19,6 +22,7 @@ class RecordingControl:
         self.state: dict[str, Any] = {}
         self.actions: list[tuple[Any, ...]] = []
         self.digits = DigitCollector()
+        self.heard: CallerInput | None = None  # while a collect_* tool listens
         self._ended = False
 
     @property
@@ -44,6 +48,16 @@ class RecordingControl:
     ) -> str:
         self.actions.append(("collect", num_digits, timeout_s, finish_on_key))
         return await self.digits.collect(num_digits, timeout_s, finish_on_key)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, *, sensitive: bool = False) -> AsyncIterator[CallerInput]:
+        self.actions.append(("listen", sensitive))
+        self.heard = CallerInput()
+        try:
+            yield self.heard
+        finally:
+            self.heard = None
+            self.actions.append(("listened",))
 
     async def inject(self, text: str) -> None:
         self.actions.append(("inject", text))
