@@ -29,7 +29,7 @@ from app.calls.registry import LiveCall, live_calls
 from app.calls.transfer import normalize_target
 from app.db.repos import sessions as sessions_repo
 from app.state import AppState
-from app.tools.control import TransferMode
+from app.tools.control import NotOnThisCall, TransferMode
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ async def _act(what: str, session_id: str, action: Any, field: str = "body") -> 
         raise ApiProblem(exc.status, exc.detail) from None
     except ValueError as exc:
         raise _field_problem(exc, field) from None
-    except RuntimeError as exc:  # not on this kind of call (speech-to-speech, audio mode)
+    except NotOnThisCall as exc:
         raise ApiProblem(409, str(exc)) from None
     except Exception as exc:
         log.warning("%s on session %s failed: %r", what, session_id, exc)

@@ -19,7 +19,7 @@ from typing import Any
 from app.bus.base import ClusterBus, ControlReply, ControlRequest, get_bus
 from app.calls.registry import live_calls
 from app.calls.state_store import shared_state_store
-from app.tools.control import TransferMode
+from app.tools.control import NotOnThisCall, TransferMode
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class ControlServer:
                 return ControlReply(422, f"unknown action {req.action!r}")
         except (KeyError, ValueError) as exc:
             return ControlReply(422, str(exc))
-        except RuntimeError as exc:  # not on this kind of call (speech-to-speech, audio mode)
+        except NotOnThisCall as exc:
             return ControlReply(409, str(exc))
         except Exception as exc:
             log.warning("%s on session %s failed: %r", req.action, req.session_id, exc)

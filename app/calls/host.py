@@ -44,7 +44,7 @@ from app.events.signing import signing_secret_from_box
 from app.merge_patch import apply_merge_patch
 from app.outbox.service import is_outage
 from app.state import AppState
-from app.tools.control import TransferMode, normalize_target
+from app.tools.control import NotOnThisCall, TransferMode, normalize_target
 from app.tools.digits import DigitCollector
 from app.tools.errors import ToolExecutionError
 from app.tools.executor import ToolExecutor, ToolSession
@@ -581,7 +581,7 @@ class _Call:
         # this very tool) nor be answered as a turn. Keypresses go to the collector directly.
         conv = self._conv()
         if isinstance(conv, AudioRelay):
-            raise RuntimeError("an audio-mode call's app collects its own digits")
+            raise NotOnThisCall("an audio-mode call's app collects its own digits")
         with conv.turns_suspended():
             return await self.digits.collect(num_digits, timeout_s, finish_on_key)
 
@@ -591,7 +591,7 @@ class _Call:
         # barge in (which would cancel the tool) nor be answered as a turn.
         conv = self._conv()
         if isinstance(conv, AudioRelay):
-            raise RuntimeError("an audio-mode call's app collects its own input")
+            raise NotOnThisCall("an audio-mode call's app collects its own input")
         if sensitive and isinstance(conv, S2SConversation):
             # A speech-to-speech model hears (and may answer) every word: no card numbers.
             raise ToolExecutionError("not_available", "sensitive details cannot be collected "
@@ -613,7 +613,7 @@ class _Call:
     async def inject(self, text: str) -> None:
         conv = self._conv()
         if isinstance(conv, AudioRelay):
-            raise RuntimeError("an audio-mode call has no LLM to inject into")
+            raise NotOnThisCall("an audio-mode call has no LLM to inject into")
         conv.inject(text)
 
     # -- live reconfiguration and audio (the customer app's commands) -----------------------
@@ -621,7 +621,7 @@ class _Call:
         conv = self._conv()
         if not isinstance(conv, Conversation):
             kind = "an audio-mode" if isinstance(conv, AudioRelay) else "a speech-to-speech"
-            raise RuntimeError(f"{what} is not supported on {kind} call")
+            raise NotOnThisCall(f"{what} is not supported on {kind} call")
         return conv
 
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
@@ -759,7 +759,7 @@ class _Call:
     def _mixing_sink(self) -> BackgroundMixingSink:
         sink = self.transport.playout
         if not isinstance(sink, BackgroundMixingSink):
-            raise RuntimeError("this call's audio path cannot mix background audio")
+            raise NotOnThisCall("this call's audio path cannot mix background audio")
         return sink
 
 

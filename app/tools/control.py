@@ -35,6 +35,11 @@ def normalize_target(target: str) -> str:
     raise ValueError(f"not a phone number or sip: URI: {target!r}")
 
 
+class NotOnThisCall(RuntimeError):
+    """The action does not apply to this kind of call (e.g. a new LLM for a speech-to-speech
+    call, or injecting context into an audio-mode call whose app has no LLM here)."""
+
+
 class CollectTimeout(Exception):
     """collect_digits ran out of time; `.digits` holds what was entered before that."""
 
