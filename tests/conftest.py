@@ -193,6 +193,7 @@ def settings_factory(
             },
             "models": {"dir": str(models_dir), "fetch_on_start": False},
             "demo": {"create_on_start": False},
+            "recordings": {"dir": str(tmp_path / "recordings")},
         }
         return Settings(**deep_merge(base, overrides))
 
