@@ -49,6 +49,10 @@ def file_size(path: str) -> int:
     return Path(path).stat().st_size
 
 
+def wav_files(folder: str) -> list[Path]:
+    return list(Path(folder).glob("*.wav"))
+
+
 def stream_start(call: SimCall) -> float:
     """When the stream's clock starts (sim seconds): `start` went out, caller audio began."""
     return next(e.t for e in call.result.timeline if e.what.startswith("start sent"))
@@ -280,3 +284,45 @@ async def test_unwritable_recordings_dir_fails_the_recording_not_the_call(
     finally:
         if locked.is_dir():
             locked.chmod(0o700)
+
+
+async def test_recording_stored_in_s3_and_streamed_back(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
+        s3_endpoint: str) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket="pb-e2e")
+    s3 = {"endpoint_url": s3_endpoint, "bucket": "pb-e2e", "prefix": "rec/",
+          "access_key_id": "test", "secret_access_key": "test", "region": "us-east-1"}
+    async with call_stack(settings_factory, monkeypatch, recordings={"s3": s3}) as stack:
+        await stack.add_agent(recording=recording_block("stereo"), greeting=GREETING)
+        rec = Recorder(stack)
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            await rec.wait_type("agent.speech_completed", n=2, sid=sid)
+            await call.wait_agent_quiet(within_s=15)
+        done = await completed(rec, sid)
+        assert done["location"] == f"rec/{sid}.wav"
+        obj = client.get_object(Bucket="pb-e2e", Key=done["location"])["Body"].read()
+        assert len(obj) == done["bytes"]
+        assert not wav_files(stack.state.settings.recordings.dir)
+        async with httpx.AsyncClient(base_url=stack.server.base_url, headers=ADMIN) as c:
+            r = await c.get(f"/v1/sessions/{sid}/recording")
+            assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+            assert r.content == obj
+            r = await c.get(f"/v1/sessions/{sid}/recording", params={"format": "opus"})
+            assert r.status_code == 200 and r.headers["content-type"] == "audio/ogg"
+            opus, opus_rate = sf.read(io.BytesIO(r.content), dtype="int16")
+            assert abs(len(opus) / opus_rate - done["duration_s"]) < 0.1
+            # The agent's other sessions were not recorded: 404 says so.
+            await stack.add_agent(number="+14155550777", greeting=GREETING)
+            async with stack.call(to="+14155550777") as call2:
+                sid2 = await stack.session_id(call2)
+                await rec.wait_type("agent.speech_completed", sid=sid2)
+            await rec.wait_type("session.ended", sid=sid2)
+            r = await c.get(f"/v1/sessions/{sid2}/recording")
+            assert r.status_code == 404 and "recording.enabled" in r.json()["detail"]
+            r = await c.get("/v1/sessions/nope/recording")
+            assert r.status_code == 404 and "session 'nope'" in r.json()["detail"]
