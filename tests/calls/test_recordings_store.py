@@ -128,3 +128,27 @@ async def test_s3_upload_failure_raises_and_removes_the_partial(tmp_path: Path) 
     with pytest.raises(Exception):  # noqa: B017 - whatever boto3 raises for a dead endpoint
         await store.store("s1", str(partial))
     assert not partial.exists()
+
+
+def test_settings_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from app.agent_config import AgentConfig
+    from app.config import ConfigError, load_settings
+
+    with pytest.raises(ValidationError) as exc:
+        AgentConfig.model_validate({"name": "a", "prompt": "p",
+                                    "recording": {"enabled": True, "channels": "quad"}})
+    assert exc.value.errors()[0]["loc"] == ("recording", "channels")
+    with pytest.raises(ValidationError) as exc:
+        AgentConfig.model_validate({"name": "a", "prompt": "p", "recording": {"on": True}})
+    assert exc.value.errors()[0]["loc"] == ("recording", "on")
+    cfg = AgentConfig.model_validate({"name": "a", "prompt": "p",
+                                      "recording": {"enabled": True, "consent_message": " "}})
+    assert cfg.recording.consent_message is None and cfg.recording.channels == "stereo"
+    with pytest.raises(ConfigError, match=r"recordings\.retention_days"):
+        load_settings(recordings={"retention_days": 0})
+    with pytest.raises(ConfigError, match=r"recordings\.s3\.endpoint_url"):
+        load_settings(recordings={"s3": {"bucket": "b", "endpoint_url": "ftp://x"}})
+    secret = load_settings(recordings={"s3": {"bucket": "b", "secret_access_key": "shh"}})
+    assert "shh" not in repr(secret.recordings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import stat
 import wave
@@ -22,6 +23,7 @@ import soundfile as sf
 from app.config import Settings
 from app.simulator.far_end import SimCall
 from tests.e2e.tools_fixtures import ADMIN, CallStack, Recorder, call_stack, of_type
+from tests.events.local_http import LocalHttpServer, Received
 from tests.speech import speech_bounds_ms, synthesize
 
 pytestmark = pytest.mark.slow
@@ -217,26 +219,37 @@ async def test_barge_in_cleared_audio_is_not_in_the_recording(
         assert not any(a < clear_at + 0.04 < b for a, b in right if (a, b) != cut)
 
 
-async def test_mono_recording_mixes_both_sides(
+async def test_mono_recording_mixes_both_sides_and_reaches_the_webhook(
         settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     async with call_stack(settings_factory, monkeypatch) as stack:
-        await stack.add_agent(recording=recording_block("mono", consent=None),
-                              greeting=GREETING)
-        rec = Recorder(stack)
-        stack.deepgram.queue_transcript("Hello there.")
-        stack.openai.queue_chat("Hi.")
-        async with stack.call() as call:
-            sid = await stack.session_id(call)
-            await rec.wait_type("agent.speech_completed", sid=sid)
-            spoke = await caller_says(stack, call, "Hello there.")
-            await rec.wait_type("agent.speech_completed", n=2, sid=sid, within_s=30)
-            await call.wait_agent_quiet(within_s=15)
-        done = await completed(rec, sid)
+        with LocalHttpServer() as hooks:
+            await stack.add_agent(recording=recording_block("mono", consent=None),
+                                  greeting=GREETING, webhook_url=hooks.url + "/events",
+                                  webhook_events=["session.ended", "recording.*"])
+            rec = Recorder(stack)
+            stack.deepgram.queue_transcript("Hello there.")
+            stack.openai.queue_chat("Hi.")
+            async with stack.call() as call:
+                sid = await stack.session_id(call)
+                await rec.wait_type("agent.speech_completed", sid=sid)
+                spoke = await caller_says(stack, call, "Hello there.")
+                await rec.wait_type("agent.speech_completed", n=2, sid=sid, within_s=30)
+                await call.wait_agent_quiet(within_s=15)
+            done = await completed(rec, sid)
+
+            def delivered(rs: list[Received]) -> list[dict[str, Any]]:
+                return [json.loads(r.body) for r in rs]
+
+            await hooks.wait_for(lambda rs: any(d["type"] == "recording.completed"
+                                                for d in delivered(rs)), within_s=30)
+            bodies = delivered(hooks.snapshot())
+            assert [d["type"] for d in bodies] == ["session.ended", "recording.completed"]
+            assert bodies[1]["session_id"] == sid and bodies[1]["data"] == done
+
         data, rate = read_wav(done["location"])
         assert data.shape[1] == 1 and rate == RATE and done["channels"] == "mono"
         t0 = stream_start(call)
-        mixed = data[:, 0]
-        found = runs(mixed)
+        found = runs(data[:, 0])
         starts = [s - t0 for s in call.result.agent_audio_starts] + [spoke[0] - t0]
         assert len(found) == 3, found
         for s in starts:
