@@ -215,6 +215,23 @@ class BackgroundSettings(BaseModel):
         return v
 
 
+class RecordingSettings(BaseModel):
+    """Record the call (docs/recording.md): the caller and what the caller heard."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    # stereo: caller left, agent right; mono: the two mixed.
+    channels: Literal["mono", "stereo"] = "stereo"
+    # Spoken before the greeting when recording is on (not interruptible), e.g. "This call may
+    # be recorded."
+    consent_message: str | None = Field(None, max_length=1000)
+
+    @field_validator("consent_message")
+    @classmethod
+    def _blank_is_none(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+
 class PostCallSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     summary_prompt: str | None = None
@@ -246,6 +263,7 @@ class AgentConfig(ConversationSettings):
     tool_settings: ToolsSettings = ToolsSettings()
     voicemail: VoicemailSettings = VoicemailSettings()
     post_call: PostCallSettings = PostCallSettings()
+    recording: RecordingSettings = RecordingSettings()
     background: BackgroundSettings | None = None
     webhook_url: str | None = Field(None, pattern=r"^https?://")
     # Only these event types are sent to webhook_url (all when empty).

@@ -190,6 +190,44 @@ class TelemetrySettings(BaseModel):
         return base if base.endswith("/v1/traces") else base + "/v1/traces"
 
 
+class S3Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Any S3-compatible service (AWS, MinIO, R2, ...); null = AWS's own endpoint for `region`.
+    endpoint_url: str | None = None
+    bucket: str = Field(min_length=1)
+    # Keys are <prefix><session_id>.wav.
+    prefix: str = "recordings/"
+    # null: boto3's usual credential chain (environment, instance role, ...).
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    region: str | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class RecordingsSettings(BaseModel):
+    """Where call recordings go (agents turn recording on with `recording.enabled`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # One WAV file per session (<dir>/<session_id>.wav); calls record into <dir>/.partial first.
+    dir: str = "./recordings"
+    # Recordings older than this are deleted (local and S3), at start and every hour.
+    retention_days: float = Field(30, gt=0)
+    # Upload finished recordings here instead of keeping them in `dir`.
+    s3: S3Settings | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir).expanduser()
+
+
 class DemoSettings(BaseModel):
     # Create the offline demo agent on first start when the store has no agents.
     create_on_start: bool = True
@@ -215,6 +253,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = OutboxSettings()
     bus: BusSettings = BusSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    recordings: RecordingsSettings = RecordingsSettings()
     demo: DemoSettings = DemoSettings()
 
     @classmethod

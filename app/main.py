@@ -42,6 +42,7 @@ from app.api import (
 from app.api.auth import require_api_key
 from app.bus.component import bus_component
 from app.calls.component import call_host_component
+from app.calls.recordings import recordings_component
 from app.calls.tracing import tracing_component
 from app.config import Settings, load_settings
 from app.console import live as console_live
@@ -89,6 +90,7 @@ Component = Callable[[FastAPI, AppState], AbstractAsyncContextManager[Any]]
 COMPONENTS: list[Component] = [
     tracing_component,  # first: it outlives the calls, so their spans are flushed at exit
     events_component,
+    recordings_component,  # the recording store and its retention sweeps; before the calls
     bus_component,  # after events (it shares them), before what admits and hosts calls
     call_host_component,  # models + the conversation runner; before the edge so it outlives it
     plivo_edge_component,  # REST client, call admission; drains calls on SIGTERM

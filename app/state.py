@@ -42,6 +42,7 @@ class AppState:
     events: Any = None  # app.events bus (webhooks, WebSocket fan-out)
     engine_models: Any = None  # shared VAD / turn / local provider models
     tracing: Any = None  # app.telemetry.Tracing when telemetry.otlp_endpoint is set
+    recordings: Any = None  # app.calls.recordings.RecordingStore (call recordings)
     ready_checks: list[ReadyCheck] = field(default_factory=list)
     drain_hooks: list[DrainHook] = field(default_factory=list)
     draining: bool = False

@@ -88,8 +88,11 @@ class Conversation:
         inbox: AudioInbox | None = None,
         caller_format: AudioFormat = ENGINE_FORMAT,
         on_caller_audio: Callable[[np.ndarray], None] | None = None,
+        preamble: str | None = None,
     ) -> None:
         self.settings = settings
+        # Spoken first, before the greeting, and never interrupted (e.g. a recording notice).
+        self._preamble = (preamble or "").strip()
         self.session_id = session_id
         self.context = ChatContext(prompt, settings.max_context_items)
         self._greeting = (greeting or "").strip()
@@ -143,9 +146,12 @@ class Conversation:
         self._audio.start()
         self._speech.start()
         self._liveness.start()
+        if self._preamble:
+            self._speech.enqueue(self._speech.new("say", text=self._preamble,
+                                                  interruptible=False, add_to_context=False))
         if self._greeting:
             self._speech.enqueue(self._speech.new("greeting", text=self._greeting))
-        else:
+        elif not self._preamble:
             core.fire(Trigger.LISTEN)
             self._liveness.arm_idle()
         if isinstance(self._llm, PrefillingLLM):

@@ -80,6 +80,27 @@ class SessionError(Event):
 
 
 @dataclass(kw_only=True)
+class RecordingCompleted(Event):
+    """The call's recording is stored (after `session.ended`)."""
+
+    type: ClassVar[str] = "recording.completed"
+    duration_s: float = 0.0
+    channels: str = ""  # mono | stereo
+    format: str = "wav"
+    location: str = ""  # a file path, or the S3 key
+    bytes: int = 0
+
+
+@dataclass(kw_only=True)
+class RecordingFailed(Event):
+    """The call's recording could not be written or stored (the session's other records are
+    not affected)."""
+
+    type: ClassVar[str] = "recording.failed"
+    message: str = ""
+
+
+@dataclass(kw_only=True)
 class SessionUsage(Event):
     type: ClassVar[str] = "session.usage"
     provider: str = ""

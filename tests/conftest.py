@@ -193,6 +193,7 @@ def settings_factory(
             },
             "models": {"dir": str(models_dir), "fetch_on_start": False},
             "demo": {"create_on_start": False},
+            "recordings": {"dir": str(tmp_path / "recordings")},
         }
         return Settings(**deep_merge(base, overrides))
 
@@ -227,3 +228,17 @@ def admin_headers() -> dict[str, str]:
 async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     async with run_live_server(settings) as server:
         yield server
+
+
+# A local S3 (moto's server: the S3 protocol over HTTP on 127.0.0.1) for recording storage.
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -148,6 +148,7 @@ async def call_host_component(app: Any, state: AppState) -> AsyncIterator[CallHo
     try:
         yield host
     finally:
+        await host.wait_stored()  # the last calls' recordings (their events need the bus)
         for t in (lag, warm):
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

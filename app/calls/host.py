@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -30,6 +31,7 @@ from app.calls.customer_app.bridge import CustomerApp, close_quietly
 from app.calls.customer_app.link import AppUnreachable
 from app.calls.failover_budget import with_failover_budget
 from app.calls.live_update import parse_provider_block, parse_tools
+from app.calls.recordings import RecordingStore
 from app.calls.registry import LiveCalls
 from app.calls.report import ReportCollector, final_report
 from app.calls.runner import CallInfo
@@ -37,7 +39,7 @@ from app.calls.s2s_call import open_s2s
 from app.calls.secrets import SecretResolver
 from app.calls.state_store import shared_state_store
 from app.calls.tracing import CallTracer
-from app.calls.transport import CallTransport
+from app.calls.transport import CallTransport, RecordableTransport
 from app.calls.voicemail import VoicemailScreen, wants_detection
 from app.db.repos import agents as agents_repo
 from app.events.signing import signing_secret_from_box
@@ -52,6 +54,7 @@ from app.tools.listen import CallerInput, mask_digits
 from app.tools.mcp_tools import McpListingCache, McpToolbox, display_url, open_mcp_tools
 from pipelines import events as ev
 from pipelines.audio.backgrounds import background
+from pipelines.audio.recorder import CallRecorder
 from pipelines.audio.wav import decode_wav
 from pipelines.conversation import Conversation
 from pipelines.engine.caller_audio import ENGINE_FORMAT, ConsumerFormats
@@ -93,10 +96,24 @@ class CallHost:
         # The tools each agent version's MCP servers list, for later calls of that version.
         self.mcp_listings = McpListingCache()
         self._signing_secret = signing_secret_from_box(state.crypto)
+        # Finished calls' recordings on their way to storage (awaited at shutdown).
+        self.storing: set[asyncio.Task[None]] = set()
 
     @property
     def active(self) -> int:
         return len(self.live)
+
+    @property
+    def recordings(self) -> RecordingStore:
+        store = getattr(self.state, "recordings", None)
+        if store is None:  # a host built without the lifecycle component (tests, tools)
+            store = self.state.recordings = RecordingStore(self.state.settings.recordings)
+        return store
+
+    async def wait_stored(self, timeout_s: float = 30.0) -> None:
+        """Let recordings being stored finish (at shutdown)."""
+        if self.storing:
+            await asyncio.wait(set(self.storing), timeout=timeout_s)
 
     async def run(self, info: CallInfo, transport: CallTransport) -> str:
         call = _Call(self, info, await self._agent_config(info), transport)
@@ -177,6 +194,9 @@ class _Call:
         self._ended = False
         self._plays: set[asyncio.Task[None]] = set()  # waiting to report play.completed
         self._play_ids = itertools.count(1)
+        # The call's recording while it runs (agent `recording.enabled`).
+        self.recorder: CallRecorder | None = None
+        self._recording_error: str | None = None
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: ev.Event) -> None:
@@ -250,6 +270,7 @@ class _Call:
             log.warning("session %s: stored call state unavailable (%s); starting empty",
                         self.session_id, type(exc).__name__)
         reason: str = EndReason.ERROR
+        self._start_recording()
         try:
             if self.config.websocket_url is not None:
                 await self._open_app()
@@ -277,6 +298,7 @@ class _Call:
             if self.executor is not None:
                 await self.executor.aclose()
             await self._finish(reason)
+            self._finish_recording()
             await close_quietly(self.app)  # after session.ended, which the app is sent
             await self._close_providers()
         return reason
@@ -459,6 +481,10 @@ class _Call:
             inbox=self.transport.inbox,
             caller_format=self.transport.audio_format,
             on_caller_audio=self._screen_audio if self.screen is not None else None,
+            # Heard before the greeting; a screened call's greeting waits for a person, and so
+            # does the notice.
+            preamble=cfg.recording.consent_message
+            if cfg.recording.enabled and self.screen is None else None,
         )
 
     async def _converse(self, conv: Conversation | S2SConversation | AudioRelay) -> str:
@@ -547,6 +573,59 @@ class _Call:
             log.warning("session %s: report failed: %s", self.session_id, exc)
             report = {}
         self.emit(ev.SessionEnded(reason=reason, duration_s=round(duration, 3), report=report))
+
+    # -- recording -----------------------------------------------------------------------------
+    def _start_recording(self) -> None:
+        settings = self.config.recording
+        if not settings.enabled:
+            return
+        if not isinstance(self.transport, RecordableTransport):
+            self._recording_error = "this call's audio path cannot be recorded"
+            return
+        try:
+            path = self.host.recordings.partial_path(self.session_id)
+            self.recorder = self.transport.start_recording(
+                path, 2 if settings.channels == "stereo" else 1)
+        except Exception as exc:
+            log.warning("session %s: recording could not start: %s", self.session_id, exc)
+            self._recording_error = f"recording could not start: {exc}"
+
+    def _finish_recording(self) -> None:
+        """Complete the call's recording and store it in the background (never holding up the
+        end of the call); `recording.completed` or `recording.failed` follows session.ended."""
+        if not self.config.recording.enabled:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._store_recording(self.recorder), name=f"recording-{self.session_id}")
+        self.host.storing.add(task)
+        task.add_done_callback(self.host.storing.discard)
+
+    async def _store_recording(self, recorder: CallRecorder | None) -> None:
+        channels = self.config.recording.channels
+        try:
+            if recorder is None:
+                raise RuntimeError(self._recording_error or "the recording did not start")
+            try:
+                info = recorder.finish()
+            except Exception as exc:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(os.unlink, recorder.path)
+                raise RuntimeError(f"writing the recording failed: {exc}") from exc
+            stored = await self.host.recordings.store(self.session_id, info.path)
+        except Exception as exc:
+            log.warning("session %s: recording not stored: %s", self.session_id, exc)
+            self._publish(ev.RecordingFailed(message=str(exc)[:300]))
+            return
+        log.info("session %s: recording stored at %s (%.1f s, %d bytes)", self.session_id,
+                 stored.location, info.duration_s, stored.bytes)
+        self._publish(ev.RecordingCompleted(
+            duration_s=round(info.duration_s, 3), channels=channels, format="wav",
+            location=stored.location, bytes=stored.bytes))
+
+    def _publish(self, event: ev.Event) -> None:
+        """An event after session.ended: to the bus only (webhooks, WebSockets, metrics)."""
+        event.session_id = self.session_id
+        self.host.publish(event)
 
     # -- CallControl -------------------------------------------------------------------------
     @property

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from pipelines.audio.inbox import AudioFormat, AudioInbox
+from pipelines.audio.recorder import CallRecorder
 from pipelines.ports import PlayoutSink
 
 
@@ -72,4 +73,13 @@ class CallTransport(Protocol):
     async def transfer(self, target: str, mode: str = "cold", brief: str = "") -> None:
         """Hand the caller to a phone number or SIP URI (`brief` is spoken to the target
         first when mode is "warm"); the stream ends afterwards."""
+        ...
+
+
+@runtime_checkable
+class RecordableTransport(Protocol):
+    """A leg that can record the call: both sides on its stream's clock, what the caller heard
+    on the agent's side (app.telephony.plivo.leg)."""
+
+    def start_recording(self, path: str, channels: int) -> CallRecorder:
         ...

@@ -12,10 +12,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
+
 from app.calls.transport import DtmfEvent, TransportStats
 from app.telephony.plivo.codec import FrameDecoder, StreamCodec
 from app.telephony.plivo.playout import PlivoPlayout
 from pipelines.audio.inbox import AudioFormat, AudioInbox
+from pipelines.audio.recorder import CallRecorder
 
 DTMF_QUEUE_MAX = 64
 
@@ -45,6 +48,8 @@ class SocketLeg:
         self._end_reason: str | None = None
         self._hangup_reason: str | None = None
         self.stats = TransportStats()
+        self._frames_decoded = 0  # caller frames since the stream started
+        self.recorder: CallRecorder | None = None
 
     @property
     def closed(self) -> bool:
@@ -84,6 +89,22 @@ class SocketLeg:
             return
         for frame in self._decoder.push(data):
             self.inbox.put(frame)
+            self._frames_decoded += 1
+            if self.recorder is not None:
+                self.recorder.caller(frame.pcm)
+
+    def start_recording(self, path: str, channels: int) -> CallRecorder:
+        """Record the call into a WAV file at `path` from now on, on the stream's clock: the
+        caller's frames by stream position (those before now are silence), the agent's by their
+        play position at the carrier, less what a clear dropped. `CallRecorder.finish` ends it."""
+        rec = CallRecorder(path, sample_rate=self.stream_codec.sample_rate, channels=channels,
+                           t0=self.playout.started_at, clock=self.playout.clock)
+        if self._frames_decoded:
+            rec.caller(np.zeros(self._frames_decoded * self.stream_codec.frame_samples,
+                                np.int16))
+        self.recorder = rec
+        self.playout.recorder = rec
+        return rec
 
     def push_dtmf(self, digit: str) -> None:
         if self._closed:

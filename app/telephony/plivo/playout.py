@@ -47,6 +47,7 @@ from pipelines.audio.frames import FRAME_MS, Framer
 from pipelines.audio.g711 import ulaw_decode
 from pipelines.audio.inbox import AudioFormat
 from pipelines.audio.mixer import Background, LoopingSource, mix
+from pipelines.audio.recorder import CallRecorder
 from pipelines.audio.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,10 @@ class PlivoPlayout:
         self.local_buffer_frames = max(1, local_buffer_ms // FRAME_MS)
         self.ack_timeout_s = ack_timeout_s
         self._clock = clock
+        # The stream's clock starts here (a call recording aligns both sides on it).
+        self.started_at = clock()
+        # What the caller hears, frame by frame at its play position (call recording).
+        self.recorder: CallRecorder | None = None
         self._queue: deque[_Item] = deque()
         self._segments: OrderedDict[str, _Segment] = OrderedDict()
         self._current: _Segment | None = None
@@ -290,6 +295,8 @@ class PlivoPlayout:
         if not pending_audio and not live:
             return 0.0
         self._play_head = now  # Plivo empties its buffer on clearAudio
+        if self.recorder is not None:
+            self.recorder.cut(now)  # what Plivo drops was never heard
         self._speech_end = min(self._speech_end, now)
         self.stats.clears += 1
         await self._send(protocol.clear_audio(self.stream_id))
@@ -348,6 +355,10 @@ class PlivoPlayout:
                 await self._feeder
         for seg in self._segments.values():
             seg.finish()
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     @property
     def queued_ahead_ms(self) -> float:
@@ -436,6 +447,8 @@ class PlivoPlayout:
                     payload = self.codec.encode(mix(self.codec.decode(payload),
                                                     bed.read(self.codec.frame_samples)))
                     self.stats.mixed_frames += 1
+                if self.recorder is not None:
+                    self.recorder.agent(self.codec.decode(payload), self._play_head - FRAME_S)
                 await self._send(protocol.play_audio(payload, self.codec.encoding,
                                                      self.codec.sample_rate))
         except asyncio.CancelledError:
@@ -465,5 +478,8 @@ class PlivoPlayout:
             self._play_head = now
         self._play_head += FRAME_S
         self.stats.background_frames += 1
-        frame = self.codec.encode(bed.read(self.codec.frame_samples))
+        samples = bed.read(self.codec.frame_samples)
+        frame = self.codec.encode(samples)
+        if self.recorder is not None:
+            self.recorder.agent(self.codec.decode(frame), self._play_head - FRAME_S)
         await self._send(protocol.play_audio(frame, self.codec.encoding, self.codec.sample_rate))
