@@ -69,6 +69,17 @@ fi
 # needs `pip install --force-reinstall --no-deps piper-tts` first.
 rm -f "$site/piper/hebrew/nakdimon.onnx" "$site/piper/tashkeel/model.onnx"
 
+# botocore carries the API models of every AWS service (~29 MB); recordings only talk to S3
+# (and STS/SSO when credentials come from a role or a profile). Keep those and the shared files.
+if [ -d "$site/botocore/data" ]; then
+  for d in "$site"/botocore/data/*/; do
+    case "$(basename "$d")" in
+      s3|sts|sso|sso-oidc) ;;
+      *) rm -rf "$d" ;;
+    esac
+  done
+fi
+
 # Test suites.
 find "$site" -type d -name tests -prune -exec rm -rf {} +
 
