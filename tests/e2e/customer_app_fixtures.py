@@ -98,7 +98,9 @@ class RawApp:
                            within_s: float = 20.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + within_s
         while True:
-            if self.conns and len(self.conns[conn].of_type(name)) >= n:
+            # `conn` may name a connection that is not there yet (a reconnect to come).
+            there = -len(self.conns) <= conn < len(self.conns)
+            if there and len(self.conns[conn].of_type(name)) >= n:
                 return self.conns[conn].of_type(name)
             if time.monotonic() > deadline or self.errors:
                 seen = [m.get("type", m.get("event")) for c in self.conns for m in c.messages]
