@@ -80,6 +80,14 @@ if [ -d "$site/botocore/data" ]; then
   done
 fi
 
+# googleapis-common-protos: the OTLP exporter reads google.rpc (and protobuf itself); the other
+# Google API definitions are never imported.
+for d in api type longrunning cloud logging gapic; do rm -rf "$site/google/$d"; done
+
+# pip runs once, to fetch the model files at the first start: its byte code (8 MB) is not worth
+# carrying, it compiles what it needs then.
+find "$site/pip" -type d -name __pycache__ -prune -exec rm -rf {} +
+
 # Test suites.
 find "$site" -type d -name tests -prune -exec rm -rf {} +
 
