@@ -84,8 +84,18 @@ fi
 # Google API definitions are never imported.
 for d in api type longrunning cloud logging gapic; do rm -rf "$site/google/$d"; done
 
+# OpenTelemetry's incubating semantic conventions (~1.5 MB of attribute names): the SDK reads
+# only its own otel_attributes / otel_metrics modules from there.
+inc="$site/opentelemetry/semconv/_incubating"
+if [ -d "$inc" ]; then
+  find "$inc/attributes" "$inc/metrics" -maxdepth 1 -type f -name '*.py' \
+    ! -name '__init__.py' ! -name 'otel_attributes.py' ! -name 'otel_metrics.py' -delete
+  find "$inc" -type d -name __pycache__ -prune -exec rm -rf {} +
+fi
+
 # pip runs once, to fetch the model files at the first start: its byte code (8 MB) is not worth
-# carrying, it compiles what it needs then.
+# carrying, it compiles what it needs then. (The Dockerfile removes it once more after the app's
+# own wheel is installed, since running pip writes it again.)
 find "$site/pip" -type d -name __pycache__ -prune -exec rm -rf {} +
 
 # Test suites.
