@@ -110,6 +110,7 @@ class CustomerApp:
             if not p.future.done():
                 p.future.set_exception(ToolExecutionError(
                     "unreachable", "the agent's app disconnected"))
+                p.future.exception()  # seen: its tool's run_tool may be gone already
         self._on_lost()
 
     # -- events out -----------------------------------------------------------------------------
