@@ -489,6 +489,10 @@ class _Call:
 
     async def _converse(self, conv: Conversation | S2SConversation | AudioRelay) -> str:
         await conv.start()
+        rec = self.config.recording
+        if isinstance(conv, AudioRelay) and rec.enabled and rec.consent_message:
+            # Queued before the app can have sent any audio: the caller hears it first.
+            conv.say(rec.consent_message, interruptible=False)
         bed = self.config.background
         if bed is not None and isinstance(self.transport.playout, BackgroundMixingSink):
             self.play_background(bed.sound, bed.volume, bed.loop)

@@ -516,3 +516,15 @@ async def test_audio_mode_app_speaks_and_plays_with_the_agents_voice(
     assert call.result.play_frames > 50  # the sentence and the tone reached the caller
     (refused,) = app.conns[0].of_type("error")
     assert refused["code"] == "not_supported"
+
+
+async def test_audio_mode_recording_consent_is_heard_before_the_apps_audio(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with call_stack(settings_factory, monkeypatch) as stack, RawApp() as app:
+        await stack.add_agent(mode="audio", recording={
+            "enabled": True, "consent_message": "This call is recorded."}, **app_agent(app))
+        async with stack.call() as call:
+            # The app sends nothing: what the caller hears is the notice, in the agent's voice.
+            await call.wait_for(lambda: call.result.play_frames > 20, within_s=15)
+            await app.wait_message("start")
+    assert not call.result.play_errors
