@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 
 from app import metrics
 from app.agent_config import AgentConfig, ProviderBlock, ToolConfig
+from app.calls.call_recording import CallRecording
 from app.calls.clips import ClipCache, clip_key, worth_prerendering
 from app.calls.customer_app.audio_relay import AudioRelay
 from app.calls.customer_app.bridge import CustomerApp, close_quietly
@@ -39,7 +39,7 @@ from app.calls.s2s_call import open_s2s
 from app.calls.secrets import SecretResolver
 from app.calls.state_store import shared_state_store
 from app.calls.tracing import CallTracer
-from app.calls.transport import CallTransport, RecordableTransport
+from app.calls.transport import CallTransport
 from app.calls.voicemail import VoicemailScreen, wants_detection
 from app.db.repos import agents as agents_repo
 from app.events.signing import signing_secret_from_box
@@ -54,7 +54,6 @@ from app.tools.listen import CallerInput, mask_digits
 from app.tools.mcp_tools import McpListingCache, McpToolbox, display_url, open_mcp_tools
 from pipelines import events as ev
 from pipelines.audio.backgrounds import background
-from pipelines.audio.recorder import CallRecorder
 from pipelines.audio.wav import decode_wav
 from pipelines.conversation import Conversation
 from pipelines.engine.caller_audio import ENGINE_FORMAT, ConsumerFormats
@@ -105,9 +104,10 @@ class CallHost:
 
     @property
     def recordings(self) -> RecordingStore:
-        store = getattr(self.state, "recordings", None)
+        store = self.state.recordings
         if store is None:  # a host built without the lifecycle component (tests, tools)
             store = self.state.recordings = RecordingStore(self.state.settings.recordings)
+        assert isinstance(store, RecordingStore)
         return store
 
     async def wait_stored(self, timeout_s: float = 30.0) -> None:
@@ -195,8 +195,8 @@ class _Call:
         self._plays: set[asyncio.Task[None]] = set()  # waiting to report play.completed
         self._play_ids = itertools.count(1)
         # The call's recording while it runs (agent `recording.enabled`).
-        self.recorder: CallRecorder | None = None
-        self._recording_error: str | None = None
+        self.recording = CallRecording(config.recording, self.session_id, host.recordings,
+                                       host.storing, self._publish)
 
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: ev.Event) -> None:
@@ -270,7 +270,7 @@ class _Call:
             log.warning("session %s: stored call state unavailable (%s); starting empty",
                         self.session_id, type(exc).__name__)
         reason: str = EndReason.ERROR
-        self._start_recording()
+        self.recording.start(self.transport)
         try:
             if self.config.websocket_url is not None:
                 await self._open_app()
@@ -298,7 +298,7 @@ class _Call:
             if self.executor is not None:
                 await self.executor.aclose()
             await self._finish(reason)
-            self._finish_recording()
+            self.recording.finish()
             await close_quietly(self.app)  # after session.ended, which the app is sent
             await self._close_providers()
         return reason
@@ -578,54 +578,7 @@ class _Call:
             report = {}
         self.emit(ev.SessionEnded(reason=reason, duration_s=round(duration, 3), report=report))
 
-    # -- recording -----------------------------------------------------------------------------
-    def _start_recording(self) -> None:
-        settings = self.config.recording
-        if not settings.enabled:
-            return
-        if not isinstance(self.transport, RecordableTransport):
-            self._recording_error = "this call's audio path cannot be recorded"
-            return
-        try:
-            path = self.host.recordings.partial_path(self.session_id)
-            self.recorder = self.transport.start_recording(
-                path, 2 if settings.channels == "stereo" else 1)
-        except Exception as exc:
-            log.warning("session %s: recording could not start: %s", self.session_id, exc)
-            self._recording_error = f"recording could not start: {exc}"
-
-    def _finish_recording(self) -> None:
-        """Complete the call's recording and store it in the background (never holding up the
-        end of the call); `recording.completed` or `recording.failed` follows session.ended."""
-        if not self.config.recording.enabled:
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._store_recording(self.recorder), name=f"recording-{self.session_id}")
-        self.host.storing.add(task)
-        task.add_done_callback(self.host.storing.discard)
-
-    async def _store_recording(self, recorder: CallRecorder | None) -> None:
-        channels = self.config.recording.channels
-        try:
-            if recorder is None:
-                raise RuntimeError(self._recording_error or "the recording did not start")
-            try:
-                info = recorder.finish()
-            except Exception as exc:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(os.unlink, recorder.path)
-                raise RuntimeError(f"writing the recording failed: {exc}") from exc
-            stored = await self.host.recordings.store(self.session_id, info.path)
-        except Exception as exc:
-            log.warning("session %s: recording not stored: %s", self.session_id, exc)
-            self._publish(ev.RecordingFailed(message=str(exc)[:300]))
-            return
-        log.info("session %s: recording stored at %s (%.1f s, %d bytes)", self.session_id,
-                 stored.location, info.duration_s, stored.bytes)
-        self._publish(ev.RecordingCompleted(
-            duration_s=round(info.duration_s, 3), channels=channels, format="wav",
-            location=stored.location, bytes=stored.bytes))
-
+    # -- after the call ----------------------------------------------------------------------
     def _publish(self, event: ev.Event) -> None:
         """An event after session.ended: to the bus only (webhooks, WebSockets, metrics)."""
         event.session_id = self.session_id
