@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from app import metrics
 from app.agent_config import AgentConfig, ProviderBlock, ToolConfig
@@ -30,7 +29,7 @@ from app.calls.customer_app.audio_relay import AudioRelay
 from app.calls.customer_app.bridge import CustomerApp, close_quietly
 from app.calls.customer_app.link import AppUnreachable
 from app.calls.failover_budget import with_failover_budget
-from app.calls.live_update import parse_provider_block, parse_tools
+from app.calls.live_update import parse_provider_block, parse_tools, retune, stored_agent
 from app.calls.recordings import RecordingStore
 from app.calls.registry import LiveCalls
 from app.calls.report import ReportCollector, final_report
@@ -43,7 +42,6 @@ from app.calls.transport import CallTransport
 from app.calls.voicemail import VoicemailScreen, wants_detection
 from app.db.repos import agents as agents_repo
 from app.events.signing import signing_secret_from_box
-from app.merge_patch import apply_merge_patch
 from app.outbox.service import is_outage
 from app.state import AppState
 from app.tools.control import NotOnThisCall, TransferMode, normalize_target
@@ -74,10 +72,6 @@ PROVIDER_CLOSE_TIMEOUT_S = 2.0
 # After a sensitive collection (a card number) the caller's words stay masked this long: a final
 # transcript of the last answer may arrive after the collector is done.
 SENSITIVE_GRACE_S = 3.0
-
-
-# What `update(turn_taking=...)` may change mid-call.
-TURN_TAKING_FIELDS = ("vad", "turn", "interruption", "idle", "semantic_vad")
 
 
 class CallHost:
@@ -672,7 +666,7 @@ class _Call:
         `session.updated` also reports. A new prompt with new tools or a new LLM is a handoff
         to another persona: `agent.handoff` (named `new_agent`) says so as well."""
         conv = self._cascaded("update")
-        retuned = self._retuned(turn_taking) if turn_taking is not None else None
+        retuned = retune(self.config, turn_taking) if turn_taking is not None else None
         changed = self._reconfigure(
             prompt=system_prompt,
             tools=parse_tools(tools) if tools is not None else None,
@@ -685,39 +679,16 @@ class _Call:
             changed.append("turn_taking")
         return changed
 
-    def _retuned(self, patch: dict[str, Any]) -> AgentConfig:
-        """The call's config with `patch` merged into its turn-taking settings, validated."""
-        unknown = sorted(set(patch) - set(TURN_TAKING_FIELDS))
-        if unknown:
-            raise ValueError(f"turn_taking.{unknown[0]}: not a turn-taking setting (one of "
-                             f"{', '.join(TURN_TAKING_FIELDS)})")
-        current = self.config.model_dump(mode="json")
-        merged = apply_merge_patch({k: current[k] for k in TURN_TAKING_FIELDS}, patch)
-        try:
-            new = AgentConfig.model_validate({**current, **merged})
-        except ValidationError as exc:
-            e = exc.errors()[0]
-            raise ValueError("turn_taking." + ".".join(str(p) for p in e["loc"])
-                             + f": {e['msg']}") from None
-        if new.vad.engine != self.config.vad.engine:
-            raise ValueError("turn_taking.vad.engine: cannot change while the call runs")
-        return new
-
     async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
         """Another stored agent takes the call over from the next answer, with the conversation
         so far: its prompt, tools, LLM, TTS and voice (its greeting and turn-taking settings are
         not applied mid-call). `summary` is added as context for it. `agent.handoff` names it,
         and the call's report lists every agent that took part."""
         self._cascaded("handoff")
-        async with self.host.state.db.session() as s:
-            agent = await agents_repo.get(s, agent_id)
-            version = await agents_repo.current_version(s, agent) if agent is not None else None
-        if version is None:
-            raise ValueError(f"agent_id: no agent '{agent_id}'")
-        target = AgentConfig.model_validate(dict(version.config))
+        target, version = await stored_agent(self.host.state.db, agent_id)
         changed = self._reconfigure(prompt=target.prompt, tools=list(target.tools),
                                     llm=target.llm, tts=target.tts, voice=target.voice,
-                                    new_agent=agent_id, handoff_version=version.version,
+                                    new_agent=agent_id, handoff_version=version,
                                     always_handoff=True)
         if summary.strip():
             await self.inject(summary.strip())

@@ -17,12 +17,16 @@ from pydantic_core import PydanticCustomError
 
 from app.agent_config import (
     TOO_DEEP,
+    AgentConfig,
     ProviderBlock,
     ToolConfig,
     _block_errors,
     provider_blocks,
     too_deep,
 )
+from app.db.engine import Database
+from app.db.repos import agents as agents_repo
+from app.merge_patch import apply_merge_patch
 
 
 def _loc(loc: Sequence[str | int]) -> str:
@@ -75,3 +79,38 @@ def parse_provider_block(kind: str, raw: Any) -> ProviderBlock:
             message = err.message() if isinstance(err, PydanticCustomError) else err
             raise ValueError(f"{_loc(e.get('loc', (kind,)))}: {message}")
     return block
+
+
+# What a live `update(turn_taking=...)` may change.
+TURN_TAKING_FIELDS = ("vad", "turn", "interruption", "idle", "semantic_vad")
+
+
+def retune(config: AgentConfig, patch: dict[str, Any]) -> AgentConfig:
+    """`config` with `patch` (a JSON merge patch) merged into its turn-taking settings,
+    validated whole; ValueError naming the field (`turn_taking.vad.threshold: ...`)."""
+    unknown = sorted(set(patch) - set(TURN_TAKING_FIELDS))
+    if unknown:
+        raise ValueError(f"turn_taking.{unknown[0]}: not a turn-taking setting (one of "
+                         f"{', '.join(TURN_TAKING_FIELDS)})")
+    current = config.model_dump(mode="json")
+    merged = apply_merge_patch({k: current[k] for k in TURN_TAKING_FIELDS}, patch)
+    try:
+        new = AgentConfig.model_validate({**current, **merged})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ValueError("turn_taking." + ".".join(str(p) for p in e["loc"])
+                         + f": {e['msg']}") from None
+    if new.vad.engine != config.vad.engine:
+        raise ValueError("turn_taking.vad.engine: cannot change while the call runs")
+    return new
+
+
+async def stored_agent(db: Database, agent_id: str) -> tuple[AgentConfig, int]:
+    """A stored agent's current config and version (a handoff's new persona); ValueError
+    naming `agent_id` when there is no such agent."""
+    async with db.session() as s:
+        agent = await agents_repo.get(s, agent_id)
+        version = await agents_repo.current_version(s, agent) if agent is not None else None
+    if version is None:
+        raise ValueError(f"agent_id: no agent '{agent_id}'")
+    return AgentConfig.model_validate(dict(version.config)), int(version.version)
