@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ import numpy as np
 from app import metrics
 from app.agent_config import AgentConfig, ProviderBlock, ToolConfig
 from app.calls.call_recording import CallRecording
+from app.calls.call_sounds import CallSounds
 from app.calls.clips import ClipCache, clip_key, worth_prerendering
 from app.calls.customer_app.audio_relay import AudioRelay
 from app.calls.customer_app.bridge import CustomerApp, close_quietly
@@ -51,15 +51,12 @@ from app.tools.executor import ToolExecutor, ToolSession
 from app.tools.listen import CallerInput, mask_digits
 from app.tools.mcp_tools import McpListingCache, McpToolbox, display_url, open_mcp_tools
 from pipelines import events as ev
-from pipelines.audio.backgrounds import background
-from pipelines.audio.wav import decode_wav
 from pipelines.conversation import Conversation
 from pipelines.engine.caller_audio import ENGINE_FORMAT, ConsumerFormats
 from pipelines.engine_models import EngineModels
 from pipelines.outcomes import EndReason, ErrorStage
 from pipelines.ports import BackgroundMixingSink
 from pipelines.s2s.conversation import S2SConversation
-from pipelines.speech import SpeechHandle
 from providers.base import Kind, ProviderContext, Usage
 from providers.factory import build_provider
 
@@ -186,8 +183,8 @@ class _Call:
         self._clip_render: asyncio.Task[None] | None = None
         self.started = time.monotonic()
         self._ended = False
-        self._plays: set[asyncio.Task[None]] = set()  # waiting to report play.completed
-        self._play_ids = itertools.count(1)
+        # WAV clips and the background (play, play_background).
+        self.sounds = CallSounds(transport.playout, self._conv, self.emit)
         # The call's recording while it runs (agent `recording.enabled`).
         self.recording = CallRecording(config.recording, self.session_id, host.recordings,
                                        host.storing, self._publish)
@@ -286,9 +283,7 @@ class _Call:
             self._ended = True
             if self._clip_render is not None:
                 self._clip_render.cancel()  # a call that ends first does not finish it
-            for play in list(self._plays):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(play, 1.0)  # resolved by the engine's shutdown
+            await self.sounds.settle()
             if self.executor is not None:
                 await self.executor.aclose()
             await self._finish(reason)
@@ -726,48 +721,13 @@ class _Call:
         return changed
 
     async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str:
-        """Play a WAV file (16-bit PCM, any rate, mono or stereo) after what is playing now.
-        Returns its play id at once; `play.completed` {play_id, interrupted} follows once it
-        was heard to the end or cut off. A malformed file raises ValueError."""
-        samples, rate = decode_wav(wav_bytes)
-        play_id = f"play-{next(self._play_ids)}"
-        conv = self._conv()
-        if isinstance(conv, AudioRelay):
-            # In the app's own audio queue, after what the app sent before it.
-            task = asyncio.create_task(self._report_relayed(play_id, conv.play_pcm(samples, rate)))
-            self._plays.add(task)
-            task.add_done_callback(self._plays.discard)
-            return play_id
-        handle = self._cascaded("play").play(samples, sample_rate=rate,
-                                             interruptible=interruptible)
-        task = asyncio.create_task(self._report_played(play_id, handle),
-                                   name=f"play-{self.session_id}-{play_id}")
-        self._plays.add(task)
-        task.add_done_callback(self._plays.discard)
-        return play_id
-
-    async def _report_played(self, play_id: str, handle: SpeechHandle) -> None:
-        await handle
-        self.emit(ev.PlayCompleted(play_id=play_id, interrupted=handle.stop_reason is not None))
-
-    async def _report_relayed(self, play_id: str, played: Awaitable[bool]) -> None:
-        interrupted = not await played
-        self.emit(ev.PlayCompleted(play_id=play_id, interrupted=interrupted))
+        return await self.sounds.play(wav_bytes, interruptible=interruptible)
 
     def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None:
-        """Lay `sound` (a built-in name: hold_music, office, hum; or base64 WAV data) under the
-        call until `stop_background` or the end of the call. Replaces any background playing."""
-        bed = background(sound, volume, loop)
-        self._mixing_sink().set_background(bed)
+        self.sounds.play_background(sound, volume, loop)
 
     def stop_background(self) -> None:
-        self._mixing_sink().set_background(None)
-
-    def _mixing_sink(self) -> BackgroundMixingSink:
-        sink = self.transport.playout
-        if not isinstance(sink, BackgroundMixingSink):
-            raise NotOnThisCall("this call's audio path cannot mix background audio")
-        return sink
+        self.sounds.stop_background()
 
 
 class _NoLLM:
