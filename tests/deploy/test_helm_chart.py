@@ -73,6 +73,9 @@ SECRET_SETTINGS = {"database.url", "security.secret_key", "security.admin_api_ke
 LEFT_TO_DEFAULT = {
     # One server process per pod: scale with replicas; probes and /metrics see one process.
     "server.workers",
+    # A nested section with a secret in it: given whole through extraEnv from a Secret
+    # (PHONEBOOTH__RECORDINGS__S3 as JSON), not the ConfigMap.
+    "recordings.s3",
 }
 # Where values.config differs from config.example.yaml (the image sets the same paths).
 K8S_DEFAULTS = {"server.log_format": "json", "security.secret_key_file": "/data/secret.key",
