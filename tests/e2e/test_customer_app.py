@@ -20,7 +20,7 @@ from app.events.signing import SESSION_ID_HEADER, connection_signature_message, 
 from pipelines.audio.g711 import ulaw_encode
 from tests.e2e.customer_app_fixtures import AppConn, RawApp
 from tests.e2e.test_tools_call import chat_messages, greet_and_ask, spoken, tool_results
-from tests.e2e.tools_fixtures import CallStack, Recorder, call_stack, of_type
+from tests.e2e.tools_fixtures import CallStack, Recorder, call_stack, of_type, script_order_lookup
 from tests.fakes.fake_openai import ChatReply, FakeToolCall
 
 pytestmark = pytest.mark.slow
@@ -53,10 +53,7 @@ async def test_managed_mode_app_runs_the_tool_and_sees_the_call(
         await stack.add_agent(tools=[ORDER_TOOL], websocket_headers={"X-Team": "billing"},
                               **app_agent(app))
         rec = Recorder(stack)
-        stack.deepgram.queue_transcript("Where is my order A123?")
-        stack.openai.queue_chat(
-            ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]),
-            "Your order ships on Tuesday.")
+        script_order_lookup(stack, "Your order ships on Tuesday.")
         async with stack.call() as call:
             sid = await greet_and_ask(stack, call, rec, "Where is my order A123?")
             await rec.wait_type("turn.completed", sid=sid, within_s=30)
@@ -281,10 +278,7 @@ async def test_slow_tool_with_extend_wait_and_an_answer_after_the_call(
         await stack.add_agent(tools=[ORDER_TOOL], websocket_settings={"tool_timeout_s": 1.0},
                               tool_settings={"hold_after_ms": 5000}, **app_agent(app))
         rec = Recorder(stack)
-        stack.deepgram.queue_transcript("Where is my order A123?")
-        stack.openai.queue_chat(
-            ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]),
-            "Found it.")
+        script_order_lookup(stack, "Found it.")
         async with stack.call() as call:
             sid = await greet_and_ask(stack, call, rec, "Where is my order A123?")
             await rec.wait_type("turn.completed", sid=sid, within_s=30)
@@ -478,10 +472,7 @@ async def test_app_that_drops_once_is_reopened_and_the_call_goes_on(
     async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
         await stack.add_agent(tools=[ORDER_TOOL], **app_agent(app))
         rec = Recorder(stack)
-        stack.deepgram.queue_transcript("Where is my order A123?")
-        stack.openai.queue_chat(
-            ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]),
-            "Found it.")
+        script_order_lookup(stack, "Found it.")
         async with stack.call() as call:
             await app.wait_message("session.started", conn=1)
             sid = await greet_and_ask(stack, call, rec, "Where is my order A123?")

@@ -15,9 +15,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from app import telemetry
 from app.config import Settings, TelemetrySettings
 from tests.e2e.test_tools_call import greet_and_ask, order_tool, signed_responder
-from tests.e2e.tools_fixtures import Recorder, call_stack
+from tests.e2e.tools_fixtures import Recorder, call_stack, script_order_lookup
 from tests.events.local_http import LocalHttpServer
-from tests.fakes.fake_openai import ChatReply, FakeToolCall
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +55,7 @@ async def test_a_call_with_a_tool_is_one_trace(settings_factory: Callable[..., S
             await stack.add_agent(tools=[order_tool(tool_server.url + "/orders")],
                                   tool_settings={"hold_after_ms": 5000})
             rec = Recorder(stack)
-            stack.deepgram.queue_transcript("Where is my order A123?")
-            stack.openai.queue_chat(
-                ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]),
-                "Your order ships on Tuesday.")
+            script_order_lookup(stack, "Your order ships on Tuesday.")
             async with stack.call() as call:
                 sid = await greet_and_ask(stack, call, rec, "Where is my order A123?")
                 await rec.wait_type("turn.completed", sid=sid, within_s=30)

@@ -37,7 +37,7 @@ from app.simulator.far_end import PlivoSimulator, SimCall
 from tests.conftest import TEST_ADMIN_KEY
 from tests.fakes.fake_deepgram import FakeDeepgram
 from tests.fakes.fake_elevenlabs import FakeElevenLabs
-from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.fake_openai import ChatReply, FakeOpenAI, FakeToolCall
 from tests.fakes.plivo_rest import FakePlivoRest, run_fake_plivo_rest
 from tests.fakes.vendor_base import FAKE_API_KEY
 from tests.live_server import LiveServer, run_live_server
@@ -220,6 +220,18 @@ async def call_stack(settings_factory: Callable[..., Settings],
                 for call in stack.sims.values():
                     with contextlib.suppress(Exception):
                         await call.hangup()
+
+
+# -- scripting a turn -------------------------------------------------------------------------
+ORDER_QUESTION = "Where is my order A123?"
+
+
+def script_order_lookup(stack: CallStack, answer: str) -> None:
+    """The caller will ask about order A123; the LLM looks it up with `get_order` (tool call id
+    "call_1") and then says `answer`."""
+    stack.deepgram.queue_transcript(ORDER_QUESTION)
+    stack.openai.queue_chat(
+        ChatReply(tool_calls=[FakeToolCall("get_order", {"order": "A123"}, "call_1")]), answer)
 
 
 # -- looking at events ------------------------------------------------------------------------
