@@ -442,13 +442,15 @@ class PlivoPlayout:
                                                    (self._play_head - now) * 1000.0)
                 self._space.set()
                 payload = item.payload
+                heard: np.ndarray | None = None  # the frame as PCM, once it had to be decoded
                 bed = self._bed
                 if bed is not None and not bed.exhausted:
-                    payload = self.codec.encode(mix(self.codec.decode(payload),
-                                                    bed.read(self.codec.frame_samples)))
+                    heard = mix(self.codec.decode(payload), bed.read(self.codec.frame_samples))
+                    payload = self.codec.encode(heard)
                     self.stats.mixed_frames += 1
                 if self.recorder is not None:
-                    self.recorder.agent(self.codec.decode(payload), self._play_head - FRAME_S)
+                    self.recorder.agent(heard if heard is not None else self.codec.decode(payload),
+                                        self._play_head - FRAME_S)
                 await self._send(protocol.play_audio(payload, self.codec.encoding,
                                                      self.codec.sample_rate))
         except asyncio.CancelledError:
@@ -481,5 +483,5 @@ class PlivoPlayout:
         samples = bed.read(self.codec.frame_samples)
         frame = self.codec.encode(samples)
         if self.recorder is not None:
-            self.recorder.agent(self.codec.decode(frame), self._play_head - FRAME_S)
+            self.recorder.agent(samples, self._play_head - FRAME_S)
         await self._send(protocol.play_audio(frame, self.codec.encoding, self.codec.sample_rate))
