@@ -116,17 +116,27 @@ class _Tries:
             raise ToolExecutionError(error, message)
 
 
+async def _hear(question: str, opts: Any, control: CallControl, heard: CallerInput,
+                tries: _Tries, late: str) -> str | None:
+    """Say `question` and return the caller's answer; None, a try spent (`late` says why),
+    when none came in time."""
+    heard.clear()
+    await control.say(question)
+    try:
+        return await heard.next(opts.timeout_s)
+    except TimeoutError:
+        tries.spend("timeout", late)
+        return None
+
+
 async def _ask(step: Step, prompt: str, values: Values, opts: Any, control: CallControl,
                heard: CallerInput, tries: _Tries) -> Any:
     question = prompt
     noun = tries.kind.noun
     while True:
-        heard.clear()
-        await control.say(question)
-        try:
-            answer = await heard.next(opts.timeout_s)
-        except TimeoutError:
-            tries.spend("timeout", f"the caller did not give their {noun} in time")
+        answer = await _hear(question, opts, control, heard, tries,
+                             f"the caller did not give their {noun} in time")
+        if answer is None:
             question = f"Sorry, I didn't catch that. {prompt}"
             continue
         try:
@@ -177,12 +187,9 @@ async def _confirm(kind: CollectKind, values: Values, opts: Any, control: CallCo
     """True when confirmed; a corrected set of values ("no, it's ..."); False to start over."""
     question = f"I have {kind.readback(values, opts)}. Is that right?"
     while True:
-        heard.clear()
-        await control.say(question)
-        try:
-            answer = await heard.next(opts.timeout_s)
-        except TimeoutError:
-            tries.spend("timeout", f"the caller did not confirm their {kind.noun} in time")
+        answer = await _hear(question, opts, control, heard, tries,
+                             f"the caller did not confirm their {kind.noun} in time")
+        if answer is None:
             question = f"Sorry, I didn't catch that. {question}"
             continue
         verdict = yes_no(answer)
