@@ -17,7 +17,7 @@ import numpy as np
 from app.calls.registry import LiveCalls
 from app.calls.runner import CallInfo
 from app.calls.transport import CallTransport
-from app.tools.control import TransferMode
+from app.tools.control import NotOnThisCall, TransferMode
 from pipelines import events as ev
 from pipelines.audio.frames import SAMPLE_RATE
 
@@ -75,7 +75,7 @@ class _Call:
         raise NotImplementedError("the bus tests' runner carries no transfers or digit collection")
 
     def listen(self, *, sensitive: bool = False) -> Any:
-        raise NotImplementedError("the bus tests' runner carries no collect tools")
+        raise NotOnThisCall("the bus tests' runner carries no collect tools")
 
     async def inject(self, text: str) -> None:
         self.injected.append(text)
@@ -96,7 +96,7 @@ class _Call:
         return f"play-{len(self.played)}"
 
     async def handoff(self, agent_id: str, summary: str = "") -> list[str]:
-        raise NotImplementedError("the bus tests' runner carries no agents")
+        raise NotOnThisCall("the bus tests' runner carries no agents to hand over to")
 
     def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None:
         self.background = (sound, volume, loop)
