@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ from app import metrics
 from app.agent_config import AgentConfig, ProviderBlock, ToolConfig
 from app.calls.call_recording import CallRecording
 from app.calls.call_sounds import CallSounds
+from app.calls.caller_input import CallerInputs
 from app.calls.clips import ClipCache, clip_key, worth_prerendering
 from app.calls.customer_app.audio_relay import AudioRelay
 from app.calls.customer_app.bridge import CustomerApp, close_quietly
@@ -45,10 +45,9 @@ from app.events.signing import signing_secret_from_box
 from app.outbox.service import is_outage
 from app.state import AppState
 from app.tools.control import NotOnThisCall, TransferMode, normalize_target
-from app.tools.digits import DigitCollector
 from app.tools.errors import ToolExecutionError
 from app.tools.executor import ToolExecutor, ToolSession
-from app.tools.listen import CallerInput, mask_digits
+from app.tools.listen import CallerInput
 from app.tools.mcp_tools import McpListingCache, McpToolbox, display_url, open_mcp_tools
 from pipelines import events as ev
 from pipelines.conversation import Conversation
@@ -66,9 +65,6 @@ log = logging.getLogger(__name__)
 # once through the carrier's REST API, with a session.error saying why.
 SETUP_FAILED_REASON = EndReason.SETUP_FAILED
 PROVIDER_CLOSE_TIMEOUT_S = 2.0
-# After a sensitive collection (a card number) the caller's words stay masked this long: a final
-# transcript of the last answer may arrive after the collector is done.
-SENSITIVE_GRACE_S = 3.0
 
 
 class CallHost:
@@ -154,14 +150,10 @@ class _Call:
         self.config = config
         self.report = ReportCollector()
         # A trace of the call when tracing is on (app/calls/tracing.py).
-        tracing = getattr(host.state, "tracing", None)
+        tracing = host.state.tracing
         self.tracer = CallTracer(tracing.tracer) if tracing is not None else None
-        self.digits = DigitCollector()
-        # The collect_* tool's input while one runs (`listen`); while `_sensitive`, or until
-        # `_masked_until`, the caller's digits are masked in every event (a card number).
-        self.listener: CallerInput | None = None
-        self._sensitive = 0
-        self._masked_until = 0.0
+        # The caller's words and keys while a tool listens (collect_digits, collect_*).
+        self.inputs = CallerInputs()
         # Outbound calls placed with voicemail detection screen the callee before greeting.
         self.screen = (VoicemailScreen(self.config.voicemail, self.session_id, self.emit)
                        if wants_detection(info.direction, info.metadata) else None)
@@ -192,13 +184,9 @@ class _Call:
     # -- events ------------------------------------------------------------------------------
     def emit(self, event: ev.Event) -> None:
         event.session_id = self.session_id
-        if isinstance(event, ev.UserTranscription) and event.is_final:
-            self.digits.feed_transcript(event.text)
-            if self.listener is not None:
-                self.listener.feed_transcript(event.text)
         # Everything below (report, bus: SQL, webhooks, WebSockets; the customer app) sees the
         # event as masked here: the one place a card number said by the caller is removed.
-        event = self._masked(event)
+        event = self.inputs.take(event)
         if self.screen is not None:
             self.screen.feed_event(event)
         self.report(event)
@@ -207,22 +195,6 @@ class _Call:
         self.host.publish(event)
         if self.app is not None:
             self.app.on_event(event)
-
-    def _masking(self) -> bool:
-        return self._sensitive > 0 or time.monotonic() < self._masked_until
-
-    def _masked(self, event: ev.Event) -> ev.Event:
-        """The caller's words and keys with their digits masked, while a sensitive collection
-        runs (and shortly after)."""
-        if not self._masking():
-            return event
-        if isinstance(event, (ev.UserTranscription, ev.UserTurnCompleted, ev.UserBackchannel)):
-            return dataclasses.replace(event, text=mask_digits(event.text))
-        if isinstance(event, ev.TurnCompleted):
-            return dataclasses.replace(event, user_text=mask_digits(event.user_text))
-        if isinstance(event, ev.UserDtmf):
-            return dataclasses.replace(event, digit=mask_digits(event.digit))
-        return event
 
     def _context(self, kind: str) -> ProviderContext:
         def on_usage(u: Usage) -> None:
@@ -542,12 +514,10 @@ class _Call:
 
     async def _pump_dtmf(self, conv: Conversation | S2SConversation | AudioRelay) -> None:
         async for d in self.transport.dtmf():
-            if self.digits.active or self.listener is not None:
+            if self.inputs.collecting:
                 # A tool is collecting: the keys are its input, not a user turn.
                 self.emit(ev.UserDtmf(digit=d.digit))
-                self.digits.feed_dtmf(d.digit)
-                if self.listener is not None:
-                    self.listener.feed_dtmf(d.digit)
+                self.inputs.feed_dtmf(d.digit)
             else:
                 conv.on_dtmf(d.digit)
 
@@ -608,7 +578,7 @@ class _Call:
         if isinstance(conv, AudioRelay):
             raise NotOnThisCall("an audio-mode call's app collects its own digits")
         with conv.turns_suspended():
-            return await self.digits.collect(num_digits, timeout_s, finish_on_key)
+            return await self.inputs.collect_digits(num_digits, timeout_s, finish_on_key)
 
     @contextlib.asynccontextmanager
     async def listen(self, *, sensitive: bool = False) -> AsyncIterator[CallerInput]:
@@ -621,19 +591,9 @@ class _Call:
             # A speech-to-speech model hears (and may answer) every word: no card numbers.
             raise ToolExecutionError("not_available", "sensitive details cannot be collected "
                                      "on a speech-to-speech call")
-        if self.listener is not None:
-            raise RuntimeError("another tool is already listening to the caller")
-        heard = self.listener = CallerInput()
-        if sensitive:
-            self._sensitive += 1
-        try:
+        async with self.inputs.listen(sensitive=sensitive) as heard:
             with conv.turns_suspended():
                 yield heard
-        finally:
-            self.listener = None
-            if sensitive:
-                self._sensitive -= 1
-                self._masked_until = time.monotonic() + SENSITIVE_GRACE_S
 
     async def inject(self, text: str) -> None:
         conv = self._conv()
