@@ -58,6 +58,7 @@ from app.security.crypto import SecretBox
 from app.security.secret_key import load_or_create_secret_key
 from app.state import AppState
 from app.telephony.plivo import routes as plivo_routes
+from app.telephony.plivo import transfer_routes as plivo_transfer_routes
 from app.telephony.plivo.edge import plivo_edge_component
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ PUBLIC_ROUTERS: list[APIRouter] = [
     metrics.router,  # Prometheus exposition
     event_streams.router,  # authenticates itself (Bearer or ?api_key=), closes 1008
     plivo_routes.router,  # Plivo signs its requests (V3) instead of an API key
+    plivo_transfer_routes.router,  # signed the same way
     console_routes.router,  # static page; it calls the API with the key the operator types
     console_playground.router,  # authenticates with its first message, closes 1008
 ]

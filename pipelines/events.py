@@ -350,9 +350,37 @@ class TurnMetrics(Event):
 # --- call ----------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class CallTransferred(Event):
+    """A transfer's progress. A cold transfer has one phase, `handed_off`; a warm one goes
+    `holding` → (`dialing` → `answered` | `no_answer`, per target) → `bridged` | `failed`."""
+
     type: ClassVar[str] = "call.transferred"
     target: str = ""
     mode: str = "cold"
+    phase: str = "handed_off"  # a pipelines.outcomes.TransferPhase
+    reason: str = ""  # no_answer / failed: the carrier's status (busy, no-answer, timeout...)
+
+
+@dataclass(kw_only=True)
+class ParticipantAdded(Event):
+    """Someone joined the call besides the caller and the agent (a warm-transfer target who
+    picked up the consult leg)."""
+
+    type: ClassVar[str] = "participant.added"
+    participant: str = ""  # the number or SIP URI
+    role: str = "transfer_target"
+    leg_id: str = ""
+
+
+@dataclass(kw_only=True)
+class ParticipantRemoved(Event):
+    """A participant left: a transfer target who hung up or was released, or the agent once
+    the caller is bridged with a person."""
+
+    type: ClassVar[str] = "participant.removed"
+    participant: str = ""
+    role: str = "transfer_target"  # or "agent"
+    leg_id: str = ""
+    reason: str = ""
 
 
 @dataclass(kw_only=True)

@@ -61,3 +61,23 @@ class ErrorStage(StrEnum):
     HOST = "host"  # the call host (setup, the run loop around the engine)
     APP = "app"  # the agent's customer app over its WebSocket
     TOOL = "tool"  # the agent's tool servers (an MCP server not reachable at call start)
+
+
+class TransferPhase(StrEnum):
+    """A transfer's progress (`call.transferred` phase)."""
+
+    HANDED_OFF = "handed_off"  # cold: the carrier has the caller now, dialling the target
+    HOLDING = "holding"  # warm: the caller is on hold with the agent
+    DIALING = "dialing"  # a target's consult leg is ringing
+    ANSWERED = "answered"  # a target picked up and is hearing the brief
+    NO_ANSWER = "no_answer"  # a target did not pick up, was busy, or hung up before joining
+    BRIDGED = "bridged"  # the caller and the target are connected; the agent left
+    FAILED = "failed"  # nobody took the call: the caller is back with the agent
+
+
+class ConsultProgress(StrEnum):
+    """What the carrier reports of a warm transfer's consult leg."""
+
+    ANSWERED = "answered"  # the target picked up (the brief plays to them now)
+    READY = "ready"  # the target heard the brief and waits in the bridge for the caller
+    ENDED = "ended"  # the leg is over (never answered, busy, or hung up)

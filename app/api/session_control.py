@@ -20,16 +20,23 @@ import logging
 from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.api.deps import State
 from app.api.problems import ApiProblem, not_found, problems, unprocessable
 from app.bus.control import ControlRefused, RemoteCall, remote_owner
 from app.calls.registry import LiveCall, live_calls
-from app.calls.transfer import normalize_target
 from app.db.repos import sessions as sessions_repo
 from app.state import AppState
-from app.tools.control import NotOnThisCall, TransferMode
+from app.tools.control import (
+    MAX_BRIEF_CHARS,
+    MAX_TRANSFER_TARGETS,
+    DialMode,
+    NotOnThisCall,
+    TransferMode,
+    TransferPlan,
+    normalize_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +60,45 @@ class HangupIn(BaseModel):
 
 class TransferIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target: str = Field(min_length=1, max_length=256, description="E.164 number or sip: URI")
-    mode: Literal["cold", "warm"] = "cold"
-    brief: str = Field("", max_length=1000, description="Spoken to the target (warm mode)")
+    target: str | None = Field(None, min_length=1, max_length=256,
+                               description="E.164 number or sip: URI (or give `targets`)")
+    targets: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_TRANSFER_TARGETS,
+        description="Several numbers or sip: URIs, rung as `dial_mode` says")
+    mode: TransferMode = Field("cold", description="cold: the caller leaves the agent for the "
+                               "target at once. warm: the caller waits on hold while each "
+                               "target is rung and hears `brief`; the first to pick up is "
+                               "connected, and nobody answering brings the caller back to the "
+                               "agent")
+    brief: str = Field("", max_length=MAX_BRIEF_CHARS,
+                       description="Spoken to the target before the caller joins (warm)")
+    dial_mode: DialMode = "sequential"
+    ring_timeout_s: int = Field(30, ge=5, le=120, description="How long each target rings")
+    failure_message: str = Field(
+        "I'm sorry, I couldn't reach anyone right now. I'm still here to help.",
+        max_length=1000, description="Said to the caller when a warm transfer finds nobody")
 
     @field_validator("target")
     @classmethod
-    def _target(cls, v: str) -> str:
-        return normalize_target(v)
+    def _target(cls, v: str | None) -> str | None:
+        return None if v is None else normalize_target(v)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [normalize_target(t) for t in v]
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TransferIn:
+        if (self.target is None) == (self.targets is None):
+            raise ValueError("give either target or targets")
+        return self
+
+    def plan(self) -> TransferPlan:
+        return TransferPlan.to(self.targets or [self.target or ""], mode=self.mode,
+                               brief=self.brief, dial_mode=self.dial_mode,
+                               ring_timeout_s=self.ring_timeout_s,
+                               failure_message=self.failure_message)
 
 
 class InjectIn(BaseModel):
@@ -122,8 +160,7 @@ class LiveControl(Protocol):
 
     async def say(self, text: str, *, interruptible: bool = True) -> None: ...
     async def hangup(self, reason: str) -> None: ...
-    async def transfer(self, target: str, mode: TransferMode = "cold",
-                       brief: str = "") -> None: ...
+    async def transfer(self, plan: TransferPlan) -> None: ...
     async def inject(self, text: str) -> None: ...
     async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str: ...
     async def handoff(self, agent_id: str, summary: str = "") -> list[str]: ...
@@ -146,7 +183,7 @@ async def _live_call(state: AppState, session_id: str) -> LiveCall | RemoteCall:
     raise ApiProblem(404, f"session '{session_id}' is not live on this replica")
 
 
-def _background(state: AppState, coro: Any, what: str) -> None:
+def _background(state: AppState, coro: Any, what: str) -> asyncio.Task[Any]:
     tasks: set[asyncio.Task[Any]] = state.extras.setdefault(_TASKS_KEY, set())
     task = asyncio.create_task(coro, name=what)
     tasks.add(task)
@@ -157,6 +194,7 @@ def _background(state: AppState, coro: Any, what: str) -> None:
             log.warning("%s failed: %r", what, t.exception())
 
     task.add_done_callback(done)
+    return task
 
 
 def _field_problem(exc: ValueError, default: str) -> ApiProblem:
@@ -210,9 +248,21 @@ async def hangup(session_id: str, state: State, body: HangupIn | None = None) ->
 @router.post("/{session_id}/transfer", status_code=status.HTTP_202_ACCEPTED,
              response_model=Accepted, responses=_ACTION_PROBLEMS)
 async def transfer(session_id: str, body: TransferIn, state: State) -> Accepted:
-    """Transfer the caller to a number or SIP URI (`warm`: `brief` is spoken to the target)."""
+    """Transfer the caller to a number or SIP URI, or the first of several to answer. A warm
+    transfer is under way when this answers: its progress shows as `call.transferred` events
+    (phase holding, dialing, answered, no_answer, bridged or failed) and `participant.*`."""
     control = await _live_call(state, session_id)
-    await _act("transfer", session_id, control.transfer(body.target, body.mode, body.brief))
+    try:
+        plan = body.plan()
+    except ValueError as exc:
+        raise _field_problem(exc, "body") from None
+    if plan.mode == "warm" and not isinstance(control, RemoteCall):
+        task = _background(state, control.transfer(plan), f"warm transfer on session {session_id}")
+        await asyncio.sleep(0)  # a refusal (no phone line, one under way) comes before any wait
+        if task.done():
+            await _act("transfer", session_id, task)
+    else:
+        await _act("transfer", session_id, control.transfer(plan))
     return Accepted(session_id=session_id, action="transfer")
 
 

@@ -24,7 +24,7 @@ from app.calls.admission import LocalSeats, Seats
 BUS_KEY = "app.bus"
 
 ControlAction = Literal["say", "hangup", "transfer", "inject", "state", "update", "play",
-                        "background", "background_stop", "handoff"]
+                        "background", "background_stop", "handoff", "consult"]
 # End reason of the calls of a process that stopped heartbeating (crashed, killed, cut off).
 NODE_LOST_REASON = "node_lost"
 

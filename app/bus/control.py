@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from enum import StrEnum
 from typing import Any
 
 from app.bus.base import ClusterBus, ControlReply, ControlRequest, get_bus
 from app.calls.registry import live_calls
 from app.calls.state_store import shared_state_store
-from app.tools.control import NotOnThisCall, TransferMode
+from app.tools.control import NotOnThisCall, TransferPlan
+from pipelines.outcomes import ConsultProgress
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,14 @@ class RemoteCall:
     async def hangup(self, reason: str) -> None:
         await self._ask(ControlRequest(self.session_id, "hangup", {"reason": reason}))
 
-    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
-        await self._ask(ControlRequest(self.session_id, "transfer",
-                                       {"target": target, "mode": mode, "brief": brief}))
+    async def transfer(self, plan: TransferPlan) -> None:
+        """Returns once the owner has started it (a warm one goes on there)."""
+        await self._ask(ControlRequest(self.session_id, "transfer", plan.as_dict()))
+
+    async def consult_progress(self, leg_id: str, progress: ConsultProgress,
+                               detail: str = "") -> None:
+        await self._ask(ControlRequest(self.session_id, "consult", {
+            "leg_id": leg_id, "progress": progress.value, "detail": detail}))
 
     async def inject(self, text: str) -> None:
         await self._ask(ControlRequest(self.session_id, "inject", {"text": text}))
@@ -141,8 +148,22 @@ class ControlServer:
             elif req.action == "hangup":
                 await control.hangup(str(a.get("reason") or "api_hangup"))
             elif req.action == "transfer":
-                mode: TransferMode = "warm" if a.get("mode") == "warm" else "cold"
-                await control.transfer(str(a["target"]), mode, str(a.get("brief") or ""))
+                plan = TransferPlan.to(a["targets"], mode=a.get("mode") or "cold",
+                                       brief=a.get("brief") or "",
+                                       dial_mode=a.get("dial_mode") or "sequential",
+                                       ring_timeout_s=int(a.get("ring_timeout_s") or 30),
+                                       failure_message=str(a.get("failure_message") or ""))
+                if plan.mode == "warm":  # rings for a while: its phases are events
+                    task = self._background(control.transfer(plan),
+                                            f"warm transfer on session {req.session_id}")
+                    await asyncio.sleep(0)  # a refusal comes before the transfer's first wait
+                    if task.done():
+                        await task
+                else:
+                    await control.transfer(plan)
+            elif req.action == "consult":
+                control.consult_progress(str(a["leg_id"]), ConsultProgress(a["progress"]),
+                                         str(a.get("detail") or ""))
             elif req.action == "inject":
                 await control.inject(str(a["text"]))
             elif req.action == "update":
@@ -178,7 +199,7 @@ class ControlServer:
             return ControlReply(502, f"{req.action} failed: {type(exc).__name__}")
         return ControlReply(202, "accepted")
 
-    def _background(self, coro: Any, what: str) -> None:
+    def _background(self, coro: Any, what: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=what)
         self._tasks.add(task)
 
@@ -188,7 +209,35 @@ class ControlServer:
                 log.warning("%s failed: %r", what, t.exception())
 
         task.add_done_callback(done)
+        return task
 
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+
+
+class Delivery(StrEnum):
+    DELIVERED = "delivered"
+    REFUSED = "refused"  # the call is live but was not waiting for it
+    NO_CALL = "no_call"  # no live call of that session anywhere
+
+
+async def route_consult_progress(state: Any, session_id: str, leg_id: str,
+                                 progress: ConsultProgress, detail: str = "") -> Delivery:
+    """A warm transfer's consult leg, as the carrier reported it, to the call that placed it
+    (here or on its owner)."""
+    registry = live_calls(state)
+    control = registry.get(session_id) if registry is not None else None
+    try:
+        if control is not None and not control.ended:
+            control.consult_progress(leg_id, progress, detail)
+            return Delivery.DELIVERED
+        remote = await remote_owner(state, session_id)
+        if remote is None:
+            return Delivery.NO_CALL
+        await remote.consult_progress(leg_id, progress, detail)
+        return Delivery.DELIVERED
+    except (NotOnThisCall, ControlRefused) as exc:
+        log.info("session %s: consult leg %s %s not taken: %s", session_id, leg_id,
+                 progress.value, exc)
+        return Delivery.REFUSED

@@ -40,11 +40,12 @@ from app.calls.state_store import shared_state_store
 from app.calls.tracing import CallTracer
 from app.calls.transport import CallTransport
 from app.calls.voicemail import VoicemailScreen, wants_detection
+from app.calls.warm_transfer import WarmTransfers
 from app.db.repos import agents as agents_repo
 from app.events.signing import signing_secret_from_box
 from app.outbox.service import is_outage
 from app.state import AppState
-from app.tools.control import NotOnThisCall, TransferMode, normalize_target
+from app.tools.control import NotOnThisCall, TransferPlan
 from app.tools.errors import ToolExecutionError
 from app.tools.executor import ToolExecutor, ToolSession
 from app.tools.listen import CallerInput
@@ -53,7 +54,7 @@ from pipelines import events as ev
 from pipelines.conversation import Conversation
 from pipelines.engine.caller_audio import ENGINE_FORMAT, ConsumerFormats
 from pipelines.engine_models import EngineModels
-from pipelines.outcomes import EndReason, ErrorStage
+from pipelines.outcomes import ConsultProgress, EndReason, ErrorStage, TransferPhase
 from pipelines.ports import BackgroundMixingSink
 from pipelines.s2s.conversation import S2SConversation
 from providers.base import Kind, ProviderContext, Usage
@@ -177,6 +178,8 @@ class _Call:
         self._ended = False
         # WAV clips and the background (play, play_background).
         self.sounds = CallSounds(transport.playout, self._conv, self.emit)
+        self.warm = WarmTransfers(transport, self._conv, self.sounds, self.emit,
+                                  self._agent_background, self.say)
         # The call's recording while it runs (agent `recording.enabled`).
         self.recording = CallRecording(config.recording, self.session_id, host.recordings,
                                        host.storing, self._publish)
@@ -454,9 +457,8 @@ class _Call:
         if isinstance(conv, AudioRelay) and rec.enabled and rec.consent_message:
             # Queued before the app can have sent any audio: the caller hears it first.
             conv.say(rec.consent_message, interruptible=False)
-        bed = self.config.background
-        if bed is not None and isinstance(self.transport.playout, BackgroundMixingSink):
-            self.play_background(bed.sound, bed.volume, bed.loop)
+        if isinstance(self.transport.playout, BackgroundMixingSink):
+            self._agent_background()
         if self._app_failed is not None:
             # The app never answered: the caller hears the apology, then the call ends.
             self._apologise_and_end(conv, self._app_failed)
@@ -560,11 +562,17 @@ class _Call:
         conv = self._conv()
         conv.hangup(reason)
 
-    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
-        target = normalize_target(target)  # the event names the number as it is dialled
-        await self.transport.transfer(target, mode, brief)
-        self.emit(ev.CallTransferred(target=target, mode=mode))
+    async def transfer(self, plan: TransferPlan) -> None:
+        if plan.mode == "warm":
+            await self.warm.run(plan)
+        else:
+            await self.transport.transfer(plan)
+            self.emit(ev.CallTransferred(target=", ".join(plan.targets), mode="cold",
+                                         phase=TransferPhase.HANDED_OFF))
         await self._conv().stop(EndReason.TRANSFERRED)
+
+    def consult_progress(self, leg_id: str, progress: ConsultProgress, detail: str = "") -> None:
+        self.warm.progress(leg_id, progress, detail)
 
     async def send_dtmf(self, digits: str) -> None:
         await self.transport.playout.send_dtmf(digits)
@@ -688,6 +696,14 @@ class _Call:
 
     def stop_background(self) -> None:
         self.sounds.stop_background()
+
+    def _agent_background(self) -> None:
+        """The agent's own background (none: silence under the voice)."""
+        bed = self.config.background
+        if bed is None:
+            self.sounds.stop_background()
+        else:
+            self.play_background(bed.sound, bed.volume, bed.loop)
 
 
 class _NoLLM:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from app.tools.control import CallControl
+from pipelines.outcomes import ConsultProgress
 
 
 class LiveCall(CallControl, Protocol):
@@ -23,6 +24,8 @@ class LiveCall(CallControl, Protocol):
     async def play(self, wav_bytes: bytes, *, interruptible: bool = True) -> str: ...
     def play_background(self, sound: str, volume: float = 0.5, loop: bool = True) -> None: ...
     def stop_background(self) -> None: ...
+    def consult_progress(self, leg_id: str, progress: ConsultProgress,
+                         detail: str = "") -> None: ...
 
 
 class LiveCallLookup(Protocol):

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from app.tools.control import TransferPlan
 from pipelines.audio.inbox import AudioFormat, AudioInbox
 from pipelines.audio.recorder import CallRecorder
 from pipelines.ports import PlayoutSink
@@ -70,9 +71,28 @@ class CallTransport(Protocol):
         """End the call deliberately (carrier REST hangup, not just closing the socket)."""
         ...
 
-    async def transfer(self, target: str, mode: str = "cold", brief: str = "") -> None:
-        """Hand the caller to a phone number or SIP URI (`brief` is spoken to the target
-        first when mode is "warm"); the stream ends afterwards."""
+    async def transfer(self, plan: TransferPlan) -> None:
+        """Cold: hand the caller to the first of `plan.targets` to answer; the stream ends
+        afterwards."""
+        ...
+
+
+@runtime_checkable
+class ConsultingTransport(Protocol):
+    """A leg that can carry a warm transfer: ring a target on a second call (the consult leg,
+    whose progress comes back through the call's `consult_progress`), then bridge the caller
+    with the target who took it (app.telephony.plivo.transport: a Plivo conference)."""
+
+    async def dial_consult(self, target: str, plan: TransferPlan) -> str:
+        """Ring `target`; returns the consult leg's id."""
+        ...
+
+    async def drop_consult(self, leg_id: str) -> None:
+        """Hang up or cancel a consult leg."""
+        ...
+
+    async def bridge(self, leg_id: str, target: str) -> None:
+        """Join the caller with the consult leg; the stream (and the agent) leave."""
         ...
 
 

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from app.telephony.plivo.codec import L16, StreamCodec
 from app.telephony.plivo.leg import SocketLeg
 from app.telephony.plivo.playout import PlivoPlayout
+from app.tools.control import TransferPlan
 
 BROWSER_CODEC = StreamCodec(L16, 16000)
 
@@ -47,5 +48,5 @@ class BrowserTransport(SocketLeg):
         if not self._closed:
             await self._close(reason)
 
-    async def transfer(self, target: str, mode: str = "cold", brief: str = "") -> None:
+    async def transfer(self, plan: TransferPlan) -> None:
         raise BrowserTransportError("a playground call has no phone line to transfer")

@@ -23,7 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.agent_config import ToolConfig
 from app.tools.collect import KINDS, run_collect
-from app.tools.control import CallControl, CollectTimeout, normalize_target
+from app.tools.control import (
+    MAX_TRANSFER_TARGETS,
+    CallControl,
+    CollectTimeout,
+    DialMode,
+    TransferFailed,
+    TransferPlan,
+    normalize_target,
+)
 from app.tools.digits import VALID_KEYS
 from app.tools.errors import ToolExecutionError
 from providers.base import ToolSpec
@@ -39,9 +47,12 @@ class EndCallOptions(_Options):
 
 
 class TransferCallOptions(_Options):
-    # name -> phone number or sip: URI; the LLM picks a name.
-    targets: dict[str, str] = Field(default_factory=dict)
+    # name -> phone number or sip: URI, or several (rung as `dial_mode` says); the LLM picks
+    # a name.
+    targets: dict[str, str | list[str]] = Field(default_factory=dict)
     mode: Literal["cold", "warm"] = "cold"
+    dial_mode: DialMode = "sequential"
+    ring_timeout_s: int = Field(30, ge=5, le=120)
     message: str | None = "Please hold while I transfer your call."
     # Let the LLM dial any number it names. Off by default: a caller could talk the agent
     # into dialling premium-rate numbers at your expense.
@@ -49,8 +60,14 @@ class TransferCallOptions(_Options):
 
     @field_validator("targets")
     @classmethod
-    def _valid_targets(cls, v: dict[str, str]) -> dict[str, str]:
-        return {name: normalize_target(t) for name, t in v.items()}
+    def _valid_targets(cls, v: dict[str, str | list[str]]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, t in v.items():
+            numbers = [t] if isinstance(t, str) else t
+            if not 1 <= len(numbers) <= MAX_TRANSFER_TARGETS:
+                raise ValueError(f"{name}: between 1 and {MAX_TRANSFER_TARGETS} numbers")
+            out[name] = [normalize_target(n) for n in numbers]
+        return out
 
 
 class SendDtmfOptions(_Options):
@@ -281,25 +298,34 @@ def _transfer_call(
     wanted = str(arguments.get("target") or "").strip()
     if not wanted:
         raise ToolExecutionError("invalid_arguments", "target is required")
-    number = opts.targets.get(wanted)
-    if number is None and wanted in opts.targets.values():
-        number = wanted
-    if number is None:
+    numbers = opts.targets.get(wanted)
+    if numbers is None:
+        numbers = next(([n] for ns in opts.targets.values() for n in ns if n == wanted), None)
+    if numbers is None:
         if not opts.allow_any_target:
             names = ", ".join(sorted(opts.targets)) or "none configured"
             raise ToolExecutionError(
                 "invalid_arguments", f"unknown transfer target '{wanted}'; choose one of: {names}"
             )
         try:
-            number = normalize_target(wanted)
+            numbers = [normalize_target(wanted)]
         except ValueError as exc:
             raise ToolExecutionError("invalid_arguments", str(exc)) from None
-    brief = str(arguments.get("summary") or "") if opts.mode == "warm" else ""
+    # A warm transfer that finds nobody comes back as this tool's failure: the LLM tells the
+    # caller, so no fixed apology is said besides.
+    plan = TransferPlan.to(numbers, mode=opts.mode, dial_mode=opts.dial_mode,
+                           ring_timeout_s=opts.ring_timeout_s,
+                           brief=str(arguments.get("summary") or "") if opts.mode == "warm"
+                           else "")
 
     async def after() -> None:
         if opts.message:
             await control.say(opts.message, interruptible=False)
-        await _unstoppable(control.transfer(number, opts.mode, brief))
+        try:
+            await _unstoppable(control.transfer(plan))
+        except TransferFailed as exc:
+            raise ToolExecutionError("no_answer", f"{exc}; the caller is back with you") \
+                from None
 
     return BuiltinOutcome({"status": "transferring", "target": wanted, "mode": opts.mode}, after)
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import re
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # listen.py imports digits.py, which imports this module
     from app.tools.listen import CallerInput
 
 TransferMode = Literal["cold", "warm"]
+# Several targets: ring them one after another, or all at once (the first to answer takes it).
+DialMode = Literal["sequential", "parallel"]
+MAX_TRANSFER_TARGETS = 10
+MAX_BRIEF_CHARS = 1000
 
 _PHONE = re.compile(r"^\+?[1-9][0-9]{5,16}$")
 _SIP = re.compile(r"^sips?:[^\s@]+@[^\s@]+$", re.IGNORECASE)
@@ -33,6 +38,47 @@ def normalize_target(target: str) -> str:
     if _PHONE.match(compact):
         return compact
     raise ValueError(f"not a phone number or sip: URI: {target!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TransferPlan:
+    """Where and how to transfer the caller.
+
+    cold: the caller leaves the agent at once; the carrier rings `targets` (one by one, or
+    all at once where the first to answer takes the call).
+    warm: the caller waits on hold (music) with the agent while each target is rung on a
+    consult leg and hears `brief`; the first who takes it is bridged with the caller and the
+    agent leaves. Nobody answering brings the caller back to the agent, who says
+    `failure_message` (when set; a tool's caller lets its LLM explain instead)."""
+
+    targets: tuple[str, ...]
+    mode: TransferMode = "cold"
+    brief: str = ""
+    dial_mode: DialMode = "sequential"
+    ring_timeout_s: int = 30
+    failure_message: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.targets or len(self.targets) > MAX_TRANSFER_TARGETS:
+            raise ValueError(f"targets: between 1 and {MAX_TRANSFER_TARGETS} targets")
+        if not 5 <= self.ring_timeout_s <= 120:
+            raise ValueError("ring_timeout_s: between 5 and 120 seconds")
+
+    @classmethod
+    def to(cls, target: str | list[str] | tuple[str, ...], **kw: Any) -> TransferPlan:
+        """A plan with every target normalized (ValueError naming a bad one)."""
+        wanted = [target] if isinstance(target, str) else list(target)
+        brief = str(kw.pop("brief", "") or "").strip()[:MAX_BRIEF_CHARS]
+        return cls(targets=tuple(normalize_target(t) for t in wanted), brief=brief, **kw)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"targets": list(self.targets), "mode": self.mode, "brief": self.brief,
+                "dial_mode": self.dial_mode, "ring_timeout_s": self.ring_timeout_s,
+                "failure_message": self.failure_message}
+
+
+class TransferFailed(RuntimeError):
+    """A warm transfer found nobody to take the caller; the caller is back with the agent."""
 
 
 class NotOnThisCall(RuntimeError):
@@ -68,10 +114,10 @@ class CallControl(Protocol):
         """End the call (the session records `reason` as its end reason)."""
         ...
 
-    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
-        """Hand the caller to `target` (E.164 number or sip: URI) and leave the call.
-
-        `brief` is spoken to the target when they answer, before they are connected (warm)."""
+    async def transfer(self, plan: TransferPlan) -> None:
+        """Hand the caller to one of `plan.targets` (E.164 numbers or sip: URIs) and leave the
+        call. A warm transfer returns once the caller is bridged, or raises TransferFailed
+        when nobody took the call (the caller is then back with the agent)."""
         ...
 
     async def send_dtmf(self, digits: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 ErrorKind = Literal[
     "invalid_arguments", "unknown_tool", "timeout", "http_error", "unreachable",
     "bad_response", "not_available", "invalid_input", "not_confirmed", "failed", "internal",
+    "no_answer",
 ]
 
 

@@ -17,9 +17,10 @@ import numpy as np
 from app.calls.registry import LiveCalls
 from app.calls.runner import CallInfo
 from app.calls.transport import CallTransport
-from app.tools.control import NotOnThisCall, TransferMode
+from app.tools.control import NotOnThisCall, TransferPlan
 from pipelines import events as ev
 from pipelines.audio.frames import SAMPLE_RATE
+from pipelines.outcomes import ConsultProgress
 
 TONE = (np.sin(np.arange(SAMPLE_RATE // 4) * 2 * np.pi * 440 / SAMPLE_RATE) * 8000)
 TONE = TONE.astype(np.int16)
@@ -37,6 +38,7 @@ class _Call:
         self.updates: list[dict[str, Any]] = []
         self.played: list[bytes] = []
         self.background: tuple[str, float, bool] | None = None
+        self.consults: list[tuple[str, ConsultProgress, str]] = []
         self._ended = False
         self._n = 0
 
@@ -64,8 +66,12 @@ class _Call:
         self._ended = True
         await self.transport.hangup(reason)
 
-    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
+    async def transfer(self, plan: TransferPlan) -> None:
         raise NotImplementedError("the bus tests' runner carries no transfers or digit collection")
+
+    def consult_progress(self, leg_id: str, progress: ConsultProgress, detail: str = "") -> None:
+        # What a warm transfer would hear of its consult legs, wherever Plivo reported them.
+        self.consults.append((leg_id, progress, detail))
 
     async def send_dtmf(self, digits: str) -> None:
         await self.transport.playout.send_dtmf(digits)

@@ -12,6 +12,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.db.repos import sessions as sessions_repo
+from pipelines.outcomes import ConsultProgress
 from tests.bus.conftest import AGENT_NUMBER, Cluster, Node
 from tests.conftest import TEST_ADMIN_KEY
 
@@ -128,6 +129,13 @@ async def test_control_sent_to_the_other_node_reaches_the_call(cluster: Cluster)
         assert r.status_code == 200
         await wait_until(lambda: hosted.state.get("tier") == "gold",
                          what="the live state on a")
+
+        # A warm transfer's consult leg reports to whichever process Plivo reaches.
+        async with httpx.AsyncClient(base_url=b.server.base_url, trust_env=False) as c:
+            r = await c.post(f"/plivo/consult/{sid}/hangup",
+                             data={"CallUUID": "leg-1", "CallStatus": "busy"})
+        assert r.status_code == 200
+        assert hosted.consults == [("leg-1", ConsultProgress.ENDED, "busy")]
 
         r = await post(b, f"/v1/sessions/{sid}/hangup", {"reason": "api_hangup"})
         assert r.status_code == 202, r.text

@@ -94,7 +94,7 @@ class SilentTransport:
         self.hangups.append(reason)
         self._ended.set()
 
-    async def transfer(self, target: str, mode: str = "cold", brief: str = "") -> None:
+    async def transfer(self, plan: object) -> None:
         raise AssertionError("no transfer expected")
 
 

@@ -444,9 +444,9 @@ async def test_app_transfers_the_call(settings_factory: Callable[..., Settings],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     async def on_message(conn: AppConn, msg: dict[str, Any]) -> None:
         if msg["type"] == "session.started":
+            await conn.send({"type": "agent_session.transfer", "destination": [], "mode": "warm"})
             await conn.send({"type": "agent_session.transfer", "destination": ["+1 415 555 0123",
                                                                                "+14155550124"]})
-            await conn.send({"type": "agent_session.transfer", "destination": "+1 415 555 0123"})
 
     async with call_stack(settings_factory, monkeypatch) as stack, RawApp(on_message) as app:
         await stack.add_agent(greeting=None, **app_agent(app))
@@ -455,10 +455,13 @@ async def test_app_transfers_the_call(settings_factory: Callable[..., Settings],
             sid = await stack.session_id(call)
             (ended,) = await rec.wait_type("session.ended", sid=sid, within_s=30)
     (moved,) = of_type(rec.session(sid), "call.transferred")
-    assert moved.event.target == "+14155550123" and ended.event.reason == "transferred"
-    assert "<Number>14155550123</Number>" in stack.transfer_docs[call.call_uuid]
+    assert moved.event.target == "+14155550123, +14155550124"
+    assert ended.event.reason == "transferred"
+    # Both destinations ring at once (the app's default dial mode is parallel).
+    doc = stack.transfer_docs[call.call_uuid]
+    assert "<Number>14155550123</Number>" in doc and "<Number>14155550124</Number>" in doc
     (refused,) = app.conns[0].of_type("error")
-    assert refused["code"] == "not_supported"
+    assert refused["code"] == "invalid_message" and "destination" in refused["message"]
 
 
 async def test_app_that_drops_once_is_reopened_and_the_call_goes_on(

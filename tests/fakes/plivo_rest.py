@@ -2,7 +2,8 @@
 
 Strict about the wire habits of the official SDK: Basic auth, JSON bodies on POST, a trailing
 slash on every path. Answers like Plivo (plivo.md §5): make call 201 + request_uuid, hangup 204
-(404 when the call is unknown or gone), transfer 202, DTMF 202.
+(404 when the call is unknown or gone), cancel a placed call still ringing (`DELETE
+Request/{uuid}/`) 204, transfer 202, DTMF 202.
 
 Hooks let a test connect it to the simulator, e.g. `on_hangup=call.remote_hangup` so a REST
 hangup ends the simulated call the way Plivo would. Scripted failures: `fail_next(status, n,
@@ -55,11 +56,19 @@ class FakePlivoRest:
     auth_token: str = FAKE_AUTH_TOKEN
     requests: list[Recorded] = field(default_factory=list)
     live_calls: set[str] = field(default_factory=set)
+    # Calls placed with `POST Call/` not answered yet: Plivo knows them as requests, which
+    # `DELETE Request/` cancels and `DELETE Call/` does not find. Answering moves them on.
+    ringing: set[str] = field(default_factory=set)
     on_hangup: Callable[[str], Awaitable[None]] | None = None
     on_transfer: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
     on_make_call: Callable[[dict[str, Any], str], Awaitable[None]] | None = None
     base_url: str = ""
     _fails: deque[_Fail] = field(default_factory=deque)
+
+    def answered(self, request_uuid: str) -> None:
+        """A call we were asked to place was picked up: a live call from now on."""
+        self.ringing.discard(request_uuid)
+        self.live_calls.add(request_uuid)
 
     def fail_next(self, status: int, times: int = 1, retry_after: float | None = None) -> None:
         for _ in range(times):
@@ -114,7 +123,7 @@ class FakePlivoRest:
             if missing:
                 return JSONResponse({"api_id": api_id, "error": f"missing {missing}"}, 400)
             request_uuid = str(uuid.uuid4())
-            self.live_calls.add(request_uuid)
+            self.ringing.add(request_uuid)
             if self.on_make_call is not None:
                 asyncio.get_running_loop().create_task(self.on_make_call(body, request_uuid))
             return JSONResponse({"api_id": api_id, "message": "call fired",
@@ -134,6 +143,14 @@ class FakePlivoRest:
                 if self.on_transfer is not None:
                     asyncio.get_running_loop().create_task(self.on_transfer(call_uuid, body))
                 return JSONResponse({"api_id": api_id, "message": "call transferred"}, 202)
+        if len(parts) == 2 and parts[0] == "Request" and request.method == "DELETE":
+            # Cancel a call we placed that is still queued or ringing.
+            if parts[1] not in self.ringing:
+                return JSONResponse({"api_id": api_id, "error": "not found"}, 404)
+            self.ringing.discard(parts[1])
+            if self.on_hangup is not None:
+                asyncio.get_running_loop().create_task(self.on_hangup(parts[1]))
+            return Response(status_code=204)
         if len(parts) == 3 and parts[0] == "Call" and parts[2] == "DTMF" \
                 and request.method == "POST":
             if parts[1] not in self.live_calls:

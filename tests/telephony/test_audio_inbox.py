@@ -20,7 +20,7 @@ def transport() -> PlivoTransport:
     playout = PlivoPlayout(_noop, DEFAULT_CODEC, "stream-1")
     return PlivoTransport(session_id="s1", call_uuid="c1", stream_id="stream-1",
                           codec=DEFAULT_CODEC, playout=playout, rest=None,
-                          request_transfer=_noop, close_stream=_noop)
+                          transfers=None, close_stream=_noop)
 
 
 async def test_overload_drops_the_oldest_frames_once_on_one_counter() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
+from app.tools.control import TransferPlan
 from tests.telephony.conftest import AGENT_NUMBER, Edge, ended_session
 from tests.telephony.scripted import ScriptRunner
 
@@ -14,7 +15,7 @@ async def _row(edge: Edge, call_uuid: str):
 
 async def test_transfer_fetches_dial_xml_then_stream_ends(edge: Edge):
     async def script(info, transport, out):
-        await transport.transfer("+1 415 555 0123")
+        await transport.transfer(TransferPlan.to("+1 415 555 0123"))
         return "transferred"
 
     edge.server.state.calls = ScriptRunner(script)
@@ -41,28 +42,19 @@ async def test_transfer_fetches_dial_xml_then_stream_ends(edge: Edge):
     assert row.end_reason == "transferred"
 
 
-async def test_warm_transfer_brief(edge: Edge):
-    async def script(info, transport, out):
-        await transport.transfer("sip:desk@pbx.example.com", "warm", "Caller asks about refunds.")
-        return "transferred"
-
-    edge.server.state.calls = ScriptRunner(script)
-    docs = {}
-
-    async def on_transfer(call_uuid, body):
-        r = await edge.sim.request("POST", body["aleg_url"], {"CallUUID": call_uuid})
-        docs["dial"] = r.text
-        confirm = etree.fromstring(r.text.encode()).find("Dial").get("confirmSound")
-        docs["brief"] = (await edge.sim.request("POST", confirm, {"CallUUID": "b-leg"})).text
-
-    edge.rest.on_transfer = on_transfer
-    call = edge.wire(edge.sim.call(to=AGENT_NUMBER))
-    async with call:
-        await call.wait_for(lambda: "brief" in docs, within_s=10)
-    assert etree.fromstring(docs["dial"].encode()).find("Dial/User").text == (
-        "sip:desk@pbx.example.com")
-    assert etree.fromstring(docs["brief"].encode()).find("Speak").text == (
-        "Caller asks about refunds.")
+async def test_consult_urls_without_a_warm_transfer_release_the_leg(edge: Edge):
+    """A consult leg Plivo reports for a call that has no warm transfer (over, or never
+    asked for) is told goodbye and hung up; its hangup report is just acknowledged."""
+    base = edge.server.base_url + "/plivo/consult/nosuch"
+    for step in ("answer", "join"):
+        r = await edge.sim.request("POST", f"{base}/{step}", {"CallUUID": "leg-1"})
+        root = etree.fromstring(r.text.encode())
+        assert root.find("Hangup") is not None and root.find("Conference") is None
+    r = await edge.sim.request("POST", f"{base}/hangup", {"CallUUID": "leg-1",
+                                                          "CallStatus": "completed"})
+    assert r.status_code == 200
+    r = await edge.sim.request("POST", f"{base}/answer", {"CallUUID": "leg-1"}, sign=False)
+    assert r.status_code == 403
 
 
 async def test_transfer_xml_without_pending_transfer_apologises(edge: Edge):

@@ -48,7 +48,7 @@ async def test_send_dtmf_and_make_call(client, plivo_rest: FakePlivoRest):
                                   answer_url="https://pb.example.com/plivo/answer?session_id=s",
                                   hangup_url="https://pb.example.com/plivo/hangup",
                                   ring_timeout=30, time_limit=600)
-    assert made["request_uuid"] in plivo_rest.live_calls
+    assert made["request_uuid"] in plivo_rest.ringing
     body = plivo_rest.requests[-1].body
     assert body["answer_method"] == "POST" and body["ring_timeout"] == 30
     assert body["hangup_url"] == "https://pb.example.com/plivo/hangup"

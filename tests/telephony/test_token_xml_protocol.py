@@ -77,12 +77,25 @@ def test_busy_apology_and_dial_xml_match_sdk():
     sdk = plivoxml.ResponseElement().add(
         plivoxml.DialElement(caller_id="14155550100").add(plivoxml.NumberElement("14155550123"))
     ).to_string(False)
-    assert _same(_tree(pxml.dial_response("+1 415-555-0123", caller_id="14155550100")),
+    assert _same(_tree(pxml.dial_response(["+1 415-555-0123"], caller_id="14155550100")),
                  _tree(sdk))
-    sip = _tree(pxml.dial_response("sip:alice@example.com"))
+    sip = _tree(pxml.dial_response(["sip:alice@example.com"]))
     assert sip.find("Dial/User").text == "sip:alice@example.com"
     with pytest.raises(ValueError):
-        pxml.dial_response("not a number")
+        pxml.dial_response(["not a number"])
+
+
+def test_warm_transfer_xml_matches_sdk():
+    sdk = plivoxml.ResponseElement().add(plivoxml.ConferenceElement(
+        "pb-s1", start_conference_on_enter=True, end_conference_on_exit=True, stay_alone=True,
+        max_members=2, wait_sound="", enter_sound="", exit_sound="")).to_string(False)
+    assert _same(_tree(pxml.conference_response("pb-s1")), _tree(sdk))
+    sdk = plivoxml.ResponseElement().add(
+        plivoxml.SpeakElement("Ada <&> co", voice="WOMAN", language="en-US")
+    ).add(plivoxml.RedirectElement("https://pb.example/join?leg=1", method="POST")
+          ).to_string(False)
+    assert _same(_tree(pxml.brief_then_redirect("Ada <&> co", "https://pb.example/join?leg=1")),
+                 _tree(sdk))
 
 
 def test_xml_is_well_formed_with_declaration():

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from app.tools.control import CallControl, TransferMode
+from app.tools.control import CallControl, TransferPlan
 from app.tools.digits import DigitCollector
 from app.tools.listen import CallerInput
 from tests.events.conftest import events, events_factory  # noqa: F401 - fixtures
@@ -36,8 +36,8 @@ class RecordingControl:
         self.actions.append(("hangup", reason))
         self._ended = True
 
-    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
-        self.actions.append(("transfer", target, mode, brief))
+    async def transfer(self, plan: TransferPlan) -> None:
+        self.actions.append(("transfer", ",".join(plan.targets), plan.mode, plan.brief))
         self._ended = True
 
     async def send_dtmf(self, digits: str) -> None:

@@ -187,7 +187,7 @@ async def test_follow_up_failure_corrects_the_record(name: str) -> None:
         async def hangup(self, reason: str) -> None:
             raise RuntimeError("Plivo said no")
 
-        async def transfer(self, target: str, mode: Any = "cold", brief: str = "") -> None:
+        async def transfer(self, plan: Any) -> None:
             raise RuntimeError("Plivo said no")
 
     control = Broken()

@@ -9,15 +9,17 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from lxml import etree
 
 from app.agent_config import ToolConfig
 from app.calls.state_store import SessionStateStore
-from app.calls.transfer import TRANSFER_KEY, transfer_url, transfer_via_plivo
+from app.calls.transfer import TRANSFER_KEY
 from app.config import Settings
 from app.db.models import Session
 from app.events.service import EventsService
 from app.telephony.plivo.rest import PlivoRestClient
-from app.tools.control import TransferMode
+from app.telephony.plivo.transfers import PlivoTransfers, transfer_url
+from app.tools.control import TransferPlan
 from app.tools.executor import ToolExecutor, ToolSession
 from pipelines import events as ev
 from providers.base import ToolCall
@@ -47,11 +49,13 @@ class PlivoControl(RecordingControl):
         self.events.publish(ev.SessionEnded(session_id=self.session_id, reason=reason))
         self._ended = True
 
-    async def transfer(self, target: str, mode: TransferMode = "cold", brief: str = "") -> None:
-        await transfer_via_plivo(rest=self.rest, store=self.store, public_url=PUBLIC_URL,
-                                 session_id=self.session_id, call_uuid=self.call_uuid,
-                                 target=target, mode=mode, brief=brief,
-                                 on_event=self.events.publish)
+    async def transfer(self, plan: TransferPlan) -> None:
+        transfers = PlivoTransfers(rest=self.rest, store=self.store, public_url=PUBLIC_URL,
+                                   session_id=self.session_id, call_uuid=self.call_uuid,
+                                   caller_id="+14155550199")
+        await transfers.hand_off(plan)
+        self.events.publish(ev.CallTransferred(session_id=self.session_id,
+                                               target=", ".join(plan.targets), mode=plan.mode))
         self.events.publish(ev.SessionEnded(session_id=self.session_id, reason="transferred"))
         self._ended = True
 
@@ -91,12 +95,12 @@ async def test_transfer_call_posts_plivo_transfer_and_serves_dial_xml(
     app: FastAPI, client: httpx.AsyncClient, admin_headers: dict[str, str]
 ) -> None:
     tool = ToolConfig(name="transfer_call", builtin="transfer_call",
-                      options={"targets": {"sales": "+14155550100"}, "mode": "warm"})
+                      options={"targets": {"sales": ["+14155550100", "sip:desk@pbx.example"]}})
     async with run_fake_plivo_rest() as fake:
         sid, call_uuid, rest, executor = await _setup(app, fake, [tool])
         sub = app.state.pb.events.bus.subscribe(sid)
         result = await executor(ToolCall(id="c", name="transfer_call", arguments={
-            "target": "sales", "summary": "Ada wants to upgrade her plan."}))
+            "target": "sales"}))
         await rest.aclose()
     assert result["status"] == "transferring"
     seen = []
@@ -104,7 +108,7 @@ async def test_transfer_call_posts_plivo_transfer_and_serves_dial_xml(
         seen.append((env.type, env.event.payload()))
     assert [t for t, _ in seen] == ["tool.called", "tool.completed", "call.transferred",
                                     "session.ended", "tool.executed"]
-    assert seen[2][1] == {"target": "+14155550100", "mode": "warm"}
+    assert seen[2][1]["target"] == "+14155550100, sip:desk@pbx.example"
     (post,) = fake.calls_to("POST", f"/Call/{call_uuid}/")
     assert post.status == 202
     assert post.body == {"legs": "aleg", "aleg_url": transfer_url(PUBLIC_URL, sid),
@@ -115,15 +119,39 @@ async def test_transfer_call_posts_plivo_transfer_and_serves_dial_xml(
     async with state.db.session() as s:
         row = await s.get(Session, sid)
         assert row is not None and row.end_reason == "transferred"
-        assert row.state[TRANSFER_KEY]["target"] == "+14155550100"
+        assert row.state[TRANSFER_KEY]["targets"] == ["+14155550100", "sip:desk@pbx.example"]
     # Hidden from the public state API.
     r = await client.get(f"/v1/sessions/{sid}/state", headers=admin_headers)
     assert r.status_code == 200 and TRANSFER_KEY not in r.json()
 
-    # What Plivo fetches next: <Dial> the target, the brief played to them first.
+    # What Plivo fetches next: <Dial> the first target, its action URL trying the next one.
     r = await client.post(f"/plivo/transfer/{sid}")
     assert r.status_code == 200
-    assert "<Number>14155550100</Number>" in r.text
-    assert f'confirmSound="{PUBLIC_URL}/plivo/transfer/{sid}/brief"' in r.text
-    r = await client.post(f"/plivo/transfer/{sid}/brief")
-    assert "Ada wants to upgrade her plan." in r.text
+    dial = etree.fromstring(r.content).find("Dial")
+    assert [(e.tag, e.text) for e in dial] == [("Number", "14155550100")]
+    assert dial.get("timeout") == "30"
+    assert dial.get("action") == f"{PUBLIC_URL}/plivo/transfer/{sid}/next?i=1"
+    # Busy: the next target is rung (the last one, so no action URL).
+    r = await client.post(dial.get("action"), data={"DialStatus": "busy"})
+    dial = etree.fromstring(r.content).find("Dial")
+    assert [(e.tag, e.text) for e in dial] == [("User", "sip:desk@pbx.example")]
+    assert dial.get("action") is None
+    # A dial that connected ends the call when the two hang up.
+    r = await client.post(f"/plivo/transfer/{sid}/next?i=1", data={"DialStatus": "completed"})
+    assert etree.fromstring(r.content).find("Hangup") is not None
+
+
+async def test_parallel_cold_transfer_dials_every_target_at_once(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    tool = ToolConfig(name="transfer_call", builtin="transfer_call",
+                      options={"targets": {"desk": ["+14155550100", "+14155550101"]},
+                               "dial_mode": "parallel", "ring_timeout_s": 20})
+    async with run_fake_plivo_rest() as fake:
+        sid, _, rest, executor = await _setup(app, fake, [tool])
+        await executor(ToolCall(id="c", name="transfer_call", arguments={"target": "desk"}))
+        await rest.aclose()
+    r = await client.post(f"/plivo/transfer/{sid}")
+    dial = etree.fromstring(r.content).find("Dial")
+    assert [e.text for e in dial] == ["14155550100", "14155550101"]
+    assert dial.get("timeout") == "20" and dial.get("action") is None

@@ -22,6 +22,7 @@ from app.calls.customer_app import commands as cmd
 from app.calls.customer_app.audio_relay import AudioRelay
 from app.calls.customer_app.link import AppLink
 from app.calls.customer_app.text_llm import AppLLM
+from app.tools.control import TransferPlan
 from app.tools.errors import ToolExecutionError
 from pipelines import events as ev
 from pipelines.outcomes import EndReason
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 # empty or misleading); its stream messages come from the relay.
 AUDIO_MODE_EVENTS = frozenset(e.type for e in (
     ev.SessionStarted, ev.SessionEnded, ev.SessionError, ev.SessionUsage, ev.UserDtmf,
-    ev.CallTransferred, ev.DtmfSent, ev.PlayCompleted,
+    ev.CallTransferred, ev.ParticipantAdded, ev.ParticipantRemoved, ev.DtmfSent,
+    ev.PlayCompleted,
 ))
 
 
@@ -42,7 +44,7 @@ class AppCall(Protocol):
     async def say(self, text: str, *, interruptible: bool = True) -> None: ...
     async def play(self, wav: bytes, *, interruptible: bool = True) -> str: ...
     async def hangup(self, reason: str) -> None: ...
-    async def transfer(self, target: str, mode: Any = "cold", brief: str = "") -> None: ...
+    async def transfer(self, plan: TransferPlan) -> None: ...
     async def send_dtmf(self, digits: str) -> None: ...
     async def inject(self, text: str) -> None: ...
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
@@ -233,10 +235,14 @@ class CustomerApp:
         elif isinstance(c, cmd.Play):
             self._spawn("play", call.play(c.audio_data, interruptible=c.allow_interruption))
         elif isinstance(c, cmd.Transfer):
-            if len(c.destination) > 1:
-                self._reject("not_supported", "transfer to one destination at a time")
+            try:
+                plan = TransferPlan.to(c.destination, mode=c.mode, brief=c.brief,
+                                       dial_mode=c.dial_mode, ring_timeout_s=c.timeout,
+                                       failure_message=c.failure_message)
+            except ValueError as exc:
+                self._reject("invalid_message", str(exc))
             else:
-                self._spawn("transfer", call.transfer(c.destination[0]))
+                self._spawn("transfer", call.transfer(plan))
         elif isinstance(c, cmd.SendDtmf):
             self._spawn("send_dtmf", call.send_dtmf(c.digits))
         elif isinstance(c, cmd.Hangup):

@@ -126,6 +126,11 @@ class Transfer(_Command):
     destination: list[str] = Field(min_length=1, max_length=10)
     dial_mode: Literal["parallel", "sequential"] = "parallel"
     timeout: int = Field(30, ge=5, le=120)
+    # Ours: a warm transfer (caller on hold, target briefed first, back to the agent when
+    # nobody answers); the brief, and what the caller hears if nobody does.
+    mode: Literal["cold", "warm"] = "cold"
+    brief: str = Field("", max_length=1000)
+    failure_message: str = Field("", max_length=1000)
 
     @field_validator("destination", mode="before")
     @classmethod

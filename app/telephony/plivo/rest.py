@@ -134,6 +134,13 @@ class PlivoRestClient:
             return False
         return True
 
+    async def cancel(self, call_uuid: str) -> None:
+        """End a call we placed, ringing or answered: hang it up, or, while it is still a
+        request (queued or ringing: Plivo has no live call of that UUID yet), cancel that."""
+        if await self.hangup(call_uuid):
+            return
+        await self._request("DELETE", f"Request/{call_uuid}/", idempotent=True, allow=(404,))
+
     async def transfer(self, call_uuid: str, aleg_url: str,
                        aleg_method: str = "POST") -> dict[str, Any]:
         """Make the caller's leg fetch new XML from `aleg_url` (e.g. our <Dial> endpoint)."""

@@ -5,7 +5,7 @@
   creates the session pinned to the agent's current version and returns the `<Stream>` XML.
   An unknown number gets a spoken apology, a full server a busy hangup: never a 500.
 - `POST /plivo/hangup`, `POST /plivo/stream-status`: signed, idempotent session updates.
-- `GET|POST /plivo/transfer/{session_id}` (+ `/brief`): the `<Dial>` XML a transfer fetches.
+- the transfer and warm-transfer consult URLs: app.telephony.plivo.transfer_routes.
 - `WS /plivo/stream/{session_id}`: the audio stream (app.telephony.plivo.stream).
 """
 
@@ -22,8 +22,6 @@ from fastapi.responses import PlainTextResponse, Response
 
 from app import metrics
 from app.bus.base import get_bus
-from app.calls.state_store import SessionNotFound, SessionStateStore
-from app.calls.transfer import brief_url, load_pending_transfer
 from app.db.models import Session, new_id, utcnow
 from app.db.repos import agents as agents_repo
 from app.db.repos import numbers as numbers_repo
@@ -46,7 +44,6 @@ router = APIRouter(prefix="/plivo", tags=["plivo"], include_in_schema=False)
 MAX_FORM_BYTES = 64 * 1024
 UNKNOWN_NUMBER_APOLOGY = "Sorry, this number is not in service. Goodbye."
 UNAVAILABLE_APOLOGY = "Sorry, we cannot take your call right now. Please try again later."
-TRANSFER_FAILED_APOLOGY = "Sorry, I could not transfer your call. Goodbye."
 # A database slower than this to answer Plivo is treated as away (Plivo's own answer timeout is
 # a few seconds): the call is answered from the cache and its records go through the outbox.
 DB_TIMEOUT_S = 2.0
@@ -75,7 +72,7 @@ def normalize_number(raw: str) -> str | None:
     return "+" + digits
 
 
-async def _request_params(request: Request) -> tuple[dict[str, list[str]] | None, dict[str, str]]:
+async def request_params(request: Request) -> tuple[dict[str, list[str]] | None, dict[str, str]]:
     """(params covered by the signature's body part, all params flattened to first values)."""
     flat: dict[str, str] = dict(request.query_params)
     if request.method == "GET":
@@ -92,7 +89,7 @@ async def _request_params(request: Request) -> tuple[dict[str, list[str]] | None
     return signed, flat
 
 
-def _check_signature(request: Request, state: AppState, edge: PlivoEdge,
+def check_signature(request: Request, state: AppState, edge: PlivoEdge,
                      signed: dict[str, list[str]] | None) -> Response | None:
     """None when the request is Plivo's; otherwise the 403 to return (and a log line why)."""
     if not state.settings.security.verify_plivo_signatures:
@@ -184,8 +181,8 @@ async def answer(request: Request, state: State) -> Response:
     While the database is away the agent comes from the cached number → agent table and the
     session record goes through the outbox: the call is answered all the same."""
     edge = get_edge(state)
-    signed, p = await _request_params(request)
-    if (refused := _check_signature(request, state, edge, signed)) is not None:
+    signed, p = await request_params(request)
+    if (refused := check_signature(request, state, edge, signed)) is not None:
         return refused
     call_uuid = p.get("CallUUID", "").strip()
     if not call_uuid:
@@ -318,8 +315,8 @@ async def hangup(request: Request, state: State) -> Response:
     """Plivo's hangup URL: records cause and duration; safe to receive more than once (and
     recorded through the outbox while the database is away)."""
     edge = get_edge(state)
-    signed, p = await _request_params(request)
-    if (refused := _check_signature(request, state, edge, signed)) is not None:
+    signed, p = await request_params(request)
+    if (refused := check_signature(request, state, edge, signed)) is not None:
         return refused
     call_uuid = p.get("CallUUID") or None
     cause = (p.get("HangupCause") or p.get("HangupCauseName") or "")[:128] or None
@@ -365,8 +362,8 @@ async def hangup(request: Request, state: State) -> Response:
 async def stream_status(request: Request, state: State) -> Response:
     """`<Stream statusCallbackUrl>`: lifecycle events, logged and attached to the session."""
     edge = get_edge(state)
-    signed, p = await _request_params(request)
-    if (refused := _check_signature(request, state, edge, signed)) is not None:
+    signed, p = await request_params(request)
+    if (refused := check_signature(request, state, edge, signed)) is not None:
         return refused
     raw = p.get("Event", "")
     event = STREAM_EVENTS.get(raw.lower(), "unknown")
@@ -386,49 +383,6 @@ async def stream_status(request: Request, state: State) -> Response:
             if not _db_failed(state, exc, f"stream status of call {call_uuid}"):
                 raise
     return PlainTextResponse("OK")
-
-
-async def _pending_transfer(state: AppState, session_id: str) -> Any:
-    try:
-        return await load_pending_transfer(SessionStateStore(state.db.sessionmaker), session_id)
-    except SessionNotFound:
-        return None
-
-
-@router.api_route("/transfer/{session_id}", methods=["GET", "POST"])
-async def transfer(session_id: str, request: Request, state: State) -> Response:
-    """The XML a transferred call fetches: `<Dial>` the pending target."""
-    edge = get_edge(state)
-    signed, _ = await _request_params(request)
-    if (refused := _check_signature(request, state, edge, signed)) is not None:
-        return refused
-    pending = await _pending_transfer(state, session_id)
-    if pending is None:
-        log.warning("transfer XML requested for session %s with no pending transfer",
-                    session_id)
-        return xml_response(pxml.apology_response(TRANSFER_FAILED_APOLOGY))
-    try:
-        doc = pxml.dial_response(
-            pending.target,
-            confirm_sound_url=(brief_url(edge.public_url, session_id)
-                               if pending.mode == "warm" and pending.brief else None))
-    except ValueError as exc:
-        log.warning("session %s: bad transfer target: %s", session_id, exc)
-        return xml_response(pxml.apology_response(TRANSFER_FAILED_APOLOGY))
-    log.info("session %s: transferring to %s (%s)", session_id, pending.target, pending.mode)
-    return xml_response(doc)
-
-
-@router.api_route("/transfer/{session_id}/brief", methods=["GET", "POST"])
-async def transfer_brief(session_id: str, request: Request, state: State) -> Response:
-    """Spoken to a warm-transfer target when they pick up, before the caller is bridged."""
-    edge = get_edge(state)
-    signed, _ = await _request_params(request)
-    if (refused := _check_signature(request, state, edge, signed)) is not None:
-        return refused
-    pending = await _pending_transfer(state, session_id)
-    text = pending.brief if pending is not None and pending.brief else "Connecting a caller."
-    return xml_response(pxml.speak_response(text))
 
 
 @router.websocket("/stream/{session_id}")

@@ -32,7 +32,6 @@ from app import metrics
 from app.bus.base import get_bus
 from app.calls.runner import CallInfo, CallRunner
 from app.calls.state_store import SessionStateStore
-from app.calls.transfer import transfer_via_plivo
 from app.calls.transport import CallTransport
 from app.db.models import utcnow
 from app.db.repos import sessions as sessions_repo
@@ -45,6 +44,7 @@ from app.telephony.plivo.edge import PlivoEdge, get_edge
 from app.telephony.plivo.playout import PlivoPlayout
 from app.telephony.plivo.signature import verify_v3, websocket_signed_url
 from app.telephony.plivo.token import InvalidToken, verify_stream_token
+from app.telephony.plivo.transfers import PlivoTransfers
 from app.telephony.plivo.transport import PlivoTransport
 
 log = logging.getLogger(__name__)
@@ -226,16 +226,18 @@ async def _run_call(ws: WebSocket, state: AppState, edge: PlivoEdge, session_id:
 
     store = SessionStateStore(state.db.sessionmaker)
 
-    async def request_transfer(target: str, mode: str, brief: str) -> object:
-        return await transfer_via_plivo(rest=edge.rest, store=store, public_url=edge.public_url,
-                                        session_id=session_id, call_uuid=call_uuid,
-                                        target=target, mode=mode, brief=brief)
+    transfers = None
+    if edge.rest is not None:
+        ours = row["to_number"] if row["direction"] == "inbound" else row["from_number"]
+        transfers = PlivoTransfers(rest=edge.rest, store=store, public_url=edge.public_url,
+                                   session_id=session_id, call_uuid=call_uuid,
+                                   caller_id=ours or "")
 
     playout = PlivoPlayout(send, codec, start.stream_id,
                            max_ahead_ms=state.settings.playout.max_ahead_ms)
     transport = PlivoTransport(session_id=session_id, call_uuid=call_uuid,
                                stream_id=start.stream_id, codec=codec, playout=playout,
-                               rest=edge.rest, request_transfer=request_transfer,
+                               rest=edge.rest, transfers=transfers,
                                close_stream=close_stream)
     if not edge.admission.attach(session_id, transport.hangup):
         log.warning("session %s: stream refused, server is draining or full", session_id)

@@ -15,11 +15,15 @@ from app.telephony.plivo.codec import StreamCodec
 from app.telephony.plivo.leg import SocketLeg
 from app.telephony.plivo.playout import PlivoPlayout
 from app.telephony.plivo.rest import PlivoNotConfigured, PlivoRestClient
+from app.telephony.plivo.transfers import PlivoTransfers
+from app.tools.control import TransferPlan
 
 log = logging.getLogger(__name__)
 
 
 class PlivoTransport(SocketLeg):
+    """Also a `ConsultingTransport`: warm transfers ring targets on consult legs."""
+
     def __init__(
         self,
         *,
@@ -29,13 +33,13 @@ class PlivoTransport(SocketLeg):
         codec: StreamCodec,
         playout: PlivoPlayout,
         rest: PlivoRestClient | None,
-        request_transfer: Callable[[str, str, str], Awaitable[object]],
+        transfers: PlivoTransfers | None,
         close_stream: Callable[[], Awaitable[None]],
     ) -> None:
         super().__init__(session_id=session_id, call_uuid=call_uuid, stream_id=stream_id,
                          codec=codec, playout=playout)
         self._rest = rest
-        self._request_transfer = request_transfer
+        self._transfers = transfers
         self._close_stream = close_stream
         self.transferred_to: str | None = None
 
@@ -51,16 +55,31 @@ class PlivoTransport(SocketLeg):
                     "(Plivo ends it with 'End Of XML Instructions')", self.session_id)
         await self._close_stream()
 
-    async def transfer(self, target: str, mode: str = "cold", brief: str = "") -> None:
-        """Store the target, have Plivo fetch our `<Dial>` XML, then end the stream (the new
-        XML runs only once the stream is gone)."""
-        if self._rest is None or not self._rest.configured:
+    def _plivo_transfers(self) -> PlivoTransfers:
+        if self._transfers is None or self._rest is None or not self._rest.configured:
             raise PlivoNotConfigured("transfer needs the Plivo REST API "
                                      "(set plivo.auth_id and plivo.auth_token)")
-        await self._request_transfer(target, mode, brief)
+        return self._transfers
+
+    async def transfer(self, plan: TransferPlan) -> None:
+        """Cold: have Plivo fetch our `<Dial>` XML, then end the stream (the new XML runs only
+        once the stream is gone)."""
+        await self._plivo_transfers().hand_off(plan)
+        await self._leave(", ".join(plan.targets))
+
+    async def dial_consult(self, target: str, plan: TransferPlan) -> str:
+        return await self._plivo_transfers().dial(target, plan)
+
+    async def drop_consult(self, leg_id: str) -> None:
+        await self._plivo_transfers().drop(leg_id)
+
+    async def bridge(self, leg_id: str, target: str) -> None:
+        await self._plivo_transfers().bridge(leg_id)
+        await self._leave(target)
+
+    async def _leave(self, target: str) -> None:
         self.transferred_to = target
         self._mark_hangup("transferred")
-        # The transfer XML is "subsequent XML": Plivo runs it once our stream ends.
         await self._close_stream()
 
     def push_media(self, payload: bytes) -> None:

@@ -72,13 +72,6 @@ def apology_response(text: str, *, voice: str = "WOMAN", language: str = "en-US"
     return _render(root)
 
 
-def speak_response(text: str, *, voice: str = "WOMAN", language: str = "en-US") -> str:
-    """Just speech (e.g. the brief a warm-transfer target hears before being connected)."""
-    root = ET.Element("Response")
-    ET.SubElement(root, "Speak", {"voice": voice, "language": language}).text = text
-    return _render(root)
-
-
 def hangup_response(reason: str | None = None) -> str:
     root = ET.Element("Response")
     ET.SubElement(root, "Hangup", {"reason": reason} if reason else {})
@@ -86,19 +79,16 @@ def hangup_response(reason: str | None = None) -> str:
 
 
 def dial_response(
-    target: str,
+    targets: list[str],
     *,
     caller_id: str | None = None,
     timeout_s: int | None = None,
     time_limit_s: int | None = None,
     action_url: str | None = None,
-    confirm_sound_url: str | None = None,
 ) -> str:
-    """`<Dial>` a phone number (`<Number>`) or a SIP URI (`<User>`) — the transfer XML.
-
-    `confirm_sound_url` is fetched when the target answers and played to them before they are
-    bridged (a warm transfer's spoken brief)."""
-    target = target.strip()
+    """`<Dial>` phone numbers (`<Number>`) and SIP URIs (`<User>`): the cold-transfer XML.
+    Several are rung at once; the first to answer is connected. `action_url` is fetched when
+    the dial ends (its `DialStatus` says how), and what it returns runs next."""
     root = ET.Element("Response")
     attrs: dict[str, str] = {}
     if caller_id:
@@ -110,14 +100,37 @@ def dial_response(
     if action_url:
         attrs["action"] = action_url
         attrs["method"] = "POST"
-    if confirm_sound_url:
-        attrs["confirmSound"] = confirm_sound_url
     dial = ET.SubElement(root, "Dial", attrs)
-    if target.lower().startswith("sip:"):
-        ET.SubElement(dial, "User").text = target
-    elif _E164ISH.match(target.replace(" ", "").replace("-", "")):
-        # Plivo's <Number> takes digits with country code, no '+'.
-        ET.SubElement(dial, "Number").text = target.replace(" ", "").replace("-", "").lstrip("+")
-    else:
-        raise ValueError(f"transfer target must be a phone number or sip: URI, got {target!r}")
+    for target in targets:
+        target = target.strip()
+        if target.lower().startswith("sip:"):
+            ET.SubElement(dial, "User").text = target
+        elif _E164ISH.match(target.replace(" ", "").replace("-", "")):
+            # Plivo's <Number> takes digits with country code, no '+'.
+            ET.SubElement(dial, "Number").text = \
+                target.replace(" ", "").replace("-", "").lstrip("+")
+        else:
+            raise ValueError(f"transfer target must be a phone number or sip: URI, "
+                             f"got {target!r}")
+    return _render(root)
+
+
+def conference_response(name: str) -> str:
+    """Join conference `name`, the meeting point of a warm transfer: two members (caller and
+    target), whoever leaves ends it for the other, no sounds while alone or on entering."""
+    root = ET.Element("Response")
+    attrs = {"startConferenceOnEnter": "true", "endConferenceOnExit": "true",
+             "stayAlone": "true", "maxMembers": "2", "waitSound": "", "enterSound": "",
+             "exitSound": ""}
+    ET.SubElement(root, "Conference", attrs).text = name
+    return _render(root)
+
+
+def brief_then_redirect(text: str, redirect_url: str, *, voice: str = "WOMAN",
+                        language: str = "en-US") -> str:
+    """Speak `text` (a warm transfer's brief, to the person who picked up), then fetch
+    `redirect_url` for what comes next."""
+    root = ET.Element("Response")
+    ET.SubElement(root, "Speak", {"voice": voice, "language": language}).text = text
+    ET.SubElement(root, "Redirect", {"method": "POST"}).text = redirect_url
     return _render(root)
