@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
 from app import metrics
 from app.agent_config import AgentConfig, ProviderBlock, ToolConfig
+from app.calls.call_providers import CallProviders
 from app.calls.call_recording import CallRecording
 from app.calls.call_sounds import CallSounds
 from app.calls.caller_input import CallerInputs
@@ -57,15 +58,12 @@ from pipelines.engine_models import EngineModels
 from pipelines.outcomes import ConsultProgress, EndReason, ErrorStage, TransferPhase
 from pipelines.ports import BackgroundMixingSink
 from pipelines.s2s.conversation import S2SConversation
-from providers.base import Kind, ProviderContext, Usage
-from providers.factory import build_provider
 
 log = logging.getLogger(__name__)
 
 # End reason of a call whose engine could not be built: nothing can speak, so it is hung up at
 # once through the carrier's REST API, with a session.error saying why.
 SETUP_FAILED_REASON = EndReason.SETUP_FAILED
-PROVIDER_CLOSE_TIMEOUT_S = 2.0
 
 
 class CallHost:
@@ -167,9 +165,11 @@ class _Call:
         self.executor: ToolExecutor | None = None
         # The tools of the agent's MCP servers, listed at call start.
         self.mcp: McpToolbox | None = None
-        # Filled by `_build` as each provider is built, so that a call whose setup fails part
-        # way still closes what it built and ends without a post-call summary.
-        self._providers: list[Any] = []
+        # Filled as each provider is built, so that a call whose setup fails part way still
+        # closes what it built and ends without a post-call summary.
+        self.providers = CallProviders(
+            self.session_id, self.emit, resolve_secret=host.secrets,
+            models_dir=str(host.state.settings.models_dir), shared=host.shared)
         self._llm: Any = None
         self._tts: Any = None
         self._clip_key = ""
@@ -198,24 +198,6 @@ class _Call:
         self.host.publish(event)
         if self.app is not None:
             self.app.on_event(event)
-
-    def _context(self, kind: str) -> ProviderContext:
-        def on_usage(u: Usage) -> None:
-            self.emit(ev.SessionUsage(provider=u.provider, model=u.model, kind=kind,
-                                      metric=u.metric, quantity=u.quantity))
-
-        return ProviderContext(
-            resolve_secret=self.host.secrets,
-            models_dir=str(self.host.state.settings.models_dir),
-            on_usage=on_usage,
-            shared=self.host.shared,
-        )
-
-    def _on_switch(self, kind: str) -> Callable[..., None]:
-        def switched(kind_: str, from_name: str, to_name: str, error: Any) -> None:
-            self.emit(ev.ProviderFallback(kind=kind_ or kind, from_provider=from_name,
-                                          to_provider=to_name, error=str(error)[:300]))
-        return switched
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> str:
@@ -264,25 +246,8 @@ class _Call:
             await self._finish(reason)
             self.recording.finish()
             await close_quietly(self.app)  # after session.ended, which the app is sent
-            await self._close_providers()
+            await self.providers.aclose()
         return reason
-
-    async def _close_providers(self) -> None:
-        """Release what the call's adapters hold (e.g. Cartesia's per-call WebSocket)."""
-        for provider in self._providers:
-            close = getattr(provider, "aclose", None)
-            if close is None:
-                continue
-            try:
-                await asyncio.wait_for(close(), PROVIDER_CLOSE_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("session %s: closing %s failed: %r", self.session_id,
-                            getattr(provider, "name", type(provider).__name__), exc)
-
-    def _provider(self, kind: Kind, block: Any) -> Any:
-        provider = build_provider(kind, block, self._context(kind), on_switch=self._on_switch(kind))
-        self._providers.append(provider)
-        return provider
 
     # -- the customer app ---------------------------------------------------------------------
     async def _open_app(self) -> None:
@@ -364,7 +329,7 @@ class _Call:
             self.screen = None  # the app hears the callee itself
             relay = self.app.relay = AudioRelay(
                 self.transport, send=self.app.link.send, emit=self.emit,
-                tts=self._provider("tts", cfg.tts), voice=cfg.voice,
+                tts=self.providers.build("tts", cfg.tts), voice=cfg.voice,
                 max_duration_s=cfg.max_call_duration_s,
                 max_duration_goodbye=cfg.max_duration_goodbye)
             return relay
@@ -372,13 +337,13 @@ class _Call:
             return self._build()
         self._tool_executor(cfg)
         # output: text: the agent's own tts block (fallbacks and all) speaks the model's text.
-        tts = self._provider("tts", cfg.tts) if cfg.s2s.speaks_text() else None
+        tts = self.providers.build("tts", cfg.tts) if cfg.s2s.speaks_text() else None
         try:
             conv = await open_s2s(
-                cfg, self._context("s2s"), sink=self.transport.playout, on_event=self.emit,
+                cfg, self.providers.context("s2s"), sink=self.transport.playout, on_event=self.emit,
                 tools=self.executor.specs if self.executor else [],
                 tool_executor=self.executor, greeting=cfg.greeting if cfg.speaks_first else None,
-                providers=self._providers, models=self.host.models, tts=tts)
+                providers=self.providers.held, models=self.host.models, tts=tts)
         except Exception as exc:
             # The agent's stt/llm/tts (named, or the embedded defaults) take the call; when
             # they fail too, the cascade's own apology and failure goodbye apply.
@@ -410,15 +375,15 @@ class _Call:
 
     def _build(self) -> Conversation:
         cfg = with_failover_budget(self.config)
-        stt = self._provider("stt", cfg.stt)
+        stt = self.providers.build("stt", cfg.stt)
         llm: Any
         if cfg.mode == "text":
             # The customer app writes the answers (or, unreachable, nothing is asked of it).
             llm = self.app.llm if self.app is not None and self.app.llm is not None else \
                 _NoLLM()
         else:
-            llm = self._llm = self._provider("llm", cfg.llm)
-        tts = self._tts = self._provider("tts", cfg.tts)
+            llm = self._llm = self.providers.build("llm", cfg.llm)
+        tts = self._tts = self.providers.build("tts", cfg.tts)
         self._clip_key = clip = clip_key(cfg.tts, cfg.voice, cfg.failure_goodbye)
         self._tool_executor(cfg)
         tools = self.executor.specs if self.executor is not None else None
@@ -530,9 +495,7 @@ class _Call:
             report = await final_report(
                 self.report, duration_s=round(duration, 3), llm=summary_llm,
                 summary_prompt=self.config.post_call.summary_prompt,
-                on_usage=lambda u: self.emit(ev.SessionUsage(
-                    provider=u.provider, model=u.model, kind="llm", metric=u.metric,
-                    quantity=u.quantity)),
+                on_usage=self.providers.context("llm").on_usage,
             )
         except Exception as exc:  # the end event must go out whatever happens
             log.warning("session %s: report failed: %s", self.session_id, exc)
@@ -664,8 +627,8 @@ class _Call:
         conv = self._cascaded("update")
         # Built before anything changes: a provider that cannot be built leaves the call as
         # it was.
-        new_llm = self._provider("llm", llm) if llm is not None else None
-        new_tts = self._provider("tts", tts) if tts is not None else None
+        new_llm = self.providers.build("llm", llm) if llm is not None else None
+        new_tts = self.providers.build("tts", tts) if tts is not None else None
         specs: list[Any] | None = None
         created = False
         if tools is not None:
@@ -676,7 +639,7 @@ class _Call:
                 self.executor.replace_tools(tools)
             specs = self.executor.specs if self.executor is not None else []
         if new_llm is not None:
-            # The old one stays in `_providers` and is closed at the end of the call (an
+            # The old one stays in `providers` and is closed at the end of the call (an
             # answer may still be streaming from it).
             self._llm = new_llm
         if new_tts is not None:
