@@ -31,6 +31,7 @@ from app.state import AppState
 from app.tools.control import (
     MAX_BRIEF_CHARS,
     MAX_TRANSFER_TARGETS,
+    NOBODY_ANSWERED_MESSAGE,
     DialMode,
     NotOnThisCall,
     TransferMode,
@@ -75,8 +76,8 @@ class TransferIn(BaseModel):
     dial_mode: DialMode = "sequential"
     ring_timeout_s: int = Field(30, ge=5, le=120, description="How long each target rings")
     failure_message: str = Field(
-        "I'm sorry, I couldn't reach anyone right now. I'm still here to help.",
-        max_length=1000, description="Said to the caller when a warm transfer finds nobody")
+        NOBODY_ANSWERED_MESSAGE, max_length=1000,
+        description="Said to the caller when a warm transfer finds nobody")
 
     @field_validator("target")
     @classmethod

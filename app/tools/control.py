@@ -21,6 +21,9 @@ TransferMode = Literal["cold", "warm"]
 DialMode = Literal["sequential", "parallel"]
 MAX_TRANSFER_TARGETS = 10
 MAX_BRIEF_CHARS = 1000
+# What the caller hears when a warm transfer asked for over REST or by the agent's app finds
+# nobody (the builtin tool lets the LLM say it instead).
+NOBODY_ANSWERED_MESSAGE = "I'm sorry, I couldn't reach anyone right now. I'm still here to help."
 
 _PHONE = re.compile(r"^\+?[1-9][0-9]{5,16}$")
 _SIP = re.compile(r"^sips?:[^\s@]+@[^\s@]+$", re.IGNORECASE)

@@ -170,3 +170,28 @@ async def test_parallel_warm_transfer_over_rest_takes_the_first_to_answer(
         assert first.hung_up == "cancel"
         assert stack.rest.calls_to("DELETE", f"/Request/{first.leg_id}/")
         assert phones.by_number(SECOND).conference == f"pb-{sid}"
+
+
+async def test_rest_warm_transfer_nobody_takes_says_the_failure_message(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        await stack.add_agent()
+        phones = ConsultPhones(stack.sim, {FIRST.lstrip("+"): "busy"}, ring_s=0.5)
+        phones.hook(stack.rest)
+        rec = Recorder(stack)
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            await rec.wait_type("agent.speech_completed", sid=sid)
+            r = await stack.post(f"/v1/sessions/{sid}/transfer", {
+                "target": FIRST, "mode": "warm", "brief": BRIEF})
+            assert r.status_code == 202, r.text
+            # Not silence: the agent tells the caller, who is still on the line with it.
+            said = await rec.wait_type("agent.speech_created", sid=sid, n=2, within_s=30)
+            assert (said[-1].event.source, said[-1].event.text) == (
+                "say", "I'm sorry, I couldn't reach anyone right now. I'm still here to help.")
+            await rec.wait_type("agent.speech_completed", sid=sid, n=3, within_s=30)
+            assert not call.closed
+            await call.hangup()
+        await rec.wait_type("session.ended", sid=sid)
+        assert [p for p, _ in phases(rec.session(sid))] == [
+            "holding", "dialing", "no_answer", "failed"]

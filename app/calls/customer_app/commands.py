@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.tools.control import NOBODY_ANSWERED_MESSAGE
+
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a played WAV arrives in one message
 
 
@@ -130,7 +132,7 @@ class Transfer(_Command):
     # nobody answers); the brief, and what the caller hears if nobody does.
     mode: Literal["cold", "warm"] = "cold"
     brief: str = Field("", max_length=1000)
-    failure_message: str = Field("", max_length=1000)
+    failure_message: str = Field(NOBODY_ANSWERED_MESSAGE, max_length=1000)
 
     @field_validator("destination", mode="before")
     @classmethod
