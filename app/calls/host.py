@@ -240,6 +240,7 @@ class _Call:
             self._ended = True
             if self._clip_render is not None:
                 self._clip_render.cancel()  # a call that ends first does not finish it
+            await self.warm.aclose()
             await self.sounds.settle()
             if self.executor is not None:
                 await self.executor.aclose()

@@ -167,6 +167,7 @@ class WarmTransfers:
         self._restore_background = restore_background
         self._say = say
         self._current: _Attempt | None = None
+        self._running: asyncio.Task[object] | None = None  # the task running `run`
 
     def progress(self, leg_id: str, progress: ConsultProgress, detail: str = "") -> None:
         """What the carrier reported of a consult leg. NotOnThisCall when no warm transfer
@@ -185,6 +186,7 @@ class WarmTransfers:
         if self._current is not None:
             raise NotOnThisCall("a transfer is already under way")
         attempt = self._current = _Attempt(transport, plan, self._emit)
+        self._running = asyncio.current_task()
         try:
             # On hold: the caller's words neither interrupt nor start an answer meanwhile (an
             # audio-mode app hears them and decides for itself).
@@ -193,6 +195,7 @@ class WarmTransfers:
                 self._hold_music(True)
                 try:
                     leg, target = await attempt.find_target()
+                    self._running = None  # the bridge is carried out even if the call ends
                     try:
                         await transport.bridge(leg, target)
                     except Exception as exc:
@@ -211,10 +214,18 @@ class WarmTransfers:
                 await self._say(plan.failure_message)
             raise
         finally:
-            self._current = None
+            self._current = self._running = None
         self._emit(ev.CallTransferred(target=target, mode="warm", phase=TransferPhase.BRIDGED))
         self._emit(ev.ParticipantRemoved(participant="agent", role="agent",
                                          reason="transferred"))
+
+    async def aclose(self) -> None:
+        """The call is over (the caller hung up while on hold): stop ringing the targets now
+        rather than when the ring timeout runs out."""
+        task = self._running
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait([task])
 
     def _hold_music(self, on: bool) -> None:
         with contextlib.suppress(NotOnThisCall):  # a line without mixing holds in silence

@@ -195,3 +195,28 @@ async def test_rest_warm_transfer_nobody_takes_says_the_failure_message(
         await rec.wait_type("session.ended", sid=sid)
         assert [p for p, _ in phases(rec.session(sid))] == [
             "holding", "dialing", "no_answer", "failed"]
+
+
+async def test_caller_hanging_up_on_hold_stops_the_ringing(
+        settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
+    async with call_stack(settings_factory, monkeypatch) as stack:
+        await stack.add_agent()
+        phones = ConsultPhones(stack.sim, {FIRST.lstrip("+"): "ringing"}, ring_s=0.2)
+        phones.hook(stack.rest)
+        rec = Recorder(stack)
+        async with stack.call() as call:
+            sid = await stack.session_id(call)
+            await rec.wait_type("agent.speech_completed", sid=sid)
+            r = await stack.post(f"/v1/sessions/{sid}/transfer", {
+                "target": FIRST, "mode": "warm", "ring_timeout_s": 120})
+            assert r.status_code == 202, r.text
+            await rec.wait_for(lambda envs: ("dialing", FIRST) in phases(
+                [e for e in envs if e.session_id == sid]), within_s=30)
+            await call.hangup()
+        await rec.wait_type("session.ended", sid=sid)
+        # The target's phone stops ringing with the caller gone, not two minutes later.
+        leg = phones.by_number(FIRST)
+        await rec.wait_for(lambda envs: leg.hung_up is not None, within_s=10)
+        assert leg.hung_up == "cancel"
+        assert stack.rest.calls_to("DELETE", f"/Request/{leg.leg_id}/")
+        assert phases(rec.session(sid))[-1] == ("no_answer", FIRST)
