@@ -131,11 +131,13 @@ async def test_transfer_call_posts_plivo_transfer_and_serves_dial_xml(
     assert [(e.tag, e.text) for e in dial] == [("Number", "14155550100")]
     assert dial.get("timeout") == "30"
     assert dial.get("action") == f"{PUBLIC_URL}/plivo/transfer/{sid}/next?i=1"
-    # Busy: the next target is rung (the last one, so no action URL).
+    # Busy: the next target is rung.
     r = await client.post(dial.get("action"), data={"DialStatus": "busy"})
     dial = etree.fromstring(r.content).find("Dial")
     assert [(e.tag, e.text) for e in dial] == [("User", "sip:desk@pbx.example")]
-    assert dial.get("action") is None
+    # The last one not answering either: the caller is told, not left in silence.
+    r = await client.post(dial.get("action"), data={"DialStatus": "no-answer"})
+    assert "nobody could take your call" in etree.fromstring(r.content).findtext("Speak")
     # A dial that connected ends the call when the two hang up.
     r = await client.post(f"/plivo/transfer/{sid}/next?i=1", data={"DialStatus": "completed"})
     assert etree.fromstring(r.content).find("Hangup") is not None
@@ -154,4 +156,6 @@ async def test_parallel_cold_transfer_dials_every_target_at_once(
     r = await client.post(f"/plivo/transfer/{sid}")
     dial = etree.fromstring(r.content).find("Dial")
     assert [e.text for e in dial] == ["14155550100", "14155550101"]
-    assert dial.get("timeout") == "20" and dial.get("action") is None
+    assert dial.get("timeout") == "20"
+    r = await client.post(dial.get("action"), data={"DialStatus": "no-answer"})
+    assert "nobody could take your call" in etree.fromstring(r.content).findtext("Speak")

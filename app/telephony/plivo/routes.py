@@ -90,7 +90,7 @@ async def request_params(request: Request) -> tuple[dict[str, list[str]] | None,
 
 
 def check_signature(request: Request, state: AppState, edge: PlivoEdge,
-                     signed: dict[str, list[str]] | None) -> Response | None:
+                    signed: dict[str, list[str]] | None) -> Response | None:
     """None when the request is Plivo's; otherwise the 403 to return (and a log line why)."""
     if not state.settings.security.verify_plivo_signatures:
         return None

@@ -64,12 +64,15 @@ def _next_url(public_url: str, session_id: str, index: int) -> str:
 
 
 def _cold_dial(pending: PendingTransfer, public_url: str, session_id: str, index: int) -> str:
+    """Ring target `index` (sequential) or all of them (parallel). When nobody answers, the
+    dial's action URL rings the next one, or, with none left, tells the caller before hanging
+    up rather than leaving them in silence."""
     if pending.dial_mode == "parallel":
-        return pxml.dial_response(pending.targets, timeout_s=pending.ring_timeout_s)
-    more = index + 1 < len(pending.targets)
+        return pxml.dial_response(pending.targets, timeout_s=pending.ring_timeout_s,
+                                  action_url=_next_url(public_url, session_id,
+                                                       len(pending.targets)))
     return pxml.dial_response([pending.targets[index]], timeout_s=pending.ring_timeout_s,
-                              action_url=_next_url(public_url, session_id, index + 1)
-                              if more else None)
+                              action_url=_next_url(public_url, session_id, index + 1))
 
 
 @router.api_route("/transfer/{session_id}", methods=["GET", "POST"])
@@ -111,6 +114,7 @@ async def transfer_next(session_id: str, request: Request, state: State) -> Resp
     except ValueError:
         index = -1
     if pending is None or not 0 <= index < len(pending.targets):
+        log.info("session %s: nobody took the transfer (%s)", session_id, status or "unknown")
         return xml_response(pxml.apology_response(NOBODY_ANSWERED_APOLOGY))
     log.info("session %s: transfer target %d did not answer (%s); trying the next", session_id,
              index, status or "unknown")
