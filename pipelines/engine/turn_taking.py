@@ -25,6 +25,7 @@ from pipelines.settings import ConversationSettings, TurnSettings
 from pipelines.speech import SpeechHandle, TurnTiming
 from pipelines.transcripts import TranscriptBuffer
 from pipelines.turn.base import EndOfTurnDecision
+from pipelines.turn.delay import looks_unfinished
 from pipelines.turn.presets import AdaptiveTurnDelay, preset_name
 from pipelines.vad.base import VadEvent
 
@@ -190,14 +191,17 @@ class TurnTaking:
         core.preemption.maybe_start(edge)
 
     # -- end of turn --------------------------------------------------------------------------
+    async def _decide(self, silence_ms: float) -> EndOfTurnDecision:
+        if self._endpointing is None:
+            return EndOfTurnDecision("vad", None, 0.0)
+        core = self._core
+        return await self._endpointing.decide(
+            lambda: core.audio.turn_audio(self._turn_start_ms), silence_ms,
+            self.words.text, self.adaptive.budget if self.adaptive is not None else None)
+
     async def _end_of_turn(self, speech_end_at: float, silence_ms: float) -> None:
         core = self._core
-        if self._endpointing is None:
-            decision = EndOfTurnDecision("vad", None, 0.0)
-        else:
-            decision = await self._endpointing.decide(
-                lambda: core.audio.turn_audio(self._turn_start_ms), silence_ms,
-                self.words.text, self.adaptive.budget if self.adaptive is not None else None)
+        decision = await self._decide(silence_ms)
         eou_at = core.now()
         if not await core.barge.is_turn():
             return
@@ -211,6 +215,14 @@ class TurnTaking:
                 core.audio.flush_stt()
             await self.words.wait_final(seq, self._settings.turn.stt_final_timeout_ms / 1000.0)
         text = self.words.text()
+        if decision.trigger == "model" and looks_unfinished(text):
+            # The model was sure before the words came in, and they stop mid-thought ("Could
+            # you check whether", a number half read out): wait for the caller as the words
+            # say (this task is cancelled if they go on).
+            silence_ms = max(0.0, core.audio.stream_ms - self._last_stop_ms)
+            decision = await self._decide(silence_ms)
+            eou_at = core.now()
+            text = self.words.text()
         final_at = core.now()
         if self.suspended:
             return

@@ -5,7 +5,7 @@ caller who pauses mid-number or mid-sentence is cut off as soon as the wait runs
 end-of-turn probability sets the wait: P at or above the threshold ends the turn at once; below
 it the wait grows towards `max_wait_ms` as P falls. The words say what the audio model cannot:
 a turn whose transcript ends on "and", "um", a comma, a digit group of a number still being read
-out or letters still being spelled waits the longest.
+out, a month whose day is still to come or letters still being spelled waits the longest.
 
 Every budget counts from the true end of speech (so `vad.stop_ms` is part of it).
 """
@@ -28,6 +28,10 @@ _DIGIT_WORDS = frozenset(
 _NUMBER_CUES = frozenset(
     "number phone cell mobile card account code zip postcode pin extension reference "
     "confirmation policy order id".split())
+# A date stopping on its month ("on June", "born in March") usually has its day to come.
+_MONTHS = frozenset(
+    "january february march april may june july august september october november december"
+    .split())
 COMPLETE_NUMBER_DIGITS = 10  # a North American phone number; shorter runs are probably partial
 # Three digits read one by one with nothing after them: a number is being read out.
 DIGIT_RUN = 3
@@ -53,7 +57,7 @@ def looks_unfinished(text: str) -> bool:
     words = [w for w in tokens if w[0].isalnum()]
     if not words:
         return False
-    if words[-1] in CONTINUATIONS:
+    if words[-1] in CONTINUATIONS or (words[-1] in _MONTHS and len(words) > 1):
         return True
     # A number being read out in groups: "my number is four one five, five five five".
     if _is_digitish(words[-1]):

@@ -113,6 +113,43 @@ def test_unfinished_words_wait_the_longest_budget() -> None:
     run_virtual(scenario())
 
 
+def test_a_sure_model_is_overruled_by_words_that_stop_mid_thought() -> None:
+    async def scenario() -> None:
+        # The model calls the pause a finished turn before the STT's final has come in; the
+        # final ("... whether") says otherwise, so the agent waits, and the caller goes on.
+        stt = FakeSTT(["Could you check whether", "doctor Patel is in on Monday?"],
+                      streaming=False, latency_ms=200)
+        h = await start_call(stt=stt, eot_script=[[0.95], [0.95]],
+                             llm_scripts=[["Check what?"], ["Yes, she is."]])
+        await h.caller.speak(1300)
+        await h.caller.pause(600)
+        await h.caller.speak(1500)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "Could you check whether doctor Patel is in on Monday?"
+        await h.wait_for("turn.completed")
+        assert len(h.of("user.turn_completed")) == 1
+        assert "Check what?" not in [e.text for e in h.of("agent.speech_started")]
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_a_sure_model_and_finished_words_answer_at_once() -> None:
+    async def scenario() -> None:
+        stt = FakeSTT(["Could you check whether she is in?"], streaming=False, latency_ms=200)
+        h = await start_call(stt=stt, eot_script=[[0.95]], llm_scripts=[["She is."]])
+        await h.caller.speak(1500)
+        spoke_until = h.caller.speech_ended_at
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.trigger == "model"
+        # VAD stop, then the final transcript: no wait for words that sound done.
+        s = ConversationSettings()
+        assert (turn.mono - spoke_until) * 1000 <= s.vad.stop_ms + 200 + 2 * FRAME_MS
+        await h.close()
+
+    run_virtual(scenario())
+
+
 def test_noise_without_words_goes_back_to_listening_without_calling_the_llm() -> None:
     async def scenario() -> None:
         h = await start_call(utterances=[""])

@@ -39,13 +39,15 @@ def test_unfinished_words_get_the_longest_budget_even_when_the_audio_sounds_done
                  "my number is four one five, five five five",
                  "my phone number is 415 555", "it's spelled J O", "That's spelled S",
                  "It's zero two zero", "I was wondering", "Could you check whether",
-                 "I don't think so"):
+                 "I don't think so", "The appointment was on June",
+                 "My date of birth is March"):
         assert looks_unfinished(text), text
         assert silence_budget_ms(0.95, text, s) == 1300, text
     # A sentence the STT punctuated as finished is taken at its word.
     for text in ("What time do you open tomorrow?", "Thank you", "I don't think so.",
                  "my number is 415 555 0134", "I need 2", "yes", "Who am I speaking with?",
-                 "What is this about?", "My number is four one five.", "Is that right"):
+                 "What is this about?", "My number is four one five.", "Is that right",
+                 "June", "I was born in March."):
         assert not looks_unfinished(text), text
         assert silence_budget_ms(0.95, text, s) == 0, text
 
