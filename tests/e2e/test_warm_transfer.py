@@ -38,6 +38,26 @@ def warm_tool(**options: Any) -> dict[str, Any]:
         "message": "Please hold while I find someone.", **options}}
 
 
+def _phones(stack: CallStack, people: dict[str, str], ring_s: float = 0.3) -> ConsultPhones:
+    """The people the consult legs ring, by number: answer | busy | no-answer | leave |
+    ringing (tests.fakes.plivo_consult)."""
+    phones = ConsultPhones(stack.sim, {n.lstrip("+"): who for n, who in people.items()},
+                           ring_s=ring_s)
+    phones.hook(stack.rest)
+    return phones
+
+
+async def _greeted(stack: CallStack, call: Any, rec: Recorder) -> str:
+    sid = await stack.session_id(call)
+    await rec.wait_type("agent.speech_completed", sid=sid)
+    return sid
+
+
+async def _transfer_over_rest(stack: CallStack, sid: str, **body: Any) -> None:
+    r = await stack.post(f"/v1/sessions/{sid}/transfer", {"mode": "warm", **body})
+    assert r.status_code == 202, r.text
+
+
 async def _ask_for_a_person(stack: CallStack, call: Any, rec: Recorder) -> str:
     stack.deepgram.queue_transcript("Can I talk to a person?")
     stack.openai.queue_chat(ChatReply(tool_calls=[FakeToolCall(
@@ -49,9 +69,7 @@ async def test_sequential_warm_transfer_briefs_the_second_target_and_bridges_the
         settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     async with call_stack(settings_factory, monkeypatch) as stack:
         await stack.add_agent(tools=[warm_tool()])
-        phones = ConsultPhones(stack.sim, {FIRST.lstrip("+"): "busy",
-                                           SECOND.lstrip("+"): "answer"}, ring_s=1.5)
-        phones.hook(stack.rest)
+        phones = _phones(stack, {FIRST: "busy", SECOND: "answer"}, ring_s=1.5)
         rec = Recorder(stack)
         async with stack.call() as call:
             sid = await _ask_for_a_person(stack, call, rec)
@@ -104,9 +122,7 @@ async def test_nobody_answers_brings_the_caller_back_to_the_agent(
         settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     async with call_stack(settings_factory, monkeypatch) as stack:
         await stack.add_agent(tools=[warm_tool(dial_mode="parallel")])
-        phones = ConsultPhones(stack.sim, {FIRST.lstrip("+"): "no-answer",
-                                           SECOND.lstrip("+"): "leave"})
-        phones.hook(stack.rest)
+        phones = _phones(stack, {FIRST: "no-answer", SECOND: "leave"})
         rec = Recorder(stack)
         async with stack.call() as call:
             sid = await _ask_for_a_person(stack, call, rec)
@@ -144,20 +160,15 @@ async def test_parallel_warm_transfer_over_rest_takes_the_first_to_answer(
         settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     async with call_stack(settings_factory, monkeypatch) as stack:
         await stack.add_agent()
-        phones = ConsultPhones(stack.sim, {FIRST.lstrip("+"): "ringing",
-                                           SECOND.lstrip("+"): "answer"}, ring_s=0.5)
-        phones.hook(stack.rest)
+        phones = _phones(stack, {FIRST: "ringing", SECOND: "answer"}, ring_s=0.5)
         rec = Recorder(stack)
         async with stack.call() as call:
-            sid = await stack.session_id(call)
-            await rec.wait_type("agent.speech_completed", sid=sid)
+            sid = await _greeted(stack, call, rec)
             bad = await stack.post(f"/v1/sessions/{sid}/transfer", {
                 "targets": [FIRST, "premium please"], "mode": "warm"})
             assert bad.status_code == 422 and "targets" in bad.text
-            r = await stack.post(f"/v1/sessions/{sid}/transfer", {
-                "targets": [FIRST, SECOND], "mode": "warm", "dial_mode": "parallel",
-                "brief": BRIEF, "ring_timeout_s": 20})
-            assert r.status_code == 202, r.text
+            await _transfer_over_rest(stack, sid, targets=[FIRST, SECOND], dial_mode="parallel",
+                                      brief=BRIEF, ring_timeout_s=20)
             again = await stack.post(f"/v1/sessions/{sid}/transfer", {
                 "target": FIRST, "mode": "warm"})
             assert again.status_code == 409 and "under way" in again.text
@@ -176,15 +187,11 @@ async def test_rest_warm_transfer_nobody_takes_says_the_failure_message(
         settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     async with call_stack(settings_factory, monkeypatch) as stack:
         await stack.add_agent()
-        phones = ConsultPhones(stack.sim, {FIRST.lstrip("+"): "busy"}, ring_s=0.5)
-        phones.hook(stack.rest)
+        _phones(stack, {FIRST: "busy"}, ring_s=0.5)
         rec = Recorder(stack)
         async with stack.call() as call:
-            sid = await stack.session_id(call)
-            await rec.wait_type("agent.speech_completed", sid=sid)
-            r = await stack.post(f"/v1/sessions/{sid}/transfer", {
-                "target": FIRST, "mode": "warm", "brief": BRIEF})
-            assert r.status_code == 202, r.text
+            sid = await _greeted(stack, call, rec)
+            await _transfer_over_rest(stack, sid, target=FIRST, brief=BRIEF)
             # Not silence: the agent tells the caller, who is still on the line with it.
             said = await rec.wait_type("agent.speech_created", sid=sid, n=2, within_s=30)
             assert (said[-1].event.source, said[-1].event.text) == (
@@ -201,15 +208,11 @@ async def test_caller_hanging_up_on_hold_stops_the_ringing(
         settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch) -> None:
     async with call_stack(settings_factory, monkeypatch) as stack:
         await stack.add_agent()
-        phones = ConsultPhones(stack.sim, {FIRST.lstrip("+"): "ringing"}, ring_s=0.2)
-        phones.hook(stack.rest)
+        phones = _phones(stack, {FIRST: "ringing"}, ring_s=0.2)
         rec = Recorder(stack)
         async with stack.call() as call:
-            sid = await stack.session_id(call)
-            await rec.wait_type("agent.speech_completed", sid=sid)
-            r = await stack.post(f"/v1/sessions/{sid}/transfer", {
-                "target": FIRST, "mode": "warm", "ring_timeout_s": 120})
-            assert r.status_code == 202, r.text
+            sid = await _greeted(stack, call, rec)
+            await _transfer_over_rest(stack, sid, target=FIRST, ring_timeout_s=120)
             await rec.wait_for(lambda envs: ("dialing", FIRST) in phases(
                 [e for e in envs if e.session_id == sid]), within_s=30)
             await call.hangup()
