@@ -148,11 +148,7 @@ class ControlServer:
             elif req.action == "hangup":
                 await control.hangup(str(a.get("reason") or "api_hangup"))
             elif req.action == "transfer":
-                plan = TransferPlan.to(a["targets"], mode=a.get("mode") or "cold",
-                                       brief=a.get("brief") or "",
-                                       dial_mode=a.get("dial_mode") or "sequential",
-                                       ring_timeout_s=int(a.get("ring_timeout_s") or 30),
-                                       failure_message=str(a.get("failure_message") or ""))
+                plan = TransferPlan.from_dict(a)
                 if plan.mode == "warm":  # rings for a while: its phases are events
                     task = self._background(control.transfer(plan),
                                             f"warm transfer on session {req.session_id}")

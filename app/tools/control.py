@@ -74,6 +74,14 @@ class TransferPlan:
         brief = str(kw.pop("brief", "") or "").strip()[:MAX_BRIEF_CHARS]
         return cls(targets=tuple(normalize_target(t) for t in wanted), brief=brief, **kw)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransferPlan:
+        """The plan `as_dict` wrote (e.g. carried over the bus to the call's process)."""
+        return cls.to(d["targets"], mode=d.get("mode") or "cold", brief=d.get("brief") or "",
+                      dial_mode=d.get("dial_mode") or "sequential",
+                      ring_timeout_s=int(d.get("ring_timeout_s") or 30),
+                      failure_message=str(d.get("failure_message") or ""))
+
     def as_dict(self) -> dict[str, Any]:
         return {"targets": list(self.targets), "mode": self.mode, "brief": self.brief,
                 "dial_mode": self.dial_mode, "ring_timeout_s": self.ring_timeout_s,
