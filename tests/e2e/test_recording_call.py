@@ -205,18 +205,22 @@ async def test_barge_in_cleared_audio_is_not_in_the_recording(
         assert clears, "the barge-in should have cleared audio Plivo still held"
         clear_at, dropped_ms = clears[0]
         assert dropped_ms >= 40
-        # The agent channel falls silent at the clear and stays silent until the reply.
         later = [s - t0 for s in call.result.agent_audio_starts if s - t0 > clear_at]
         assert later, "the agent answered after the barge-in"
-        quiet = agent[int((clear_at + 0.04) * RATE):int((later[0] - 0.04) * RATE)]
-        assert len(quiet) > RATE // 5 and rms(quiet) < 30, rms(quiet)
         # It was playing right up to the clear.
         assert rms(agent[int((clear_at - 0.3) * RATE):int((clear_at - 0.05) * RATE)]) > 1000
         # The interrupted answer lasts in the recording as long as the caller heard it.
         right = runs(agent)
         cut = next(r for r in right if r[0] < clear_at < r[1] + 0.1)
         assert abs(cut[1] - clear_at) < ALIGN_S, (cut, clear_at)
-        assert not any(a < clear_at + 0.04 < b for a, b in right if (a, b) != cut)
+        # The reply comes after a real pause, no later than the caller heard it start. It may
+        # be earlier: the recording places it when the server sent it, the simulator when the
+        # frame arrived, and on a loaded machine delivery alone has taken over 100 ms.
+        reply = next(r for r in right if r[0] > cut[1])
+        assert cut[1] + 0.2 < reply[0] < later[0] + ALIGN_S, (cut, reply, later[0])
+        # Between the two the agent channel is silent: nothing the clear dropped was recorded.
+        quiet = agent[int((clear_at + 0.04) * RATE):int((reply[0] - 0.06) * RATE)]
+        assert len(quiet) > RATE // 5 and rms(quiet) < 30, rms(quiet)
 
 
 async def test_mono_recording_mixes_both_sides_and_reaches_the_webhook(
