@@ -62,8 +62,11 @@ class SpeechDriver:
 
     @property
     def idle(self) -> bool:
-        """Nothing playing and nothing queued."""
-        return self.current is None and not self.queue
+        """Nothing playing and nothing queued. A discarded preemptive answer still winding
+        down (its task is cancelled, the loop has not reaped it yet) will never play: without
+        this, the answer restarted on a final transcript that corrected it would not start."""
+        cur = self.current
+        return (cur is None or cur.stop_reason == "discarded") and not self.queue
 
     def start(self) -> None:
         self._core.core_tasks.add(self._core.spawn(self._loop(), "speech"))

@@ -207,6 +207,10 @@ def test_preemptive_answer_is_discarded_when_the_final_transcript_differs() -> N
         assert [r["messages"][-1]["content"] for r in h.llm.requests] == [
             "Do you open on Sunday", "Do you open on Monday?"]
         assert done.agent_text == "Yes, from nine on Mondays."
+        # The corrected words were answered at once, while the end of the turn was still
+        # being decided, not only after it.
+        m = await h.wait_for("turn.metrics")
+        assert m.preemptive and m.turn_id == turn.turn_id
         # Whatever the first answer synthesised, none of it reached the caller or the context.
         heard = [e.text for e in h.of("agent.speech_started")]
         assert heard == ["Yes, from nine on Mondays."]
