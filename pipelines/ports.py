@@ -30,6 +30,19 @@ class STTStreamLike(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class PauseFinalizingStream(Protocol):
+    """An STT stream whose `flush` is one cheap round trip to a streaming recogniser (Deepgram's
+    `Finalize`), which goes on recognising what follows as the same stream. The engine then asks
+    for the final at a short pause, before the VAD's stop, so that the words are in when the end
+    of the turn is decided. Batch engines (Whisper, a transcription API) transcribe what they
+    hold at each flush: splitting utterances at every pause would cost them accuracy and CPU,
+    so they do not say this."""
+
+    @property
+    def finalizes_at_pauses(self) -> bool: ...
+
+
 class STTLike(Protocol):
     async def open(self, sample_rate: int, language: str) -> STTStreamLike: ...
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from pipelines.audio.inbox import AudioFormat
 from pipelines.engine.caller_audio import ENGINE_FORMAT, open_stt, stt_format
-from pipelines.ports import FormatChoosingSTT
+from pipelines.ports import FormatChoosingSTT, PauseFinalizingStream
 from providers.base import (
     Kind,
     ProviderError,
@@ -196,6 +196,12 @@ class RecoveringSTTStream(STTStream):
     @property
     def provider_name(self) -> str:
         return _name(self._order[self._index]) if self._index >= 0 else ""
+
+    @property
+    def finalizes_at_pauses(self) -> bool:
+        """As the provider now in use (a failover may move to a batch engine)."""
+        inner = self._inner
+        return isinstance(inner, PauseFinalizingStream) and inner.finalizes_at_pauses
 
     # -- opening, reopening, switching --------------------------------------------------------
 

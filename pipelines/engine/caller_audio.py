@@ -30,7 +30,13 @@ from pipelines.audio.resample import StreamResampler
 from pipelines.audio.ringbuffer import RingBuffer
 from pipelines.engine.core import EngineCore
 from pipelines.outcomes import ErrorStage
-from pipelines.ports import FormatChoosingSTT, STTLike, STTStreamLike, TranscriptLike
+from pipelines.ports import (
+    FormatChoosingSTT,
+    PauseFinalizingStream,
+    STTLike,
+    STTStreamLike,
+    TranscriptLike,
+)
 from pipelines.vad.base import VadEvent, VadStream
 
 log = logging.getLogger("pipelines.conversation")
@@ -145,6 +151,11 @@ class CallerAudio:
         if not isinstance(frame, CallerFrame):
             frame = CallerFrame(as_int16(frame), SAMPLE_RATE)
         self.inbox.put(frame)
+
+    @property
+    def stt_finalizes_at_pauses(self) -> bool:
+        stream = self.stt_stream
+        return isinstance(stream, PauseFinalizingStream) and stream.finalizes_at_pauses
 
     def flush_stt(self) -> None:
         """Ask the STT for a final transcript of everything pushed so far."""

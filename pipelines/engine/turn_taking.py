@@ -2,10 +2,11 @@
 turn (answered), or nothing (noise, a backchannel: the agent carries on).
 
 VAD stop → the end-of-turn decider runs (cancelled if speech resumes) while the STT is asked for
-its final transcript; neither waits for the other. An empty turn goes back to listening,
-anything else is committed (`user.turn_completed`) and answered. Before committing, an onset
-guard gives a caller who already sounds like talking again the VAD's start time to say so.
-Keypad digits become turns of their own after a short gap.
+its final transcript; neither waits for the other. A streaming STT is asked earlier, at the VAD's
+pause (halfway to the stop), so its final is usually in before the decision. An empty turn goes
+back to listening, anything else is committed (`user.turn_completed`) and answered. Before
+committing, an onset guard gives a caller who already sounds like talking again the VAD's start
+time to say so. Keypad digits become turns of their own after a short gap.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class TurnTaking:
         self.utterance_start_ms = 0.0
         self._turn_start_ms: float | None = None
         self._final_seq_at_stop = 0
+        # The silence (by its start, stream ms) whose pause already asked for the final, and
+        # the final count then.
+        self._pause_flushed_at_ms = -1.0
+        self._final_seq_at_pause = 0
         self.ignore_utterance = False  # the rest of an utterance judged a false interruption
         self.eou_task: asyncio.Task[None] | None = None
         self.flushed_at_stop = False  # the STT was asked to finalise at this VAD stop
@@ -133,6 +138,8 @@ class TurnTaking:
         edge = now - max(0.0, self._core.audio.stream_ms - e.at_ms) / 1000.0
         if e.kind == "start":
             self._on_speech_start(e, edge)
+        elif e.kind == "pause":
+            self._on_pause(e)
         else:
             self._on_speech_stop(e, edge, now)
 
@@ -159,11 +166,25 @@ class TurnTaking:
             return
         core.barge.on_speech_start(edge)
 
+    def _on_pause(self, e: VadEvent) -> None:
+        """Halfway to a stop. A streaming STT is asked for its final now: at the stop the words
+        are in ~`vad.stop_ms / 2` sooner, and the answer started on them (preemptive) with them.
+        If the caller goes on, the final simply holds the words so far."""
+        core = self._core
+        if core.ending or not core.audio.stt_finalizes_at_pauses:
+            return
+        self._final_seq_at_pause = self.words.seq
+        self._pause_flushed_at_ms = e.at_ms
+        core.audio.flush_stt()
+
     def _on_speech_stop(self, e: VadEvent, edge: float, now: float) -> None:
         core = self._core
         self.user_speaking = False
-        self._final_seq_at_stop = self.words.seq
-        self.flushed_at_stop = False
+        # The same silence's pause may have asked for the final already: then that final, not
+        # a later one, is the one to wait for.
+        early = e.at_ms == self._pause_flushed_at_ms
+        self._final_seq_at_stop = self._final_seq_at_pause if early else self.words.seq
+        self.flushed_at_stop = early
         self._last_stop_ms = e.at_ms
         self._speech_end_at = edge
         core.emit(ev.UserSpeechStopped, speech_ms=e.speech_ms, mono=edge)

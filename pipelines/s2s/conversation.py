@@ -401,7 +401,7 @@ class S2SConversation:
             return
         if event.kind == "start":
             await self._caller_started(event)
-        else:
+        elif event.kind == "stop":
             self._caller_stopped(event)
 
     def _vad_failed(self, exc: BaseException) -> None:

@@ -13,11 +13,13 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class VadEvent:
-    kind: Literal["start", "stop"]
+    # "pause": the caller went quiet halfway to a stop (the segment stays open; a "stop" with
+    # the same `at_ms` follows if the silence lasts).
+    kind: Literal["start", "stop", "pause"]
     # Stream time (ms since the first frame) at which speech really started/stopped, i.e.
     # backdated by the start/stop hysteresis, so latency can be measured from the true edge.
     at_ms: float
-    # For "stop": how long the speech lasted.
+    # For "stop" and "pause": how long the speech lasted.
     speech_ms: float = 0.0
 
 

@@ -6,6 +6,11 @@ open a segment, `stop_ms` of uninterrupted non-speech close it. Events carry the
 edge (first speech window / first silent window), not the time the hysteresis was satisfied, so
 the conversation can measure latency from what the caller actually did.
 
+Halfway to a stop, a "pause" event says the caller has gone quiet (once per silent run, with the
+same edge time the stop will carry if the silence lasts). It opens nothing and closes nothing;
+the engine uses it to ask a streaming STT for its final early, so that the words are in by the
+time the stop's end-of-turn decision wants them.
+
 Time is counted in samples, so window boundaries and thresholds compare exactly.
 """
 
@@ -34,6 +39,7 @@ class SpeechSegmenter:
         self.speaking = False
         self._run_start: int | None = None  # first sample of the current candidate edge run
         self._speech_start = 0  # first sample of the current (open) segment
+        self._paused = False  # this silent run has had its "pause" event
 
     def _ms(self, samples: int) -> float:
         return samples * 1000.0 / self.sample_rate
@@ -58,9 +64,15 @@ class SpeechSegmenter:
             return None
         if self._run_start is None:
             self._run_start = window_start
-        if window_end - self._run_start >= self._stop_samples:
+            self._paused = False
+        silent = window_end - self._run_start
+        if silent >= self._stop_samples:
             self.speaking = False
             stop = self._run_start
             self._run_start = None
             return VadEvent("stop", self._ms(stop), speech_ms=self._ms(stop - self._speech_start))
+        if not self._paused and silent * 2 >= self._stop_samples:
+            self._paused = True
+            return VadEvent("pause", self._ms(self._run_start),
+                            speech_ms=self._ms(self._run_start - self._speech_start))
         return None

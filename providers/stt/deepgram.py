@@ -141,6 +141,8 @@ class DeepgramSTT(STTProvider):
 
 
 class _DeepgramStream(STTStream):
+    finalizes_at_pauses = True  # pipelines.ports.PauseFinalizingStream: Finalize is cheap
+
     def __init__(self, provider: DeepgramSTT, fmt: AudioFormat, language: str, key: str) -> None:
         self._p = provider
         self._cfg = provider.config

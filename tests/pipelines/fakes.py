@@ -140,8 +140,11 @@ class FakeSTT:
 
     def __init__(self, utterances: list[str], *, streaming: bool = True, word_ms: int = 150,
                  latency_ms: int = 40, endpoint_ms: int | None = None,
-                 fail_streams: int = 0, corrections: dict[str, str] | None = None) -> None:
+                 fail_streams: int = 0, corrections: dict[str, str] | None = None,
+                 finalizes_at_pauses: bool = False) -> None:
         self.utterances = deque(utterances)
+        # Say so (pipelines.ports.PauseFinalizingStream), as Deepgram's streams do.
+        self.finalizes_at_pauses = finalizes_at_pauses
         # final text that differs from what the interims showed (an STT revising its guess)
         self.corrections = corrections or {}
         self.fail_streams = fail_streams  # this many streams break (events() raises) at once
@@ -176,6 +179,10 @@ class FakeSTTStream:
         self.frames = 0
         self.flushes = 0
         self.closed = False
+
+    @property
+    def finalizes_at_pauses(self) -> bool:
+        return self._stt.finalizes_at_pauses
 
     async def push(self, frame: np.ndarray) -> None:
         self.frames += 1

@@ -5,15 +5,26 @@ from __future__ import annotations
 from pipelines.vad.segmenter import SpeechSegmenter
 
 
-def run(pattern: str, start_ms: float = 60, stop_ms: float = 60) -> list[tuple[str, float, float]]:
+def run(pattern: str, start_ms: float = 60, stop_ms: float = 60,
+        pauses: bool = False) -> list[tuple[str, float, float]]:
     """pattern: one char per 20 ms window, 'x' speech, '.' silence."""
     seg = SpeechSegmenter(start_ms, stop_ms)
     out = []
     for i, c in enumerate(pattern):
         ev = seg.update(c == "x", i * 320, 320)
-        if ev is not None:
+        if ev is not None and (pauses or ev.kind != "pause"):
             out.append((ev.kind, ev.at_ms, ev.speech_ms))
     return out
+
+
+def test_a_pause_is_reported_halfway_to_the_stop_once_per_silent_run() -> None:
+    # stop_ms 80: a pause after 40 ms of silence, with the edge the stop will carry.
+    assert run("xxxx..x..xxx....", stop_ms=80, pauses=True) == [
+        ("start", 0.0, 0.0), ("pause", 80.0, 80.0), ("pause", 140.0, 140.0),
+        ("pause", 240.0, 240.0), ("stop", 240.0, 240.0)]
+    # A silent run shorter than half the stop says nothing; none before the speech starts.
+    assert run("...xxxx.xxx.....", stop_ms=80, pauses=True) == [
+        ("start", 60.0, 0.0), ("pause", 220.0, 160.0), ("stop", 220.0, 160.0)]
 
 
 def test_edges_are_backdated_and_need_the_full_run() -> None:

@@ -44,6 +44,11 @@ async def run_stream(
     return events, probs
 
 
+def edges(events: list[tuple[VadEvent, float]]) -> list[tuple[VadEvent, float]]:
+    """Starts and stops (pauses go between them)."""
+    return [(e, t) for e, t in events if e.kind != "pause"]
+
+
 def test_model_io_is_what_the_stream_feeds(silero: SileroModel) -> None:
     inputs = {i.name: i for i in silero._session.get_inputs()}
     outputs = [o.name for o in silero._session.get_outputs()]
@@ -125,7 +130,7 @@ async def test_batched_streams_decide_exactly_like_streams_alone(
             (e.kind, e.at_ms, t) for e, t in alone_events
         ]
         np.testing.assert_allclose(probs[k], alone_probs, atol=1e-5)
-        assert [e.kind for e, _ in alone_events] == ["start", "stop"]
+        assert [e.kind for e, _ in edges(alone_events)] == ["start", "stop"]
 
 
 async def test_edges_are_backdated_to_the_true_speech_bounds(silero: SileroModel) -> None:
@@ -134,9 +139,13 @@ async def test_edges_are_backdated_to_the_true_speech_bounds(silero: SileroModel
     audio = with_silence(speech, lead_ms=600, trail_ms=1200)
     true_start, true_end = speech_bounds_ms(audio)
     events, _ = await run_stream(SileroVadStream(silero, settings), audio)
-    kinds = [e.kind for e, _ in events]
+    kinds = [e.kind for e, _ in edges(events)]
     assert kinds == ["start", "stop"], events
-    (start, start_emitted), (stop, stop_emitted) = events
+    (start, start_emitted), (stop, stop_emitted) = edges(events)
+    # Halfway to the stop, a pause with the stop's edge.
+    pause, pause_emitted = events[-2]
+    assert pause.kind == "pause" and pause.at_ms == stop.at_ms
+    assert pause_emitted < stop_emitted
     # Edges land within about one 32 ms window (+ the model's reaction) of the real ones.
     assert abs(start.at_ms - true_start) <= 100
     assert abs(stop.at_ms - true_end) <= 150
@@ -218,7 +227,7 @@ async def test_reset_forgets_speech_but_keeps_the_clock(silero: SileroModel) -> 
     stream.reset()
     assert not stream.speaking and stream.probability == 0.0
     events, _ = await run_stream(stream, with_silence(speech, lead_ms=500, trail_ms=600))
-    assert [e.kind for e, _ in events] == ["start", "stop"]
+    assert [e.kind for e, _ in edges(events)] == ["start", "stop"]
     assert events[0][0].at_ms > fed_ms + 400  # times continue from before the reset
 
 

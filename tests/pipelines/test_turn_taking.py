@@ -164,6 +164,47 @@ def test_stt_is_finalised_at_the_vad_stop_while_the_model_runs() -> None:
     run_virtual(scenario())
 
 
+def test_a_streaming_stt_is_finalised_at_the_pause_before_the_vad_stop() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings()
+        stt = FakeSTT(["Do you deliver?"], latency_ms=150, finalizes_at_pauses=True)
+        h = await start_call(s, stt=stt, llm_scripts=[["We do."]], eot_script=[[0.9]])
+        await h.caller.speak(1000)
+        stopped = await h.wait_for("user.speech_stopped")
+        turn = await h.wait_for("user.turn_completed")
+        final = next(t for t in h.of("user.transcription") if t.is_final)
+        # Asked once, at the pause (half of stop_ms into the silence), not again at the stop:
+        # the words came back 150 ms later, well before the VAD's stop plus 150 ms.
+        assert stt.flushes == 1
+        half = s.vad.stop_ms / 2
+        assert (final.mono - h.caller.speech_ended_at) * 1000 <= half + 150 + 40
+        # (stopped.mono is the end of speech; the stop itself came stop_ms later.)
+        assert (final.mono - stopped.mono) * 1000 < s.vad.stop_ms + 150
+        # The answer was started on them before the turn ended.
+        m = await h.wait_for("turn.metrics")
+        assert m.preemptive and m.turn_id == turn.turn_id
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_a_pause_that_goes_on_keeps_its_words_for_the_turn() -> None:
+    async def scenario() -> None:
+        stt = FakeSTT(["I would like", "a table for two"], finalizes_at_pauses=True)
+        h = await start_call(stt=stt, llm_scripts=[["For two, done."]],
+                             eot_script=[[0.9]])
+        await h.caller.speak(800)
+        await h.caller.pause(140)  # past the pause (100 ms), short of the stop (200 ms)
+        await h.caller.speak(900)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "I would like a table for two"
+        assert stt.flushes == 2  # one per pause; the stop reused the second
+        assert len(h.of("user.turn_completed")) == 1
+        await h.close()
+
+    run_virtual(scenario())
+
+
 def test_preemptive_answer_plays_once_the_turn_ends() -> None:
     async def scenario() -> None:
         h = await start_call(utterances=["What time do you open?"],
