@@ -173,7 +173,8 @@ def turn_metrics(turn: TurnTiming, out: SpeechOutput | None) -> dict[str, Any]:
     base = turn.speech_end_at
     tts_ttfb = _ms(out.tts_request_at, out.tts_first_chunk_at) if out else None
     first_audio = _ms(base, out.first_audio_at) if out else None
-    stt_wait = _ms(turn.eou_at, turn.final_at)
+    # How long the end of the turn waited for the final (0 when it was in before).
+    stt_wait = _ms(turn.eou_at, max(turn.eou_at, turn.final_at))
     llm_wait = _ms(turn.llm_request_at, turn.first_sentence_at)
     server_added = None
     if turn.preemptive:

@@ -66,6 +66,7 @@ class TurnTaking:
         # the final count then.
         self._pause_flushed_at_ms = -1.0
         self._final_seq_at_pause = 0
+        self._final_arrived_at = 0.0  # loop time of the last final transcript
         self.ignore_utterance = False  # the rest of an utterance judged a false interruption
         self.eou_task: asyncio.Task[None] | None = None
         self.flushed_at_stop = False  # the STT was asked to finalise at this VAD stop
@@ -123,6 +124,8 @@ class TurnTaking:
     # -- transcripts --------------------------------------------------------------------------
     def on_transcript(self, text: str, is_final: bool) -> None:
         core = self._core
+        if is_final:
+            self._final_arrived_at = core.now()
         if not core.ending:
             self.words.add(text, is_final)
         if core.barge.active:
@@ -244,7 +247,11 @@ class TurnTaking:
             decision = await self._decide(silence_ms)
             eou_at = core.now()
             text = self.words.text()
-        final_at = core.now()
+        # When the words were final: the final's arrival (often before the decision), or now
+        # when the engine stopped waiting for one and goes on with the interim.
+        final_at = (self._final_arrived_at
+                    if self.words.seq > self._final_seq_at_stop and not self.words.interim
+                    else core.now())
         if self.suspended:
             return
         if not text and core.audio.stt_errors > self._stt_errors_at_turn:
