@@ -74,11 +74,11 @@ def demo_agent_config() -> dict[str, Any]:
                 "max_sentences": 2, "stop": ["\n"], "temperature": 0.0,
                 "repeat_penalty": 1.0},
         "tts": {"provider": "piper"},
-        # The first answer of a call waits for the LLM to have read the prompt (~300 tokens,
-        # read while the greeting plays). A slow CPU reads ~25 tokens/s on one thread (~80 on
-        # a common one): ~12 s, so that answer can come ~10 s after the question. Apologising
-        # at the default 6 s would throw that work away and make the caller ask again.
-        "response_timeout_s": 15.0,
+        # An answer from a worker that has not read the prompt yet (the call's first, or the
+        # first after a worker was replaced) waits for it: ~300 tokens, ~12 s on a slow CPU
+        # (~25 tokens/s on one thread; ~4 s at the ~80 of a common one). Apologising at the
+        # default 6 s would throw that work away and make the caller ask again.
+        "response_timeout_s": 20.0,
         "metadata": {"demo": True},
     }
 
