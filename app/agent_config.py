@@ -62,7 +62,8 @@ class STTBlock(ProviderBlock):
     # Reopenings of a provider whose stream broke, before its fallback takes over.
     reconnect_attempts: int = Field(3, ge=0, le=10)
     # Wall-clock cap on one episode of reopenings: past it the fallback takes over (or the
-    # error surfaces) instead of the caller talking into a void.
+    # error surfaces) instead of the caller talking into a void. Once the caller waits for a
+    # final, a provider with a fallback gets only its `timeout_s` from then.
     reconnect_budget_s: float = Field(3.0, gt=0, le=60)
     # Most audio of the current utterance kept to replay into a new stream.
     replay_max_s: float = Field(30.0, ge=1.0, le=120.0)

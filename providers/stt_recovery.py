@@ -10,6 +10,9 @@ chain of one) and is the only place a call's not-yet-recognised audio is held:
   `reconnect_attempts` times within `reconnect_budget_s` of the loss; each new stream gets the
   buffered audio again, then a pending flush. When the attempts or the budget run out, the next
   provider of the chain takes over the same way (cooled down, reported through `on_switch`).
+  Once the caller waits for a final (a flush is pending), a provider with a fallback is given
+  only its `timeout_s` from that flush: the caller's wait is bounded as if the final were late.
+  Reopenings run in a task of their own: a push or flush never waits for one.
   A provider that is *slow* rather than broken — no final within its `timeout_s` of a flush, or
   a stream failing with a `timeout` — is not reopened: that would spend the caller's wait on it
   again; the next provider takes over at once.
@@ -184,11 +187,15 @@ class RecoveringSTTStream(STTStream):
         self._out: TranscriptQueue = asyncio.Queue()
         self._replay = ReplayBuffer(int(self._policy.replay_max_s * fmt.sample_rate))
         self._awaiting_final = False
+        self._flushed_at: float | None = None  # loop time of the pending flush
         self._recovering = asyncio.Lock()
+        self._reopening: asyncio.Timeout | None = None  # the reopening episode's deadline
         self._error: BaseException | None = None
         self._closed = False
         # Broken streams being closed in the background (see `_retire`).
         self._retiring: set[asyncio.Task[None]] = set()
+        # Recoveries under way (see `_recover_soon`).
+        self._recoveries: set[asyncio.Task[None]] = set()
         # The current reopening episode: when the stream was lost, attempts made since.
         self._lost_at: float | None = None
         self._attempts = 0
@@ -277,57 +284,85 @@ class RecoveringSTTStream(STTStream):
         attempts and budget. None when a new stream is in place, else the last error.
 
         One episode spans reopenings until a new stream proves itself with a transcript: a
-        vendor that accepts the connection and drops it again at once uses up the episode."""
+        vendor that accepts the connection and drops it again at once uses up the episode.
+        While the caller waits for a final (a flush is pending) and a fallback exists, the
+        episode also ends at the provider's `timeout_s` from that flush (see `_hurry`)."""
         policy = self._policy
-        now = time.monotonic()
         if self._lost_at is None:
-            self._lost_at, self._attempts = now, 0
+            self._lost_at, self._attempts = time.monotonic(), 0
         link = self._order[self._index]
-        reason: BaseException | None = None  # why the last reopening failed
-        while self._attempts < policy.reconnect_attempts:
-            left = policy.reconnect_budget_s - (time.monotonic() - self._lost_at)
-            if left <= 0:
-                break
-            self._attempts += 1
-            await asyncio.sleep(min(left / 2, policy.backoff(self._attempts)))
-            if self._closed:
-                return None
-            left = policy.reconnect_budget_s - (time.monotonic() - self._lost_at)
-            try:
-                inner = await self._attach(self._index, max(0.05, left))
-            except Exception as exc:
-                log.info("stt provider %s: reopening failed (attempt %d): %s", _name(link),
-                         self._attempts, exc)
-                # A handshake cut short by the budget says less than the refusal before it.
-                if not (_slow(exc) and reason is not None):
-                    error = reason = exc
-                if _fatal(exc):
-                    break
-                continue
-            if self._closed:
-                await _aclose_quietly(inner)
-                return None
-            log.info("stt provider %s: stream reopened (attempt %d), replayed %.2fs of audio",
-                     _name(link), self._attempts,
-                     self._replay.samples / self._format.sample_rate)
-            self._use(self._index, inner)
-            return None
+        loop = asyncio.get_running_loop()
+        budget_end = loop.time() + policy.reconnect_budget_s - (time.monotonic() - self._lost_at)
+        try:
+            async with asyncio.timeout_at(budget_end) as self._reopening:
+                self._hurry()
+                while self._attempts < policy.reconnect_attempts:
+                    self._attempts += 1
+                    left = (self._reopening.when() or budget_end) - loop.time()
+                    await asyncio.sleep(min(left / 2, policy.backoff(self._attempts)))
+                    if self._closed:
+                        return None
+                    try:
+                        inner = await self._attach(self._index, None)
+                    except Exception as exc:
+                        log.info("stt provider %s: reopening failed (attempt %d): %s",
+                                 _name(link), self._attempts, exc)
+                        error = exc
+                        if _fatal(exc):
+                            break
+                        continue
+                    if self._closed:
+                        await _aclose_quietly(inner)
+                        return None
+                    log.info("stt provider %s: stream reopened (attempt %d), replayed %.2fs of "
+                             "audio", _name(link), self._attempts,
+                             self._replay.samples / self._format.sample_rate)
+                    self._use(self._index, inner)
+                    return None
+        except TimeoutError:
+            pass  # the budget (or the caller's wait) ran out: `error` says why the last failed
+        finally:
+            self._reopening = None
         log.warning("stt provider %s: not reopened (%d attempts within %gs): %s", _name(link),
                     self._attempts, policy.reconnect_budget_s, error)
         return error
 
-    async def _recover(self, inner: STTStream, error: BaseException) -> None:
-        """`inner` broke with `error` (if it is still the current stream): reopen its provider,
-        else move on to the next one, else fail."""
-        async with self._recovering:
-            if self._closed or inner is not self._inner or self._error is not None:
+    def _hurry(self) -> None:
+        """A caller waiting for a final must not wait out the whole reconnect budget on a
+        provider that is being reopened: with a fallback to go to, reopening ends at the
+        provider's `timeout_s` from the flush, as a final that never came would."""
+        timeout = self._reopening
+        link = self._order[self._index]
+        if timeout is None or self._flushed_at is None or self._next_link(self._index) is None:
+            return
+        until = self._flushed_at + link.timeout_s
+        when = timeout.when()
+        if when is None or until < when:
+            timeout.reschedule(until)
+
+    def _recover_soon(self, inner: STTStream, error: BaseException) -> None:
+        """`inner` broke with `error`: if it is still the current stream, it is detached at
+        once (nothing more goes to it; new frames wait in the replay buffer) and `_recover` runs
+        in a task of its own, which `aclose` cancels. A push or flush does not wait out a
+        reopening (a flush during it shortens it, see `_hurry`)."""
+        if self._closed or inner is not self._inner or self._error is not None:
+            return
+        self._inner = None
+        self._disarm_watchdog()
+        pump, self._pump = self._pump, None
+        if pump is not None and pump is not asyncio.current_task():
+            pump.cancel()
+        self._retire(inner)
+        task = asyncio.create_task(self._recover(error), name="stt-recovery")
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
+
+    async def _recover(self, error: BaseException) -> None:
+        """After a break: reopen the current provider, else move on to the next one, else
+        fail."""
+        async with self._recovering:  # one at a time: a reopened stream may break again
+            if self._closed:
                 return
-            self._inner = None
-            self._disarm_watchdog()
-            pump, self._pump = self._pump, None
-            if pump is not None and pump is not asyncio.current_task():
-                pump.cancel()
-            self._retire(inner)
             if _fatal(error):
                 self._fail(error)
                 return
@@ -367,12 +402,12 @@ class RecoveringSTTStream(STTStream):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self._recover(inner, exc)
+            self._recover_soon(inner, exc)
             return
         if not self._closed and inner is self._inner:
             name = _name(self._order[self._index])
-            await self._recover(inner, ProviderError(name, "transcript stream ended "
-                                                     "unexpectedly", code="closed"))
+            self._recover_soon(inner, ProviderError(name, "transcript stream ended "
+                                                    "unexpectedly", code="closed"))
 
     def _on_transcript(self, t: Transcript) -> None:
         self._lost_at, self._attempts = None, 0  # the stream works: the episode is over
@@ -380,7 +415,7 @@ class RecoveringSTTStream(STTStream):
             t = dataclasses.replace(t, start_ms=t.start_ms + self._origin_ms,
                                     end_ms=t.end_ms + self._origin_ms)
         if t.is_final and self._awaiting_final:
-            self._awaiting_final = False
+            self._awaiting_final, self._flushed_at = False, None
             self._replay.finalised()
             self._disarm_watchdog()
         elif t.is_final and t.end_ms > t.start_ms:
@@ -405,7 +440,7 @@ class RecoveringSTTStream(STTStream):
         await asyncio.sleep(link.timeout_s)
         if self._awaiting_final and inner is self._inner:
             self._watchdog = None
-            await self._recover(inner, _timeout_error(link, "final transcript"))
+            self._recover_soon(inner, _timeout_error(link, "final transcript"))
 
     # -- STTStream ------------------------------------------------------------------------------
 
@@ -421,24 +456,23 @@ class RecoveringSTTStream(STTStream):
         try:
             await inner.push(frame)
         except Exception as exc:
-            await self._recover(inner, exc)
-            if self._error is not None:
-                raise self._error from None
+            self._recover_soon(inner, exc)
 
     async def flush(self) -> None:
         if self._error is not None:
             raise self._error
         self._replay.flushed()
+        if not self._awaiting_final:
+            self._flushed_at = asyncio.get_running_loop().time()
         self._awaiting_final = True
         inner = self._inner
-        if inner is None:
+        if inner is None:  # being reopened: the caller now waits on it
+            self._hurry()
             return
         try:
             await inner.flush()
         except Exception as exc:
-            await self._recover(inner, exc)
-            if self._error is not None:
-                raise self._error from None
+            self._recover_soon(inner, exc)
             return
         self._arm_watchdog()
 
@@ -451,10 +485,10 @@ class RecoveringSTTStream(STTStream):
         self._closed = True
         self._disarm_watchdog()
         pump, self._pump = self._pump, None
-        if pump is not None:
-            pump.cancel()
+        for task in [*self._recoveries, *([pump] if pump is not None else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+                await task
         inner, self._inner = self._inner, None
         if inner is not None:
             await _aclose_quietly(inner)

@@ -447,6 +447,7 @@ async def test_stt_last_provider_failing_surfaces_on_events_and_push(cooldowns) 
     with pytest.raises(ProviderError, match="b: websocket closed"):
         for _ in range(10):
             await stream.push(FRAME)
+            await asyncio.sleep(0.05)  # a push does not wait for the recovery it starts
     with pytest.raises(ProviderError):
         await next_final(events)
     await stream.aclose()

@@ -128,6 +128,47 @@ async def test_the_budget_bounds_the_reopenings() -> None:
     await s.aclose()
 
 
+class HangingReopen(Vendor):
+    """Its first stream breaks at frame 2; every reopening hangs in the handshake."""
+
+    async def open(self, sample_rate: int, language: str) -> Stream:
+        if self.streams:
+            await asyncio.Event().wait()
+        return await super().open(sample_rate, language)
+
+
+async def test_a_caller_waiting_for_a_final_ends_the_reopening_at_the_providers_timeout() -> None:
+    """The budget allows a minute of reopening, but once the caller waits for their words the
+    primary gets only its `timeout_s` from the flush: then the spare transcribes the replay."""
+    primary, spare = HangingReopen("primary", [2]), Vendor("spare", [])
+    switches: list[tuple[str, str]] = []
+    policy = STTRecovery(reconnect_attempts=10, reconnect_budget_s=60.0)
+    stt = RecoveringSTT([(primary, 0.2), (spare, 0.2)], recovery=policy, cooldowns=Cooldowns(),
+                        on_switch=lambda kind, frm, to, error: switches.append((frm, to)))
+    s = await stt.open(16000, "en")
+    events = s.events()
+    for _ in range(4):
+        await s.push(FRAME)  # the second push breaks the stream: a reopening starts
+    await s.flush()
+    assert (await final(events)).text == f"samples={4 * 320}"  # well before the minute
+    assert switches == [("primary", "spare")]
+    await s.aclose()
+
+
+async def test_without_a_fallback_the_reopening_keeps_its_whole_budget() -> None:
+    lone = HangingReopen("lone", [2])
+    policy = STTRecovery(reconnect_attempts=10, reconnect_budget_s=60.0)
+    s = await RecoveringSTT([(lone, 0.2)], recovery=policy, cooldowns=Cooldowns()).open(
+        16000, "en")
+    for _ in range(4):
+        await s.push(FRAME)
+    await s.flush()
+    await asyncio.sleep(0.5)  # past the provider's timeout: still reopening, no error
+    await s.push(FRAME)
+    assert len(lone.streams) == 1
+    await s.aclose()
+
+
 async def test_a_lone_provider_surfaces_the_error_when_reopening_fails() -> None:
     lone = Vendor("lone", [2, 1, 1])
     s = await chain(lone, recovery=STTRecovery(reconnect_attempts=2)).open(16000, "en")
