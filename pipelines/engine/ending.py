@@ -36,8 +36,7 @@ class Ending:
         core.ending = True
         core.fire(Trigger.END)
         core.liveness.cancel_idle()
-        core.cancel(core.turns.eou_task)
-        core.cancel(core.turns.dtmf_task)
+        core.turns.cancel_tasks()
         core.barge.end_current(False)
 
     def hangup(self, reason: str, *, goodbye: str | None = None, interrupt: bool = False) -> None:

@@ -38,9 +38,13 @@ ONSET_GUARD_SLACK_MS = 150
 class EndOfTurnDecider(Protocol):
     """pipelines.turn.endpointing.EndpointingPolicy, or a scripted stand-in in tests."""
 
+    def early_check(self, get_audio: Callable[[], np.ndarray]) -> asyncio.Task[float] | None:
+        ...
+
     async def decide(
         self, get_audio: Callable[[], np.ndarray], silence_ms_at_start: float = 0,
         get_text: Callable[[], str] = ..., scale: Callable[[float], float] | None = None,
+        early: asyncio.Future[float] | None = None,
     ) -> EndOfTurnDecision: ...
 
 
@@ -67,6 +71,10 @@ class TurnTaking:
         self._pause_flushed_at_ms = -1.0
         self._final_seq_at_pause = 0
         self._final_arrived_at = 0.0  # loop time of the last final transcript
+        # The end-of-turn model's first check, started at the pause of the silence (by its
+        # start, stream ms) that `_early_at_ms` names.
+        self._early: asyncio.Task[float] | None = None
+        self._early_at_ms = -1.0
         self.ignore_utterance = False  # the rest of an utterance judged a false interruption
         self.eou_task: asyncio.Task[None] | None = None
         self.flushed_at_stop = False  # the STT was asked to finalise at this VAD stop
@@ -159,6 +167,7 @@ class TurnTaking:
                 self.adaptive.resumed_after(e.at_ms - self._last_stop_ms,
                                             self._settings.turn.max_wait_ms)
         core.preemption.discard()
+        self._drop_early_check()
         core.liveness.cancel_idle()
         if self._turn_start_ms is None:
             self._turn_start_ms = e.at_ms
@@ -172,13 +181,42 @@ class TurnTaking:
     def _on_pause(self, e: VadEvent) -> None:
         """Halfway to a stop. A streaming STT is asked for its final now: at the stop the words
         are in ~`vad.stop_ms / 2` sooner, and the answer started on them (preemptive) with them.
-        If the caller goes on, the final simply holds the words so far."""
+        If the caller goes on, the final simply holds the words so far. The end-of-turn
+        model's first check starts now too, for the same reason (dropped if the caller goes
+        on); not in a barge-in, whose stop is judged by the barge-in first."""
         core = self._core
-        if core.ending or not core.audio.stt_finalizes_at_pauses:
+        if core.ending or self.suspended:
+            return
+        if self._endpointing is not None and not core.barge.active \
+                and not self.ignore_utterance:
+            self._drop_early_check()
+            self._early = self._endpointing.early_check(
+                lambda: core.audio.turn_audio(self._turn_start_ms))
+            self._early_at_ms = e.at_ms
+        if not core.audio.stt_finalizes_at_pauses:
             return
         self._final_seq_at_pause = self.words.seq
         self._pause_flushed_at_ms = e.at_ms
         core.audio.flush_stt()
+
+    def cancel_tasks(self) -> None:
+        """The call is ending: no decision, no early check, no digits turn."""
+        self._core.cancel(self.eou_task)
+        self._core.cancel(self.dtmf_task)
+        self._drop_early_check()
+
+    def _drop_early_check(self) -> None:
+        if self._early is not None:
+            self._early.cancel()
+            self._early = None
+
+    def _take_early_check(self, stop_ms: float) -> asyncio.Task[float] | None:
+        """The first check started at this silence's pause, if any."""
+        early, self._early = self._early, None
+        if early is not None and self._early_at_ms != stop_ms:
+            early.cancel()
+            return None
+        return early
 
     def _on_speech_stop(self, e: VadEvent, edge: float, now: float) -> None:
         core = self._core
@@ -211,21 +249,29 @@ class TurnTaking:
             core.audio.flush_stt()
             self.flushed_at_stop = True
         silence_ms = max(0.0, core.audio.stream_ms - e.at_ms)
-        self.eou_task = core.spawn(self._end_of_turn(edge, silence_ms), "end-of-turn")
+        self.eou_task = core.spawn(
+            self._end_of_turn(edge, silence_ms, self._take_early_check(e.at_ms)), "end-of-turn")
         core.preemption.maybe_start(edge)
 
     # -- end of turn --------------------------------------------------------------------------
-    async def _decide(self, silence_ms: float) -> EndOfTurnDecision:
+    async def _decide(self, silence_ms: float,
+                      early: asyncio.Task[float] | None = None) -> EndOfTurnDecision:
         if self._endpointing is None:
             return EndOfTurnDecision("vad", None, 0.0)
         core = self._core
-        return await self._endpointing.decide(
-            lambda: core.audio.turn_audio(self._turn_start_ms), silence_ms,
-            self.words.text, self.adaptive.budget if self.adaptive is not None else None)
+        try:
+            return await self._endpointing.decide(
+                lambda: core.audio.turn_audio(self._turn_start_ms), silence_ms,
+                self.words.text, self.adaptive.budget if self.adaptive is not None else None,
+                early)
+        finally:
+            if early is not None:
+                early.cancel()  # a decision made without it (the VAD's, a timeout)
 
-    async def _end_of_turn(self, speech_end_at: float, silence_ms: float) -> None:
+    async def _end_of_turn(self, speech_end_at: float, silence_ms: float,
+                           early: asyncio.Task[float] | None = None) -> None:
         core = self._core
-        decision = await self._decide(silence_ms)
+        decision = await self._decide(silence_ms, early)
         eou_at = core.now()
         if not await core.barge.is_turn():
             return

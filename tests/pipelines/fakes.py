@@ -267,21 +267,35 @@ class ScriptedEndpointing:
     one probability per model check (the last repeats). The model takes `model_ms` per check."""
 
     def __init__(self, settings: TurnSettings, script: list[list[float]] | None = None,
-                 model_ms: int = 60) -> None:
+                 model_ms: int = 60, early: bool = False) -> None:
         self.settings = settings
         self.script = deque(script or [])
         self.model_ms = model_ms
+        self.early = early  # run the first check at the VAD's pause, as the real policy does
+        self.early_checks = 0
         self.calls = 0
         self.cancelled = 0
         self.audio_ms: list[float] = []
         self.texts: list[str] = []
 
+    def early_check(self, get_audio: Callable[[], np.ndarray]) -> asyncio.Task[float] | None:
+        """The next decide()'s first probability, computed now (opt-in: `early`)."""
+        if not self.early:
+            return None
+        self.early_checks += 1
+        probs = self.script[0] if self.script else [0.9]
+        return asyncio.ensure_future(_ScriptedModel(self, probs[:1]).predict(get_audio()))
+
     async def decide(self, get_audio: Callable[[], np.ndarray],
                      silence_ms_at_start: float = 0, get_text: Callable[[], str] = lambda: "",
-                     scale: Callable[[float], float] | None = None) -> EndOfTurnDecision:
+                     scale: Callable[[float], float] | None = None,
+                     early: asyncio.Future[float] | None = None) -> EndOfTurnDecision:
         self.calls += 1
         probs = self.script.popleft() if self.script else [0.9]
-        policy = EndpointingPolicy(_ScriptedModel(self, probs), self.settings)
+        model = _ScriptedModel(self, probs)
+        if early is not None:
+            model.k = 1  # its first probability was the early check's
+        policy = EndpointingPolicy(model, self.settings)
 
         def text() -> str:
             t = get_text()
@@ -289,7 +303,7 @@ class ScriptedEndpointing:
             return t
 
         try:
-            return await policy.decide(get_audio, silence_ms_at_start, text, scale)
+            return await policy.decide(get_audio, silence_ms_at_start, text, scale, early)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise

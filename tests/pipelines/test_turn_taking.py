@@ -205,6 +205,47 @@ def test_a_pause_that_goes_on_keeps_its_words_for_the_turn() -> None:
     run_virtual(scenario())
 
 
+def test_the_end_of_turn_model_starts_at_the_pause_and_the_stop_uses_its_answer() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings()
+        h = await start_call(s, utterances=["Do you deliver?"], llm_scripts=[["We do."]],
+                             eot_script=[[0.9]])
+        h.endpointing.early = True
+        h.endpointing.model_ms = 250  # a slow CPU: longer than the rest of the stop's silence
+        await h.caller.speak(1000)
+        stopped = await h.wait_for("user.speech_stopped")
+        turn = await h.wait_for("user.turn_completed")
+        # One check, started at the pause: the turn ended a model run after the pause, not
+        # after the stop.
+        assert (h.endpointing.early_checks, h.endpointing.calls) == (1, 1)
+        assert len(h.endpointing.audio_ms) == 1
+        assert turn.trigger == "model"
+        after_pause = (turn.mono - stopped.mono) * 1000 - s.vad.stop_ms / 2
+        assert after_pause <= 250 + 40
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_an_early_check_is_dropped_when_the_caller_goes_on() -> None:
+    async def scenario() -> None:
+        h = await start_call(utterances=["I would like a table for two"],
+                             llm_scripts=[["For two, done."]], eot_script=[[0.9]])
+        h.endpointing.early = True
+        await h.caller.speak(800)
+        await h.caller.pause(140)  # past the pause (100 ms), short of the stop (200 ms)
+        await h.caller.speak(900)
+        turn = await h.wait_for("user.turn_completed")
+        # Two pauses, two early checks; the first one's audio ended mid-sentence and its
+        # answer was not used: the decision took the second, on the whole utterance.
+        assert h.endpointing.early_checks == 2 and h.endpointing.calls == 1
+        assert h.endpointing.audio_ms[-1] > 800 + 140 + 900 - 100
+        assert turn.text == "I would like a table for two"
+        await h.close()
+
+    run_virtual(scenario())
+
+
 def test_preemptive_answer_plays_once_the_turn_ends() -> None:
     async def scenario() -> None:
         h = await start_call(utterances=["What time do you open?"],
