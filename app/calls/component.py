@@ -14,7 +14,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from app import metrics, model_store
 from app.agent_config import DEFAULT_PROVIDERS
@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 # Embedded providers loaded in the background at start (their first load takes seconds), in
 # the order a call needs them: the greeting's voice first.
 WARM = (("tts", "piper"), ("stt", "whisper"), ("llm", "llama_cpp"))
+
+
+@runtime_checkable
+class Warmable(Protocol):
+    """An embedded provider that can load its model (or start its worker) before any call."""
+
+    async def warm(self) -> None: ...
 
 
 def _fetch_missing(state: AppState) -> None:
@@ -75,9 +82,8 @@ async def _warm(host: CallHost) -> None:
             provider = cls(cls.Config(), ProviderContext(
                 resolve_secret=host.secrets, models_dir=str(host.state.settings.models_dir),
                 shared=host.shared))
-            warm = getattr(provider, "warm", None)
-            if warm is not None:
-                await warm()
+            if isinstance(provider, Warmable):
+                await provider.warm()
         except Exception as exc:  # optional extras may be absent; agent validation says so
             log.warning("could not preload %s provider %s: %s", kind, name, exc)
 
