@@ -185,10 +185,10 @@ class TurnTaking:
         model's first check starts now too, for the same reason (dropped if the caller goes
         on); not in a barge-in, whose stop is judged by the barge-in first."""
         core = self._core
-        if core.ending or self.suspended:
+        if core.ending:
             return
         if self._endpointing is not None and not core.barge.active \
-                and not self.ignore_utterance:
+                and not self.ignore_utterance and not self.suspended:
             self._drop_early_check()
             self._early = self._endpointing.early_check(
                 lambda: core.audio.turn_audio(self._turn_start_ms))
