@@ -1,4 +1,4 @@
-"""Checking a running call's reconfiguration (`_Call.update`) before any of it is applied.
+"""A running call's reconfiguration: checked whole before any of it is applied (`LiveAgent`).
 
 The new tools and LLM block arrive as JSON from outside (the customer WebSocket's
 `agent_session.update`, the control API): they are validated with the same models and the same
@@ -9,7 +9,7 @@ updated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,9 +24,14 @@ from app.agent_config import (
     provider_blocks,
     too_deep,
 )
+from app.calls.call_providers import CallProviders
 from app.db.engine import Database
 from app.db.repos import agents as agents_repo
 from app.merge_patch import apply_merge_patch
+from app.tools.executor import ToolExecutor, ToolSession
+from app.tools.mcp_tools import McpToolbox
+from pipelines import events as ev
+from pipelines.conversation import Conversation
 
 
 def _loc(loc: Sequence[str | int]) -> str:
@@ -114,3 +119,84 @@ async def stored_agent(db: Database, agent_id: str) -> tuple[AgentConfig, int]:
     if version is None:
         raise ValueError(f"agent_id: no agent '{agent_id}'")
     return AgentConfig.model_validate(dict(version.config)), int(version.version)
+
+
+class LiveAgent:
+    """The agent a live call runs now: its config, LLM, TTS and tool executor.
+
+    A cascaded call's `update` (the customer app's `agent_session.update`, the control API) and
+    `handoff` change them from the agent's next answer on. Everything is validated and every
+    new provider built before anything changes, so a refused change leaves the call as it was.
+    """
+
+    def __init__(self, config: AgentConfig, providers: CallProviders,
+                 tool_session: Callable[[AgentConfig], ToolSession],
+                 emit: Callable[[ev.Event], None]) -> None:
+        self.config = config
+        self.providers = providers
+        self._tool_session = tool_session
+        self._emit = emit
+        # The cascaded engine's, once built; the newest after an update (the post-call summary
+        # and the failure clip use them).
+        self.llm: Any = None
+        self.tts: Any = None
+        self.executor: ToolExecutor | None = None
+        # The tools of the agent's MCP servers, listed at call start.
+        self.mcp: McpToolbox | None = None
+
+    def ensure_executor(self, cfg: AgentConfig) -> None:
+        """A tool executor for `cfg`'s tools (and the MCP servers'), unless one runs already."""
+        if (cfg.tools or self.mcp) and self.executor is None:
+            self.executor = ToolExecutor(cfg.tools, self._tool_session(cfg), self._emit)
+
+    @property
+    def tool_specs(self) -> list[Any]:
+        return self.executor.specs if self.executor is not None else []
+
+    def update(self, conv: Conversation, *, system_prompt: str | None,
+               tools: list[Any] | None, llm: dict[str, Any] | None, new_agent: str,
+               tts: dict[str, Any] | None, voice: str | None,
+               turn_taking: dict[str, Any] | None) -> list[str]:
+        """The raw (JSON) fields of a live update checked, then applied; the fields changed."""
+        retuned = retune(self.config, turn_taking) if turn_taking is not None else None
+        changed = self.reconfigure(
+            conv, prompt=system_prompt,
+            tools=parse_tools(tools) if tools is not None else None,
+            llm=parse_provider_block("llm", llm) if llm is not None else None,
+            tts=parse_provider_block("tts", tts) if tts is not None else None,
+            voice=voice, new_agent=new_agent)
+        if retuned is not None:
+            conv.retune(retuned)
+            self.config = retuned
+            changed.append("turn_taking")
+        return changed
+
+    def reconfigure(self, conv: Conversation, *, prompt: str | None,
+                    tools: list[ToolConfig] | None, llm: ProviderBlock | None,
+                    tts: ProviderBlock | None, voice: str | None, new_agent: str,
+                    handoff_version: int = 0, always_handoff: bool = False) -> list[str]:
+        # Built before anything changes: a provider that cannot be built leaves the call as
+        # it was.
+        new_llm = self.providers.build("llm", llm) if llm is not None else None
+        new_tts = self.providers.build("tts", tts) if tts is not None else None
+        specs: list[Any] | None = None
+        created = False
+        if tools is not None:
+            if self.executor is None:
+                self.ensure_executor(self.config.model_copy(update={"tools": tools}))
+                created = self.executor is not None
+            else:
+                self.executor.replace_tools(tools)
+            specs = self.tool_specs
+        if new_llm is not None:
+            # The old one stays in `providers` and is closed at the end of the call (an
+            # answer may still be streaming from it).
+            self.llm = new_llm
+        if new_tts is not None:
+            self.tts = new_tts
+        changed = conv.update(prompt=prompt, tools=specs, llm=new_llm, tts=new_tts, voice=voice,
+                              tool_executor=self.executor if created else None)
+        if always_handoff or ("prompt" in changed and ("tools" in changed or "llm" in changed)):
+            self._emit(ev.AgentHandoff(new_agent=new_agent, agent_version=handoff_version,
+                                       fields=changed))
+        return changed

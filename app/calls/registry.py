@@ -15,7 +15,7 @@ from pipelines.outcomes import ConsultProgress
 
 class LiveCall(CallControl, Protocol):
     """A hosted call as the control API reaches it: what tools may do, and reconfiguring it
-    while it runs (the call host's `_Call`)."""
+    while it runs (`app.calls.call.Call`)."""
 
     def update(self, system_prompt: str | None = None, tools: list[Any] | None = None,
                llm: dict[str, Any] | None = None, new_agent: str = "", *,

@@ -1,7 +1,7 @@
 """A trace per call, built from the call's typed events (docs/tracing.md).
 
 The engine knows nothing of OpenTelemetry: `CallTracer` sees every event the call emits
-(`_Call.emit`) and draws the spans from them, with the events' own clock (`mono`), so a span's
+(`Call.emit`) and draws the spans from them, with the events' own clock (`mono`), so a span's
 times are when things happened, not when the event was handled:
 
     call                      session.started -> session.ended

@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from app.calls.host import SETUP_FAILED_REASON
+from app.calls.call import SETUP_FAILED_REASON
 from app.calls.runner import CallInfo
 from app.calls.transport import DtmfEvent
 from app.db.models import AgentVersion

@@ -1,5 +1,5 @@
 """A running call reconfigured and given audio from outside (what the customer WebSocket's
-`agent_session.update` / `play` / `send_dtmf` and `audio.mix` use): `_Call.update`, `play`,
+`agent_session.update` / `play` / `send_dtmf` and `audio.mix` use): `Call.update`, `play`,
 `play_background` / `stop_background`, `send_dtmf`, and their events.
 
 Real parts: the server with its call host (Silero VAD, smart-turn), the Plivo simulator as the
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.calls.host import _Call
+from app.calls.call import Call
 from app.config import Settings
 from app.simulator.far_end import SimCall
 from pipelines.audio.wav import wav_bytes
@@ -30,9 +30,9 @@ from tests.telephony.audio_checks import tone
 PLAY_HZ = 700.0
 
 
-def live_call(stack: CallStack, sid: str) -> _Call:
+def live_call(stack: CallStack, sid: str) -> Call:
     call = stack.state.calls.live.get(sid)
-    assert isinstance(call, _Call)
+    assert isinstance(call, Call)
     return call
 
 
@@ -80,15 +80,15 @@ async def test_update_validates_then_applies_from_the_next_answer(
                 with pytest.raises(ValueError) as err:
                     host_call.update(system_prompt="Never applied.", **fields)
                 assert str(err.value).startswith(where), (fields, str(err.value))
-            assert host_call.executor is None  # a refused update changed nothing
+            assert host_call.agent.executor is None  # a refused update changed nothing
 
             llm = {**base, "model": "gpt-4.1-mini"}
             changed = host_call.update(
                 system_prompt="You are the refunds desk.",
                 tools=[{"name": "end_call", "builtin": "end_call"}], llm=llm)
             assert changed == ["prompt", "tools", "llm"]
-            assert host_call.executor is not None
-            assert [t.name for t in host_call.executor.specs] == ["end_call"]
+            assert host_call.agent.executor is not None
+            assert [t.name for t in host_call.agent.executor.specs] == ["end_call"]
 
             await call.send_dtmf("1")  # a turn of its own after the DTMF gap
             await rec.wait_type("turn.completed", sid=sid, within_s=20)

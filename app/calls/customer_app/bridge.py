@@ -39,7 +39,7 @@ AUDIO_MODE_EVENTS = frozenset(e.type for e in (
 
 
 class AppCall(Protocol):
-    """What the app may do to its call (the call host's `_Call` implements it)."""
+    """What the app may do to its call (`app.calls.call.Call` implements it)."""
 
     async def say(self, text: str, *, interruptible: bool = True) -> None: ...
     async def play(self, wav: bytes, *, interruptible: bool = True) -> str: ...
