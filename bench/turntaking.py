@@ -12,12 +12,15 @@ the agent has gone quiet; a backchannel, noise or interruption item is spoken
 `agent_speaking_ms` into the answer to a carrier question. Per `--preset` (an agent's
 `semantic_vad`; `none` leaves it out) it reports, from the far end's view
 (bench/turntaking_metrics.py): false cut-off rate, missed end of turn (> 1.5 s dead air),
-backchannel/noise stop rate (agent stops > 300 ms), barge-in onset → clearAudio p50/p95 and
-v2v p50/p95. A preset the server rejects is reported as n/a.
+backchannel/noise stop rate (agent stops > 300 ms), barge-in onset → the caller stops hearing
+the agent p50/p95 (with `hold: pause` that is the hold's clearAudio; a ducked hold's clearAudio
+re-sends the audio softer, and the agent goes silent only at the commit) and v2v p50/p95. A
+preset the server rejects is reported as n/a.
 
     python bench/turntaking.py                                  # every preset, all 66 items
     python bench/turntaking.py --preset none --json-out bench/results/turntaking.json
     python bench/turntaking.py --preset none,low --only pause-01,backchannel-01
+    python bench/turntaking.py --preset none --hold duck      # interruption.hold set explicitly
 """
 
 from __future__ import annotations
@@ -248,8 +251,8 @@ class Vendors:
             self.proc.kill()
 
 
-async def create_agent(server: Server, vendors: dict[str, str], preset: str
-                       ) -> tuple[str | None, str]:
+async def create_agent(server: Server, vendors: dict[str, str], preset: str,
+                       hold: str | None = None) -> tuple[str | None, str]:
     """(agent id, "") or (None, why the server refused the preset)."""
     key = {"env": "BENCH_VENDOR_KEY"}
     config: dict[str, Any] = {
@@ -265,6 +268,8 @@ async def create_agent(server: Server, vendors: dict[str, str], preset: str
     }
     if preset != "none":
         config["semantic_vad"] = preset
+    if hold is not None:  # set explicitly: wins over the preset's
+        config["interruption"] = {"hold": hold}
     async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
         r = await client.post(server.base_url + "/v1/agents", json=config,
                               headers={"Authorization": f"Bearer {ADMIN_KEY}"})
@@ -284,7 +289,7 @@ async def run_preset(args: argparse.Namespace, preset: str, vendors: Vendors, ca
                         vendors.info.get("api_key", ""))
         try:
             await server.wait_ready()
-            agent, why = await create_agent(server, vendors.info, preset)
+            agent, why = await create_agent(server, vendors.info, preset, args.hold)
             if agent is None:
                 return {"preset": preset, "supported": False, "why": why}
             drv = TurnDriver(server.base_url, rest.auth_token, agent=agent,
@@ -327,7 +332,7 @@ def fmt(v: Any, suffix: str = "") -> str:
 
 
 HEADER = ("| preset | false cut-off | missed end of turn | backchannel/noise stop "
-          "| barge-in → clear p50 / p95 ms | barge-ins not stopped | v2v p50 / p95 ms |\n"
+          "| barge-in → agent silent p50 / p95 ms | barge-ins not stopped | v2v p50 / p95 ms |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
 
 
@@ -342,7 +347,7 @@ def row(res: dict[str, Any]) -> str:
     return (f"| {res['preset']} | {rate(s['false_cut_off_pct'], s['cut_offs'], s['turn_items'])}"
             f" | {rate(s['missed_pct'], s['missed'], s['turn_items'])}"
             f" | {rate(s['backchannel_noise_stop_pct'], s['stops'], s['overlap_items'])}"
-            f" | {fmt(s['barge_clear_ms']['p50'])} / {fmt(s['barge_clear_ms']['p95'])}"
+            f" | {fmt(s['barge_heard_ms']['p50'])} / {fmt(s['barge_heard_ms']['p95'])}"
             f" | {s['barges_not_stopped']}/{s['barge_items']}"
             f" | {fmt(s['v2v_ms']['p50'])} / {fmt(s['v2v_ms']['p95'])} |")
 
@@ -418,6 +423,8 @@ def main() -> int:
     ap.add_argument("--preset", default=",".join(PRESETS),
                     help=f"comma-separated semantic_vad presets of {PRESETS} ('none': omit)")
     ap.add_argument("--only", default="", help="comma-separated item ids (default: all)")
+    ap.add_argument("--hold", choices=("pause", "duck"), default=None,
+                    help="interruption.hold for every preset (default: the agent's/preset's)")
     ap.add_argument("--items-per-call", type=int, default=12)
     ap.add_argument("--seed", type=int, default=13, help="the item order's shuffle")
     ap.add_argument("--cache-dir", default=None, help="audio cache (bench/caller_set.py)")

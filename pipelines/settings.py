@@ -53,12 +53,20 @@ class TurnSettings(_Strict):
         return self
 
 
+InterruptionHold = Literal["pause", "duck"]
+
+
 class InterruptionSettings(_Strict):
     enabled: bool = True
     min_speech_ms: int = Field(300, ge=0, le=5000)
     min_words: int = Field(1, ge=0, le=20)
     # A soft-paused agent resumes if no interruption is committed within this window.
     false_interruption_timeout_ms: int = Field(1500, ge=100, le=10000)
+    # What the caller hears while their speech is being judged. "pause": the agent goes quiet
+    # at once (a real interruption is yielded to soonest; a "mhm" costs a gap until it is
+    # judged). "duck": the agent talks on at DUCK_GAIN and goes quiet once the interruption is
+    # committed (a "mhm" costs nothing; a real one is yielded to when its words are in).
+    hold: InterruptionHold = "pause"
     backchannels: list[str] = Field(
         default_factory=lambda: [
             "mhm", "mm", "mmhmm", "uh-huh", "uh huh", "uhhuh", "yeah", "yep", "yes", "okay",
@@ -89,6 +97,7 @@ class SemanticVad(_Strict):
     min_interruption_duration_ms: int | None = Field(None, ge=0, le=5000)
     min_interruption_words: int | None = Field(None, ge=0, le=20)
     false_interruption_timeout_ms: int | None = Field(None, ge=100, le=10000)
+    interruption_hold: InterruptionHold | None = None
 
 
 class ConversationSettings(_Strict):

@@ -17,6 +17,10 @@ confirms it was heard.
   audio is written again (into a new sink segment, since a cleared one is gone), with a short
   fade-in, and the writer carries on. For that every segment keeps the audio it wrote but which
   may not have been heard yet: its last `KEEP_FOR_RESUME_MS`, dropped once it has played.
+- Duck (barge-in with `interruption.hold: duck`): `duck` cuts and resumes at once at a lower
+  `gain`, so the caller hears the agent softly from the next frame on instead of after what the
+  far end holds; the writer carries on at that gain until `unduck`. What is kept for a resume
+  stays at full volume.
 - Codec pass-through: TTS audio already in the sink's carrier codec (μ-law 8 kHz for a μ-law
   phone leg, from an `EncodedPlayoutSink`) is written as the vendor's bytes (a uint8 array
   here), never decoded and re-encoded; a resume decodes what it re-sends, for the fade-in.
@@ -170,6 +174,7 @@ class SpeechOutput:
         self._silent = False  # the sink was cleared and nothing of ours was written since
         self._settled = asyncio.Event()  # no segment is cut and waiting for its resume
         self._settled.set()
+        self._gain = 1.0  # below 1 while ducked
         self.segments: list[Segment] = []
         # Timings (event-loop clock) for turn metrics.
         self.tts_request_at: float | None = None
@@ -258,7 +263,7 @@ class SpeechOutput:
                         if fade:
                             samples, fade = _fade_in(samples, rate), False
                         self._silent = False
-                        await self._sink.write(samples, rate)
+                        await self._sink.write(_scaled(samples, self._gain), rate)
                         if self._stop_resend:
                             return  # the next cut finds this segment live and measures it
                     if seg.ended:
@@ -283,6 +288,18 @@ class SpeechOutput:
             if not self._silent:
                 await self._sink.clear()
             self._silent = True
+
+    async def duck(self, gain: float) -> None:
+        """Lower the agent's voice now: what the far end holds is re-sent at `gain`, and so is
+        everything written from here on. Call with the gate closed, as for `cut`."""
+        await self.cut()
+        self._gain = gain
+        await self.resume()
+
+    def unduck(self) -> None:
+        """Full volume from the next write (what the far end already holds plays out ducked:
+        at most the sink's small budget)."""
+        self._gain = 1.0
 
     @property
     def held(self) -> bool:
@@ -431,11 +448,13 @@ class SpeechOutput:
                         self.first_audio_at = loop.time()
                     self._on_started(seg)
                 self._note_written(seg, piece, rate)
-                if piece.dtype == np.uint8:
+                if piece.dtype == np.uint8 and self._gain == 1.0:
                     assert isinstance(self._sink, EncodedPlayoutSink)
                     await self._sink.write_encoded(piece.tobytes(), AudioFormat(rate, "mulaw"))
                 else:
-                    await self._sink.write(piece, rate)
+                    if piece.dtype == np.uint8:
+                        piece = ulaw_decode(piece)  # ducked: the samples are needed
+                    await self._sink.write(_scaled(piece, self._gain), rate)
         if seg.started:
             await self._gate.wait()  # a resume may be writing this segment again
             await self._sink.end_segment()
@@ -510,6 +529,12 @@ def _fade_in(samples: np.ndarray, rate: int) -> np.ndarray:
     return out
 
 
+
+
+def _scaled(samples: np.ndarray, gain: float) -> np.ndarray:
+    if gain == 1.0:
+        return samples
+    return (samples.astype(np.float32) * gain).astype(np.int16)
 
 
 async def aclose_stream(stream: AsyncIterator[Any]) -> None:

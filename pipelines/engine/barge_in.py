@@ -2,7 +2,9 @@
 
 Caller speech while the agent talks (or thinks) holds the agent's audio: the writer stops and
 playout is cleared at once (a transport cannot pause), remembering where the caller stopped
-hearing. `InterruptionPolicy` then decides, as speech and words arrive, between a committed
+hearing. With `interruption.hold: duck` the agent talks on instead, at `DUCK_GAIN`, until the
+interruption is committed (then its audio is cleared) or judged false (full volume again).
+`InterruptionPolicy` then decides, as speech and words arrive, between a committed
 interruption (cancel LLM/TTS/tools, truncate the assistant message to what was heard) and a
 false one (re-send the audio from where it was cut and carry on).
 """
@@ -22,6 +24,9 @@ from pipelines.speech_output import SpeechOutput
 from pipelines.transcripts import Mark
 
 SINK_CLEAR_TIMEOUT_S = 2.0  # a transport that never confirms a clear must not hang the call
+# The agent's voice while a ducked hold lasts: -12 dB, clearly softer (the caller hears they
+# were noticed) and still intelligible if it was only a "mhm".
+DUCK_GAIN = 0.25
 
 
 @dataclass(eq=False, slots=True)
@@ -112,7 +117,10 @@ class BargeIn:
         out = cur.output if cur is not None else None
         if out is not None and out.audio_started:
             b.output = out
-            b.cut = core.spawn(self._cut_playout(b, out), "barge-cut")
+            if core.settings.interruption.hold == "duck":
+                b.cut = core.spawn(self._duck_playout(b, out), "barge-duck")
+            else:
+                b.cut = core.spawn(self._cut_playout(b, out), "barge-cut")
         core.fire(Trigger.HELD)
         b.timer = core.spawn(self._timer(b), "barge-timer")
         self.evaluate()
@@ -125,6 +133,16 @@ class BargeIn:
         except Exception as exc:
             self._core.emit_error(ErrorStage.TRANSPORT, exc)
         b.silenced_at = self._core.now()
+
+    async def _duck_playout(self, b: Episode, out: SpeechOutput) -> None:
+        """The agent talks on, softly, while the caller's speech is judged: what the far end
+        holds is re-sent ducked at once, and the writer goes on."""
+        try:
+            await asyncio.wait_for(out.duck(DUCK_GAIN), SINK_CLEAR_TIMEOUT_S)
+        except Exception as exc:
+            self._core.emit_error(ErrorStage.TRANSPORT, exc)
+        if self.current is b and not b.settling:
+            self._core.speech.gate.set()
 
     def evaluate(self) -> None:
         b = self.current
@@ -216,6 +234,7 @@ class BargeIn:
         try:
             if b.cut is not None:
                 await asyncio.wait([b.cut])
+            out.unduck()
             await out.resume()
         except Exception as exc:
             self._core.emit_error(ErrorStage.TRANSPORT, exc)

@@ -14,6 +14,7 @@ wins over the preset, and an override in the `semantic_vad` object wins over bot
 | interruption.min_speech_ms           | min_interruption_duration_ms  | 500  | 300    | 200  |
 | interruption.min_words               | min_interruption_words        | 2    | 1      | 1    |
 | interruption.false_interruption_timeout_ms | false_interruption_timeout_ms | 2000 | 1500 | 1000 |
+| interruption.hold                    | interruption_hold             | duck | pause  | pause |
 
 "medium" is the defaults. "auto" starts as medium and adapts within the call
 (`AdaptiveTurnDelay`): a caller who resumes after a pause the agent nearly took as the end of
@@ -38,23 +39,29 @@ KNOBS: dict[str, tuple[str, str]] = {
     "min_interruption_duration_ms": ("interruption", "min_speech_ms"),
     "min_interruption_words": ("interruption", "min_words"),
     "false_interruption_timeout_ms": ("interruption", "false_interruption_timeout_ms"),
+    "interruption_hold": ("interruption", "hold"),
 }
 
-PRESETS: dict[str, dict[str, float | int]] = {
+Knob = float | int | str
+
+PRESETS: dict[str, dict[str, Knob]] = {
     "low": {"vad_stop_ms": 300, "end_of_turn_threshold": 0.6, "min_turn_delay_ms": 500,
             "max_turn_delay_ms": 1800, "min_interruption_duration_ms": 500,
-            "min_interruption_words": 2, "false_interruption_timeout_ms": 2000},
+            "min_interruption_words": 2, "false_interruption_timeout_ms": 2000,
+            "interruption_hold": "duck"},
     "medium": {"vad_stop_ms": 200, "end_of_turn_threshold": 0.5, "min_turn_delay_ms": 300,
                "max_turn_delay_ms": 1200, "min_interruption_duration_ms": 300,
-               "min_interruption_words": 1, "false_interruption_timeout_ms": 1500},
+               "min_interruption_words": 1, "false_interruption_timeout_ms": 1500,
+               "interruption_hold": "pause"},
     "high": {"vad_stop_ms": 150, "end_of_turn_threshold": 0.4, "min_turn_delay_ms": 200,
              "max_turn_delay_ms": 800, "min_interruption_duration_ms": 200,
-             "min_interruption_words": 1, "false_interruption_timeout_ms": 1000},
+             "min_interruption_words": 1, "false_interruption_timeout_ms": 1000,
+             "interruption_hold": "pause"},
 }
 PRESETS["auto"] = dict(PRESETS["medium"])
 
 
-def preset_knobs(value: Any) -> dict[str, float | int] | None:
+def preset_knobs(value: Any) -> dict[str, Knob] | None:
     """The knob values a `semantic_vad` value stands for (preset, then its overrides); None
     when the value is absent or not a valid preset (field validation reports that)."""
     if value is None:
@@ -71,7 +78,7 @@ def preset_knobs(value: Any) -> dict[str, float | int] | None:
         return None
     knobs = dict(base)
     for name, v in value.items():
-        if name in KNOBS and isinstance(v, int | float) and not isinstance(v, bool):
+        if name in KNOBS and isinstance(v, int | float | str) and not isinstance(v, bool):
             knobs[name] = v
     return knobs
 

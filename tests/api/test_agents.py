@@ -108,6 +108,18 @@ async def test_negative_timeout_is_422_naming_field(client, admin_headers):
     assert _fields(r) == {"response_timeout_s"}
 
 
+async def test_unknown_interruption_hold_is_422_naming_field(client, admin_headers):
+    r = await client.post("/v1/agents", json=agent_config(interruption={"hold": "mute"}),
+                          headers=admin_headers)
+    assert _fields(r) == {"interruption.hold"}
+    r = await client.post("/v1/agents", json=agent_config(
+        semantic_vad={"eagerness": "low", "interruption_hold": "mute"}), headers=admin_headers)
+    # The override, and the knob it would have set.
+    assert _fields(r) == {"semantic_vad.interruption_hold", "interruption.hold"}
+    created = await _create(client, admin_headers, semantic_vad="low")
+    assert created["config"]["interruption"]["hold"] == "duck"
+
+
 async def test_missing_prompt_is_422_naming_field(client, admin_headers):
     cfg = agent_config()
     del cfg["prompt"]

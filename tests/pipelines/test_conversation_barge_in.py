@@ -1,12 +1,16 @@
 """Soft barge-in: the hold clears playout at once; coughs and backchannels resume the agent from
 where the caller stopped hearing it, real interruptions cut it off and the assistant message
-keeps only what the caller heard."""
+keeps only what the caller heard. A ducked hold (`interruption.hold: duck`) keeps the agent
+talking softly instead, and silences it only at the commit."""
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
+from pipelines.engine.barge_in import DUCK_GAIN
 from pipelines.settings import ConversationSettings, InterruptionSettings
 from pipelines.speech_output import RESUME_FADE_MS, RESUME_REWIND_MS, text_prefix
 from tests.pipelines.fakes import FakeLLM, FakeSTT, Harness, start_call
@@ -302,6 +306,88 @@ def test_interruption_disabled_never_holds() -> None:
         first_answer = next(e for e in h.of("agent.speech_started") if e.text == "Okay.")
         greeting_done = h.of("agent.speech_completed")[2]
         assert first_answer.mono >= greeting_done.mono - 0.25
+        await h.close()
+
+    run_virtual(scenario())
+
+
+DUCKED = ConversationSettings(interruption=InterruptionSettings(hold="duck"))
+
+
+def played_gaps_ms(h: Harness, start: float, end: float) -> float:
+    """The longest stretch between `start` and `end` in which the caller heard no agent audio."""
+    ticks = [t for t, _seg in h.sink.play_log if start <= t <= end]
+    edges = [start, *ticks, end]
+    return max(b - a for a, b in pairwise(edges)) * 1000
+
+
+def test_a_ducked_hold_keeps_the_agent_talking_softly_through_a_mhm() -> None:
+    async def scenario() -> None:
+        h = await start_call(DUCKED, greeting=GREETING, stt=FakeSTT(["mhm"]))
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(1000)
+        await h.caller.speak(600)  # long enough to count as speech, but only a backchannel
+        fi = await h.wait_for("agent.false_interruption")
+        assert fi.text == "mhm" and h.of("user.backchannel")
+        onset = h.of("user.speech_started")[0].mono
+        await h.wait_for("agent.state_changed", lambda e: e.new_state == "listening")
+
+        # The agent never went quiet: the far end's audio was re-sent ducked at the hold
+        # (one clear), and the writer went on through the hold.
+        assert len(h.sink.clears) == 1
+        assert played_gaps_ms(h, onset, fi.mono + 0.5) <= 40
+        assert not h.of("agent.speech_interrupted")
+        texts = segment_texts(h)
+        cut = next(s for s in texts if len(chain(h, s)) > 1)
+        resumed = f"{cut}~1"
+        # Ducked from the hold to the false interruption; full volume again after what the
+        # sink held then (its 200 ms budget) played out.
+        tone = h.tts.audio(texts[cut])
+        peak = int(np.abs(tone).max())
+        again = h.sink.samples(resumed)
+        ducked_ms = (fi.mono - h.sink.clears[0][0]) * 1000 - 20
+        assert np.abs(again[: int(ducked_ms * 16)]).max() <= peak * DUCK_GAIN + 1
+        later = int((ducked_ms + 250) * 16)
+        assert np.abs(again[later:]).max() > peak * DUCK_GAIN + 1
+        # Every sentence was heard in full; the answer stays whole in the context.
+        assert all(heard_in_full(h, s) for s in texts) and h.sink.dropped_ms == 0
+        assert h.conv.context.messages()[1] == {"role": "assistant", "content": GREETING}
+        assert not h.of("user.turn_completed") and h.llm.requests == []
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_a_ducked_hold_clears_the_agent_once_the_interruption_is_committed() -> None:
+    async def scenario() -> None:
+        h = await start_call(DUCKED, greeting=GREETING, utterances=["stop, wait"],
+                             llm_scripts=[["Sure, take your time."]])
+        await h.wait_for("agent.speech_started")
+        await h.caller.pause(2500)
+        await h.caller.speak(700)
+        intr = await h.wait_for("agent.speech_interrupted")
+        onset = h.of("user.speech_started")[0].mono
+
+        # Ducked at the hold, cleared at the commit: after min_speech_ms (300) and a word.
+        assert len(h.sink.clears) == 2
+        ducked_at, committed_at = h.sink.clears[0][0], h.sink.clears[1][0]
+        assert 199 <= (ducked_at - onset) * 1000 <= 240
+        assert (committed_at - onset) * 1000 >= 300
+        assert intr.barge_in_ms == pytest.approx((committed_at - onset) * 1000, abs=1)
+        assert played_gaps_ms(h, onset, committed_at) <= 40  # it talked on, softly, till then
+        texts = segment_texts(h)
+        assert not [t for t, seg in h.sink.play_log if seg.split("~")[0] in texts
+                    and t > committed_at + 0.001]
+        # What the caller heard, ducked or not, is what the context keeps.
+        heard = intr.heard_text
+        assert heard and GREETING.startswith(heard) and heard == expected_heard(h, texts)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "stop, wait"
+        await h.wait_for("turn.completed")
+        assert h.llm.requests[0]["messages"][1:] == [
+            {"role": "assistant", "content": heard},
+            {"role": "user", "content": "stop, wait"},
+        ]
         await h.close()
 
     run_virtual(scenario())

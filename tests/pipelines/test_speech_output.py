@@ -4,10 +4,13 @@ position, heard-text accounting."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
+from pipelines.audio.g711 import ulaw_decode, ulaw_encode
+from pipelines.audio.inbox import AudioFormat
 from pipelines.speech_output import (
     RESUME_FADE_MS,
     RESUME_REWIND_MS,
@@ -15,6 +18,7 @@ from pipelines.speech_output import (
     SpeechOutput,
     text_prefix,
 )
+from providers.base import AudioChunk
 from tests.pipelines.fakes import FakePlayoutSink, FakeTTS
 from tests.pipelines.virtual_clock import run_virtual
 
@@ -208,6 +212,73 @@ def test_stopping_after_a_cut_does_not_clear_again_and_keeps_the_heard_share() -
         assert len(sink.clears) == 1
         assert out.heard_text() == text_prefix(text, heard / tts.duration_ms(text))
         assert out.heard_text() == "One two three four"
+        await sink.aclose()
+
+    run_virtual(scenario())
+
+
+class MulawTTS(FakeTTS):
+    """The fake's tone as μ-law 8 kHz bytes, like a vendor asked for the carrier's codec."""
+
+    async def synthesize(self, text: str, voice: str | None = None) -> AsyncIterator[AudioChunk]:
+        async for chunk in super().synthesize(text, voice):
+            pcm8k = chunk.samples[::2]
+            codes = np.frombuffer(ulaw_encode(pcm8k), dtype=np.uint8)
+            yield AudioChunk(codes, 8000, "mulaw")
+
+
+class MulawSink(FakePlayoutSink):
+    """A sink on a μ-law leg: μ-law bytes go out as they are (counted), PCM is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoded_writes: list[float] = []  # times of the pass-through writes
+        self.pcm_writes: list[float] = []
+
+    def carries(self, fmt: AudioFormat) -> bool:
+        return fmt == AudioFormat(8000, "mulaw")
+
+    async def write_encoded(self, payload: bytes, fmt: AudioFormat) -> None:
+        self.encoded_writes.append(asyncio.get_running_loop().time())
+        await super().write(ulaw_decode(payload), fmt.sample_rate)
+
+    async def write(self, samples: np.ndarray, sample_rate: int) -> None:
+        self.pcm_writes.append(asyncio.get_running_loop().time())
+        await super().write(samples, sample_rate)
+
+
+def test_ducking_lowers_what_the_far_end_holds_at_once_and_passes_mulaw_through_after() -> None:
+    async def scenario() -> None:
+        sink, tts, gate = MulawSink(), MulawTTS(), asyncio.Event()
+        gate.set()
+        out = make(sink, tts, gate)
+        run = asyncio.create_task(out.run())
+        text = "A sentence that lasts a couple of seconds."  # 2.1 s
+        await out.add_text(text)
+        await out.close()
+        await asyncio.sleep(0.6)
+        loop = asyncio.get_running_loop()
+        gate.clear()
+        await out.duck(0.25)
+        gate.set()
+        ducked_at = loop.time()
+        assert len(sink.clears) == 1 and not out.held
+        await asyncio.sleep(0.5)
+        out.unduck()
+        unducked_at = loop.time()
+        await run
+        # Pass-through before the duck and after it; ducked audio has to be PCM (the samples
+        # were scaled), written from the duck until the unduck.
+        assert any(t < ducked_at for t in sink.encoded_writes)
+        assert any(t > unducked_at for t in sink.encoded_writes)
+        assert not [t for t in sink.encoded_writes if ducked_at <= t < unducked_at]
+        assert not [t for t in sink.pcm_writes if t > unducked_at]
+        again = sink.samples("s1~1")
+        full = int(np.abs(sink.samples("s1")).max())
+        ducked_part = again[: int(0.4 * 8000)]
+        assert 0 < np.abs(ducked_part).max() <= full * 0.25 + 1
+        assert np.abs(again[-4000:]).max() > full * 0.9  # full volume again at the end
+        assert sink.fully_played("s1~1") and out.heard_text() == text
         await sink.aclose()
 
     run_virtual(scenario())

@@ -67,6 +67,7 @@ def test_each_preset_sets_its_knobs(preset: str) -> None:
     assert s.interruption.min_words == knobs["min_interruption_words"]
     assert s.interruption.false_interruption_timeout_ms == \
         knobs["false_interruption_timeout_ms"]
+    assert s.interruption.hold == knobs["interruption_hold"]
 
 
 def test_medium_is_the_defaults_and_eagerness_orders_the_waits() -> None:
@@ -75,6 +76,19 @@ def test_medium_is_the_defaults_and_eagerness_orders_the_waits() -> None:
     waits = [ConversationSettings(semantic_vad=p).turn.max_wait_ms
              for p in ("low", "medium", "high")]
     assert waits == sorted(waits, reverse=True)
+
+
+def test_only_the_patient_preset_ducks_and_an_override_says_otherwise() -> None:
+    assert [ConversationSettings(semantic_vad=p).interruption.hold
+            for p in ("low", "medium", "high", "auto")] == ["duck", "pause", "pause", "pause"]
+    s = ConversationSettings(semantic_vad={"eagerness": "high", "interruption_hold": "duck"})
+    assert s.interruption.hold == "duck" and s.interruption.min_speech_ms == 200
+    s = ConversationSettings.model_validate(
+        {"semantic_vad": "low", "interruption": {"hold": "pause"}})
+    assert s.interruption.hold == "pause" and s.interruption.min_speech_ms == 500
+    with pytest.raises(ValueError, match="interruption_hold"):
+        ConversationSettings.model_validate(
+            {"semantic_vad": {"eagerness": "low", "interruption_hold": "mute"}})
 
 
 def test_explicit_knobs_and_overrides_win_over_the_preset() -> None:
