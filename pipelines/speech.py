@@ -102,9 +102,13 @@ class SpeechHandle:
         # An answer generated ahead of the end of the turn: it neither plays nor runs tools
         # until released (None: not held back).
         self.release: asyncio.Event | None = None
+        # Set once a held answer has gone as far as it can before its release (its first audio
+        # is ready, or its tools wait for the turn to end, or it failed).
+        self.held_ready = asyncio.Event()
 
     async def released(self) -> None:
         if self.release is not None:
+            self.held_ready.set()
             await self.release.wait()
 
     @property

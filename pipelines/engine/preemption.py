@@ -1,7 +1,7 @@
-"""Preemptive generation: at a pause, start answering the words heard so far, held back until
-the turn ends (by then the first sentence is often already synthesised). The answer plays once
-the turn ends with the same words, and is thrown away otherwise: nothing of it was heard or
-done (it plays and runs tools only once released), so its context entries simply go."""
+"""Preemptive generation: once the caller is quiet and their words are final, start answering them,
+held back until the turn ends (by then the first sentence is often already synthesised). The answer
+plays once the turn ends with the same words, and is thrown away otherwise: nothing of it was heard
+or done (it plays and runs tools only once released), so its context entries simply go."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ class Preemption:
         core = self._core
         turns = core.turns
         if (not core.settings.turn.preemptive_generation or self._held is not None
-                or not turns.deciding or core.barge.active
+                or not turns.caller_paused or core.barge.active
                 or not core.speech.idle or turns.suspended
-                or core.ending or turns.user_speaking or turns.pending_digits):
+                or core.ending or turns.pending_digits):
             return
         text = turns.words.text()
         if not text or (turns.cut_short is not None and turns.is_backchannel(text)):
@@ -70,6 +70,13 @@ class Preemption:
             return turn
         self._drop(held)
         return None
+
+    def ready(self, text: str) -> asyncio.Event | None:
+        """Set once the held answer for exactly `text` could play; None without one."""
+        held = self._held
+        if held is None or not same_words(held.text, text):
+            return None
+        return held.speech.held_ready
 
     def play(self) -> None:
         speech, self._released = self._released, None

@@ -179,7 +179,8 @@ class SpeechDriver:
             self._thinking.start()
 
     async def _when_released(self, speech: SpeechHandle) -> None:
-        await speech.released()
+        assert speech.release is not None
+        await speech.release.wait()
         if self.current is speech and speech.stop_reason is None and not speech.done():
             self._reply_began(speech)
 

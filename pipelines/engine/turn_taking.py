@@ -2,8 +2,9 @@
 turn (answered), or nothing (noise, a backchannel: the agent carries on).
 
 VAD stop → the end-of-turn decider runs (cancelled if speech resumes) while the STT is asked for
-its final transcript; neither waits for the other. A streaming STT is asked earlier, at the VAD's
-pause (halfway to the stop), so its final is usually in before the decision. An empty turn goes
+its final transcript; neither waits for the other. A streaming STT is asked earlier, as soon as the
+caller goes quiet (the VAD's "quiet", ~30 ms), so its final is usually in before the stop; the
+end-of-turn model's first check starts at the VAD's pause (halfway to the stop). An empty turn goes
 back to listening, anything else is committed (`user.turn_completed`) and answered. Before
 committing, an onset guard gives a caller who already sounds like talking again the VAD's start
 time to say so. Keypad digits become turns of their own after a short gap.
@@ -12,6 +13,7 @@ time to say so. Keypad digits become turns of their own after a short gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from typing import Literal, Protocol, runtime_checkable
@@ -33,6 +35,9 @@ from pipelines.vad.base import VadEvent
 UserState = Literal["speaking", "listening", "away"]
 MAX_DTMF_DIGITS = 32
 ONSET_GUARD_SLACK_MS = 150
+# The silence (from the end of speech) within which a turn waits for its early answer to be
+# ready to play before committing.
+COMMIT_SILENCE_MS = 400
 
 
 class EndOfTurnDecider(Protocol):
@@ -70,6 +75,9 @@ class TurnTaking:
         # the final count then.
         self._pause_flushed_at_ms = -1.0
         self._final_seq_at_pause = 0
+        # Loop time of the end of speech while the caller is quiet after a flush (until they
+        # go on or the stop comes).
+        self._quiet_edge: float | None = None
         self._final_arrived_at = 0.0  # loop time of the last final transcript
         # The end-of-turn model's first check, started at the pause of the silence (by its
         # start, stream ms) that `_early_at_ms` names.
@@ -141,6 +149,8 @@ class TurnTaking:
         elif is_final and self.deciding:
             core.preemption.on_final(self.words.text())
             core.preemption.maybe_start(self._speech_end_at)
+        elif is_final and self._quiet_edge is not None:
+            core.preemption.maybe_start(self._quiet_edge)
 
     # -- VAD edges ----------------------------------------------------------------------------
     def on_vad(self, e: VadEvent) -> None:
@@ -149,14 +159,19 @@ class TurnTaking:
         edge = now - max(0.0, self._core.audio.stream_ms - e.at_ms) / 1000.0
         if e.kind == "start":
             self._on_speech_start(e, edge)
+        elif e.kind == "quiet":
+            self._flush_early(e, edge)
+        elif e.kind == "resume":
+            self._on_resume()
         elif e.kind == "pause":
-            self._on_pause(e)
+            self._on_pause(e, edge)
         else:
             self._on_speech_stop(e, edge, now)
 
     def _on_speech_start(self, e: VadEvent, edge: float) -> None:
         core = self._core
         self.user_speaking = True
+        self._quiet_edge = None
         self.utterance_start_ms = e.at_ms
         self.words.discarding = False
         self.ignore_utterance = False
@@ -178,12 +193,39 @@ class TurnTaking:
             return
         core.barge.on_speech_start(edge)
 
-    def _on_pause(self, e: VadEvent) -> None:
-        """Halfway to a stop. A streaming STT is asked for its final now: at the stop the words
-        are in ~`vad.stop_ms / 2` sooner, and the answer started on them (preemptive) with them.
-        If the caller goes on, the final simply holds the words so far. The end-of-turn
-        model's first check starts now too, for the same reason (dropped if the caller goes
-        on); not in a barge-in, whose stop is judged by the barge-in first."""
+    def _flush_early(self, e: VadEvent, edge: float) -> None:
+        """The caller went quiet: a streaming STT is asked for its final now (once per
+        silence). If it is in while the caller is still quiet, the answer starts on it
+        (preemptive, held until the turn ends); if the caller goes on, the final simply holds
+        the words so far."""
+        core = self._core
+        if core.ending or not core.audio.stt_finalizes_at_pauses \
+                or self._pause_flushed_at_ms == e.at_ms:
+            return
+        self._final_seq_at_pause = self.words.seq
+        self._pause_flushed_at_ms = e.at_ms
+        self._quiet_edge = edge
+        core.audio.flush_stt()
+
+    def _on_resume(self) -> None:
+        """Speech again before the stop: an answer started on the silence is for words the
+        caller is still adding to."""
+        self._quiet_edge = None
+        self._core.preemption.discard()
+
+    @property
+    def caller_paused(self) -> bool:
+        """The caller has stopped for now: the end of the turn is being decided, or a silence
+        not yet long enough for that has its final transcript in."""
+        if self.deciding:
+            return not self.user_speaking
+        return (self._quiet_edge is not None and self.user_speaking
+                and self.words.seq > self._final_seq_at_pause and not self.ignore_utterance)
+
+    def _on_pause(self, e: VadEvent, edge: float) -> None:
+        """Halfway to a stop. The end-of-turn model's first check starts now, so its score is
+        in by the stop (dropped if the caller goes on); not in a barge-in, whose stop is
+        judged by the barge-in first."""
         core = self._core
         if core.ending:
             return
@@ -193,11 +235,7 @@ class TurnTaking:
             self._early = self._endpointing.early_check(
                 lambda: core.audio.turn_audio(self._turn_start_ms))
             self._early_at_ms = e.at_ms
-        if not core.audio.stt_finalizes_at_pauses:
-            return
-        self._final_seq_at_pause = self.words.seq
-        self._pause_flushed_at_ms = e.at_ms
-        core.audio.flush_stt()
+        self._flush_early(e, edge)  # a stop too short for a "quiet" of its own
 
     def cancel_tasks(self) -> None:
         """The call is ending: no decision, no early check, no digits turn."""
@@ -221,6 +259,7 @@ class TurnTaking:
     def _on_speech_stop(self, e: VadEvent, edge: float, now: float) -> None:
         core = self._core
         self.user_speaking = False
+        self._quiet_edge = None
         # The same silence's pause may have asked for the final already: then that final, not
         # a later one, is the one to wait for.
         early = e.at_ms == self._pause_flushed_at_ms
@@ -316,6 +355,7 @@ class TurnTaking:
                 core.fire(Trigger.LISTEN)
             core.liveness.arm_idle()
             return
+        await self._until_answer_ready(text, speech_end_at)
         # The VAD confirms a new onset only start_ms after it: if the caller already sounds
         # like talking again, give it that long to say so (this task is cancelled if it does)
         # rather than answer over them.
@@ -326,6 +366,19 @@ class TurnTaking:
             self.adaptive.ended_confidently(self._last_stop_ms - start_ms)
         self.commit(text, decision.trigger, decision.probability,
                     speech_end_at, eou_at, final_at)
+
+    async def _until_answer_ready(self, text: str, speech_end_at: float) -> None:
+        """An answer started early for these words and not ready to play yet: commit when it
+        is, within `COMMIT_SILENCE_MS` of silence. Committing sooner would not let the caller
+        hear it sooner, and a caller who goes on meanwhile (this task is cancelled) is then
+        not cut off: with the words in ~30 ms into a silence, the decision often comes while a
+        caller is still drawing breath between two clauses."""
+        ready = self._core.preemption.ready(text)
+        wait_s = speech_end_at + COMMIT_SILENCE_MS / 1000.0 - self._core.now()
+        if ready is None or ready.is_set() or wait_s <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), wait_s)
 
     async def _onset_guard(self) -> None:
         # start_ms of speech plus what the VAD takes to see it (windows, batching).

@@ -13,13 +13,14 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class VadEvent:
-    # "pause": the caller went quiet halfway to a stop (the segment stays open; a "stop" with
-    # the same `at_ms` follows if the silence lasts).
-    kind: Literal["start", "stop", "pause"]
+    # "quiet" (a few tens of ms of silence) and "pause" (halfway to a stop): the caller went
+    # quiet; the segment stays open, and a "stop" with the same `at_ms` follows if the silence
+    # lasts; "resume": speech again after either, before the stop (the segment goes on).
+    kind: Literal["start", "stop", "pause", "quiet", "resume"]
     # Stream time (ms since the first frame) at which speech really started/stopped, i.e.
     # backdated by the start/stop hysteresis, so latency can be measured from the true edge.
     at_ms: float
-    # For "stop" and "pause": how long the speech lasted.
+    # For "stop", "pause" and "quiet": how long the speech lasted.
     speech_ms: float = 0.0
 
 

@@ -6,10 +6,15 @@ open a segment, `stop_ms` of uninterrupted non-speech close it. Events carry the
 edge (first speech window / first silent window), not the time the hysteresis was satisfied, so
 the conversation can measure latency from what the caller actually did.
 
-Halfway to a stop, a "pause" event says the caller has gone quiet (once per silent run, with the
-same edge time the stop will carry if the silence lasts). It opens nothing and closes nothing;
-the engine uses it to ask a streaming STT for its final early, so that the words are in by the
-time the stop's end-of-turn decision wants them.
+Two events say the caller has gone quiet without closing anything, each once per silent run and
+with the same edge time the stop will carry if the silence lasts:
+- "quiet", after `QUIET_MS`: the engine asks a streaming STT for its final then, so that the
+  words (and an answer started on them) are in by the time the stop's decision wants them. A
+  `Finalize` is one cheap round trip, and a caller who goes on simply adds more words.
+- "pause", halfway to the stop: the end-of-turn model's first look (a costly check, and the
+  model wants some silence after the speech, so not at every short gap).
+A stop short enough that both fall in one window reports the pause alone. Speech after either,
+before the stop, is a "resume": the caller went on, and what was started on the silence is dropped.
 
 Time is counted in samples, so window boundaries and thresholds compare exactly.
 """
@@ -17,6 +22,10 @@ Time is counted in samples, so window boundaries and thresholds compare exactly.
 from __future__ import annotations
 
 from pipelines.vad.base import VadEvent
+
+# Silence after which a streaming STT is asked for its final: one Silero window (32 ms), two
+# webrtcvad ones (40 ms).
+QUIET_MS = 30.0
 
 
 class SpeechSegmenter:
@@ -26,6 +35,7 @@ class SpeechSegmenter:
         self.sample_rate = sample_rate
         self._start_samples = start_ms * sample_rate / 1000.0
         self._stop_samples = stop_ms * sample_rate / 1000.0
+        self._quiet_samples = QUIET_MS * sample_rate / 1000.0
         self.reset()
 
     def retune(self, start_ms: float, stop_ms: float) -> None:
@@ -40,6 +50,7 @@ class SpeechSegmenter:
         self._run_start: int | None = None  # first sample of the current candidate edge run
         self._speech_start = 0  # first sample of the current (open) segment
         self._paused = False  # this silent run has had its "pause" event
+        self._quieted = False  # ... and its "quiet" event
 
     def _ms(self, samples: int) -> float:
         return samples * 1000.0 / self.sample_rate
@@ -61,18 +72,24 @@ class SpeechSegmenter:
             return None
         if is_speech:
             self._run_start = None
+            if self._quieted:  # speech again after a "quiet" or "pause": the caller goes on
+                self._paused = self._quieted = False
+                return VadEvent("resume", self._ms(window_start))
             return None
         if self._run_start is None:
             self._run_start = window_start
-            self._paused = False
+            self._paused = self._quieted = False
         silent = window_end - self._run_start
         if silent >= self._stop_samples:
             self.speaking = False
             stop = self._run_start
             self._run_start = None
             return VadEvent("stop", self._ms(stop), speech_ms=self._ms(stop - self._speech_start))
+        speech_ms = self._ms(self._run_start - self._speech_start)
         if not self._paused and silent * 2 >= self._stop_samples:
-            self._paused = True
-            return VadEvent("pause", self._ms(self._run_start),
-                            speech_ms=self._ms(self._run_start - self._speech_start))
+            self._paused = self._quieted = True
+            return VadEvent("pause", self._ms(self._run_start), speech_ms=speech_ms)
+        if not self._quieted and silent >= self._quiet_samples:
+            self._quieted = True
+            return VadEvent("quiet", self._ms(self._run_start), speech_ms=speech_ms)
         return None

@@ -345,11 +345,13 @@ class FakeLLM:
         self.ttft_ms = ttft_ms
         self.token_ms = token_ms
         self.requests: list[dict[str, Any]] = []
+        self.request_times: list[float] = []  # loop time of each request
         self.cancelled = 0
 
     def stream(self, messages: list[dict[str, Any]], tools: list[Any] | None = None,
                settings: dict[str, Any] | None = None) -> AsyncIterator[Any]:
         self.requests.append({"messages": copy.deepcopy(messages), "tools": tools})
+        self.request_times.append(asyncio.get_running_loop().time())
         script = self.scripts.popleft() if self.scripts else list(self.default)
         return self._play(script)
 

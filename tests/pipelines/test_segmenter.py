@@ -7,24 +7,35 @@ from pipelines.vad.segmenter import SpeechSegmenter
 
 def run(pattern: str, start_ms: float = 60, stop_ms: float = 60,
         pauses: bool = False) -> list[tuple[str, float, float]]:
-    """pattern: one char per 20 ms window, 'x' speech, '.' silence."""
+    """pattern: one char per 20 ms window, 'x' speech, '.' silence. Starts and stops, and with
+    `pauses` the quiet / pause / resume events between them."""
     seg = SpeechSegmenter(start_ms, stop_ms)
     out = []
     for i, c in enumerate(pattern):
         ev = seg.update(c == "x", i * 320, 320)
-        if ev is not None and (pauses or ev.kind != "pause"):
+        if ev is not None and (pauses or ev.kind in ("start", "stop")):
             out.append((ev.kind, ev.at_ms, ev.speech_ms))
     return out
 
 
 def test_a_pause_is_reported_halfway_to_the_stop_once_per_silent_run() -> None:
-    # stop_ms 80: a pause after 40 ms of silence, with the edge the stop will carry.
+    # stop_ms 80: a pause after 40 ms of silence, with the edge the stop will carry (the quiet
+    # point, 30 ms, falls in the same window: the pause stands for both). Speech after it,
+    # before the stop, is a resume.
     assert run("xxxx..x..xxx....", stop_ms=80, pauses=True) == [
-        ("start", 0.0, 0.0), ("pause", 80.0, 80.0), ("pause", 140.0, 140.0),
+        ("start", 0.0, 0.0), ("pause", 80.0, 80.0), ("resume", 120.0, 0.0),
+        ("pause", 140.0, 140.0), ("resume", 180.0, 0.0),
         ("pause", 240.0, 240.0), ("stop", 240.0, 240.0)]
-    # A silent run shorter than half the stop says nothing; none before the speech starts.
+    # A silent run shorter than the quiet point says nothing; nothing before the speech starts.
     assert run("...xxxx.xxx.....", stop_ms=80, pauses=True) == [
         ("start", 60.0, 0.0), ("pause", 220.0, 160.0), ("stop", 220.0, 160.0)]
+
+
+def test_the_caller_is_quiet_after_30_ms_long_before_the_pause() -> None:
+    # stop_ms 200: quiet after 2 silent windows (40 ms >= 30), the pause after 5 (100 ms).
+    assert run("xxxx..x" + "." * 10, stop_ms=200, pauses=True) == [
+        ("start", 0.0, 0.0), ("quiet", 80.0, 80.0), ("resume", 120.0, 0.0),
+        ("quiet", 140.0, 140.0), ("pause", 140.0, 140.0), ("stop", 140.0, 140.0)]
 
 
 def test_edges_are_backdated_and_need_the_full_run() -> None:

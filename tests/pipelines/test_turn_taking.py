@@ -165,14 +165,15 @@ def test_stt_is_finalised_at_the_vad_stop_while_the_model_runs() -> None:
         h = await start_call(stt=stt, llm_scripts=[["We do."]])
         h.endpointing.model_ms = 150  # the final (100 ms) lands before the model's answer
         await h.caller.speak(1000)
-        stopped = await h.wait_for("user.speech_stopped")
+        await h.wait_for("user.speech_stopped")
         turn = await h.wait_for("user.turn_completed")
         final = next(t for t in h.of("user.transcription") if t.is_final)
         assert stt.flushes == 1
         assert final.mono < turn.mono  # the final did not wait for the end-of-turn decision
         m = await h.wait_for("turn.metrics")
         assert m.eou_to_stt_final_ms == 0
-        assert (turn.mono - stopped.mono) * 1000 <= 200 + 150 + 20  # stop_ms + model + frame
+        assert m.vad_stop_to_eou_ms is not None
+        assert m.vad_stop_to_eou_ms <= 200 + 150 + 20  # stop_ms + model + frame
         await h.close()
 
     run_virtual(scenario())
@@ -234,7 +235,11 @@ def test_the_end_of_turn_model_starts_at_the_pause_and_the_stop_uses_its_answer(
         assert (h.endpointing.early_checks, h.endpointing.calls) == (1, 1)
         assert len(h.endpointing.audio_ms) == 1
         assert turn.trigger == "model"
-        after_pause = (turn.mono - stopped.mono) * 1000 - s.vad.stop_ms / 2
+        # (The decision's time; the commit waits for the answer started early, see below.)
+        m = await h.wait_for("turn.metrics")
+        assert m.vad_stop_to_eou_ms is not None
+        assert abs(m.vad_stop_to_eou_ms - (turn.mono - stopped.mono) * 1000) <= 100
+        after_pause = m.vad_stop_to_eou_ms - s.vad.stop_ms / 2
         assert after_pause <= 250 + 40
         await h.close()
 
@@ -255,6 +260,75 @@ def test_an_early_check_is_dropped_when_the_caller_goes_on() -> None:
         assert h.endpointing.early_checks == 2 and h.endpointing.calls == 1
         assert h.endpointing.audio_ms[-1] > 800 + 140 + 900 - 100
         assert turn.text == "I would like a table for two"
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_the_answer_starts_on_the_final_asked_for_as_the_caller_went_quiet() -> None:
+    async def scenario() -> None:
+        s = ConversationSettings()
+        stt = FakeSTT(["Do you deliver?"], latency_ms=100, finalizes_at_pauses=True)
+        h = await start_call(s, stt=stt, llm_scripts=[["We do."]], eot_script=[[0.9]])
+        await h.caller.speak(1000)
+        turn = await h.wait_for("user.turn_completed")
+        stopped = h.of("user.speech_stopped")[0]
+        # The final was asked for ~40 ms into the silence (two 20 ms windows), and the answer
+        # started on it at once: before the VAD's stop, which needs 200 ms.
+        assert stt.flushes == 1
+        stop_at = stopped.mono + s.vad.stop_ms / 1000
+        assert h.llm.request_times[0] < stop_at
+        assert (h.llm.request_times[0] - stopped.mono) * 1000 <= 40 + 100 + 20
+        m = await h.wait_for("turn.metrics")
+        assert m.preemptive and m.turn_id == turn.turn_id
+        assert [e.text for e in h.of("agent.speech_started")] == ["We do."]
+        assert h.of("agent.speech_started")[0].mono >= turn.mono  # held until the turn ended
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_an_answer_started_in_a_short_silence_is_dropped_when_the_caller_goes_on() -> None:
+    async def scenario() -> None:
+        stt = FakeSTT(["I would like", "a table for two"], latency_ms=60,
+                      finalizes_at_pauses=True)
+        h = await start_call(stt=stt, eot_script=[[0.9]],
+                             llm_scripts=[["What would you like?"], ["Your table is booked."]])
+        await h.caller.speak(800)
+        await h.caller.pause(160)  # the final (40 + 60 ms) is in; the stop (200 ms) never comes
+        assert [r["messages"][-1]["content"] for r in h.llm.requests] == ["I would like"]
+        await h.caller.speak(900)
+        done = await h.wait_for("turn.completed")
+        # No stop came between the two parts: one turn, one answer, for all the words.
+        assert len(h.of("user.speech_stopped")) == 1
+        assert [r["messages"][-1]["content"] for r in h.llm.requests] == [
+            "I would like", "I would like a table for two"]
+        assert done.agent_text == "Your table is booked."
+        assert [e.text for e in h.of("agent.speech_started")] == ["Your table is booked."]
+        assert [m["content"] for m in h.conv.context.messages()[1:]] == [
+            "I would like a table for two", "Your table is booked."]
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_a_caller_who_goes_on_before_the_early_answer_could_play_is_not_cut_off() -> None:
+    async def scenario() -> None:
+        stt = FakeSTT(["When I drink something", "cold it still hurts"], latency_ms=40,
+                      finalizes_at_pauses=True)
+        h = await start_call(stt=stt, eot_script=[[0.9]],
+                             llm_scripts=[["Sorry to hear that."], ["Please come back in."]])
+        await h.caller.speak(1200)
+        # Sure (P 0.9) at the stop, ~260 ms into the silence; the answer started on the words
+        # at ~80 ms has its first audio ~340 ms in (LLM 200, TTS 60). The caller goes on at
+        # 300 ms: the turn was decided, but not committed yet.
+        await h.caller.pause(300)
+        await h.caller.speak(1000)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "When I drink something cold it still hurts"
+        await h.wait_for("turn.completed")
+        assert len(h.of("user.turn_completed")) == 1
+        assert [e.text for e in h.of("agent.speech_started")] == ["Please come back in."]
         await h.close()
 
     run_virtual(scenario())

@@ -30,7 +30,7 @@ async def test_detects_a_sentence_with_backdated_edges() -> None:
     stream = build_vad_stream(settings)
     assert isinstance(stream, WebRtcVadStream)
     events = await feed(stream, audio)
-    start, stop = [e for e in events if e.kind != "pause"]
+    start, stop = [e for e in events if e.kind in ("start", "stop")]
     assert (start.kind, stop.kind) == ("start", "stop")
     assert abs(start.at_ms - true_start) <= 60
     assert abs(stop.at_ms - true_end) <= 200
@@ -52,7 +52,7 @@ async def test_odd_frame_sizes_give_the_same_events() -> None:
     reference = await feed(WebRtcVadStream(settings), audio, 320)
     odd = await feed(WebRtcVadStream(settings), audio, 208)
     assert [(e.kind, e.at_ms) for e in odd] == [(e.kind, e.at_ms) for e in reference]
-    assert [e.kind for e in reference if e.kind != "pause"] == ["start", "stop"]
+    assert [e.kind for e in reference if e.kind in ("start", "stop")] == ["start", "stop"]
 
 
 async def test_reset_and_bad_input() -> None:
