@@ -43,10 +43,8 @@ class TurnTiming:
     llm_request_at: float | None = None
     llm_first_at: float | None = None
     first_sentence_at: float | None = None
-    # The answer was started before the turn ended (preemptive generation); `released_at` is
-    # when the end of the turn let it play.
+    # The answer was started before the turn ended (preemptive generation).
     preemptive: bool = False
-    released_at: float | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -183,10 +181,10 @@ def turn_metrics(turn: TurnTiming, out: SpeechOutput | None) -> dict[str, Any]:
     server_added = None
     if turn.preemptive:
         # The providers worked while the caller was still (maybe) talking: only what they
-        # still owed once the turn ended is theirs; the rest is the turn-taking wait and ours.
-        if first_audio is not None and out is not None and out.tts_first_chunk_at is not None \
-                and turn.released_at is not None:
-            owed = max(0.0, (out.tts_first_chunk_at - turn.released_at) * 1000.0)
+        # still owed once the turn was decided is theirs (the commit may then wait for them);
+        # the rest is the turn-taking wait and ours.
+        if first_audio is not None and out is not None and out.tts_first_chunk_at is not None:
+            owed = max(0.0, (out.tts_first_chunk_at - turn.eou_at) * 1000.0)
             server_added = round(first_audio - owed, 1)
     elif first_audio is not None and stt_wait is not None and llm_wait is not None \
             and tts_ttfb is not None:

@@ -65,7 +65,6 @@ class Preemption:
         if turn is not None and speech.stop_reason is None and not speech.done() \
                 and same_words(held.text, text):
             turn.trigger, turn.eou_at, turn.final_at = trigger, eou_at, final_at
-            turn.released_at = self._core.now()
             self._released = speech
             return turn
         self._drop(held)
