@@ -1,9 +1,11 @@
 """One interruption episode at a time (soft barge-in).
 
-Caller speech while the agent talks (or thinks) holds the agent's audio: the writer stops and
-playout is cleared at once (a transport cannot pause), remembering where the caller stopped
-hearing. With `interruption.hold: duck` the agent talks on instead, at `DUCK_GAIN`, until the
-interruption is committed (then its audio is cleared) or judged false (full volume again).
+Caller speech while the agent talks (or thinks) holds the agent's audio, from the VAD's onset
+(~60 ms of speech; a run that ends before it is a start lets the hold go at once): the writer
+stops and playout is cleared at once (a transport cannot pause), remembering where the caller
+stopped hearing. With `interruption.hold: duck` the agent talks on instead, at `DUCK_GAIN`,
+until the interruption is committed (then its audio is cleared) or judged false (full volume
+again).
 `InterruptionPolicy` then decides, as speech and words arrive, between a committed
 interruption (cancel LLM/TTS/tools, truncate the assistant message to what was heard) and a
 false one (re-send the audio from where it was cut and carry on).
@@ -40,6 +42,8 @@ class Episode:
     speech_done_ms: float = 0.0  # speech of utterances that ended during the hold
     awaiting_final_seq: int | None = None  # a final transcript was requested after this count
     settling: bool = False
+    # Held on the VAD's onset, before its start: the caller is speaking, not yet in a turn.
+    onset_only: bool = False
     timer: asyncio.Task[None] | None = field(default=None, repr=False)
     # The agent's audio cut at the hold (None: it was not talking yet), and when it went silent.
     output: SpeechOutput | None = field(default=None, repr=False)
@@ -57,9 +61,21 @@ class BargeIn:
     def active(self) -> bool:
         return self.current is not None
 
+    def on_onset(self, edge: float) -> None:
+        """A few tens of ms of speech over the agent: hold now, judge once it is a start."""
+        if self.current is None and self._can_hold():
+            self._begin(edge, onset_only=True)
+
+    def on_onset_lost(self, speech_ms: float) -> None:
+        """The sound that held the agent ended before it was speech enough for a start."""
+        b = self.current
+        if b is not None and b.onset_only and not b.settling:
+            self._resume_after_false_interruption(b, speech_ms, "")
+
     def on_speech_start(self, edge: float) -> None:
         b = self.current
         if b is not None:
+            b.onset_only = False
             b.awaiting_final_seq = None  # talking again: wait for more speech, not a final
         elif self._can_hold():
             self._begin(edge)
@@ -106,11 +122,12 @@ class BargeIn:
             and not core.turns.suspended
         )
 
-    def _begin(self, onset_at: float) -> None:
+    def _begin(self, onset_at: float, onset_only: bool = False) -> None:
         core = self._core
         window_s = core.settings.interruption.false_interruption_timeout_ms / 1000.0
         b = Episode(onset_at=onset_at, mark=core.turns.words.mark(),
-                    deadline=onset_at + window_s, resolved=core.require_loop().create_future())
+                    deadline=onset_at + window_s, resolved=core.require_loop().create_future(),
+                    onset_only=onset_only)
         self.current = b
         core.speech.gate.clear()  # hold: the speech writer stops feeding the sink
         cur = core.speech.current
@@ -150,14 +167,20 @@ class BargeIn:
             return
         core = self._core
         turns = core.turns
+        expired = core.now() >= b.deadline
+        # An onset is speech until the VAD says it was not (its start or "onset_lost" always
+        # follows); one still unconfirmed when the window ends never became speech at all.
+        onset_speaking = b.onset_only and not expired
         speech_ms = b.speech_done_ms
         if turns.user_speaking:
             speech_ms += max(0.0, core.audio.stream_ms - turns.utterance_start_ms)
+        elif onset_speaking:
+            speech_ms += max(0.0, core.now() - b.onset_at) * 1000.0
         text = turns.words.text_since(b.mark)
         awaiting = b.awaiting_final_seq is not None and turns.words.seq <= b.awaiting_final_seq
         verdict = self.policy.decide(BargeFacts(
-            speech_ms=speech_ms, speaking=turns.user_speaking, text=text,
-            window_expired=core.now() >= b.deadline, awaiting_final=awaiting,
+            speech_ms=speech_ms, speaking=turns.user_speaking or onset_speaking, text=text,
+            window_expired=expired, awaiting_final=awaiting,
         ))
         if verdict == "commit":
             b.settling = True
@@ -195,8 +218,14 @@ class BargeIn:
         turns = core.turns
         # What was said since the onset was not a turn: forget it, including results still in
         # flight for the same utterance (dropped until the caller speaks again).
+        unfinalised = bool(turns.words.interim)
         turns.words.drop_since(b.mark)
         turns.words.discarding = True
+        if unfinalised and not turns.user_speaking:
+            # Judged on interim words ("mhm"): a streaming STT still holds them, and would put
+            # them in front of the caller's next words. Its final now closes them off (and is
+            # dropped, as above).
+            core.audio.flush_stt()
         if turns.user_speaking:
             turns.ignore_utterance = True
         turns.reset_turn_if_empty()

@@ -165,8 +165,13 @@ class TurnTaking:
             self._on_resume()
         elif e.kind == "pause":
             self._on_pause(e, edge)
-        else:
+        elif e.kind == "stop":
             self._on_speech_stop(e, edge, now)
+        elif e.kind == "onset":
+            if not self._core.ending:
+                self._core.barge.on_onset(edge)
+        elif e.kind == "onset_lost":
+            self._core.barge.on_onset_lost(e.speech_ms)
 
     def _on_speech_start(self, e: VadEvent, edge: float) -> None:
         core = self._core

@@ -16,11 +16,13 @@ class VadEvent:
     # "quiet" (a few tens of ms of silence) and "pause" (halfway to a stop): the caller went
     # quiet; the segment stays open, and a "stop" with the same `at_ms` follows if the silence
     # lasts; "resume": speech again after either, before the stop (the segment goes on).
-    kind: Literal["start", "stop", "pause", "quiet", "resume"]
+    # "onset": a few tens of ms of speech, not yet a start; "onset_lost": that run ended
+    # without becoming one (for "onset_lost", `at_ms` is where it ended).
+    kind: Literal["start", "stop", "pause", "quiet", "resume", "onset", "onset_lost"]
     # Stream time (ms since the first frame) at which speech really started/stopped, i.e.
     # backdated by the start/stop hysteresis, so latency can be measured from the true edge.
     at_ms: float
-    # For "stop", "pause" and "quiet": how long the speech lasted.
+    # For "stop", "pause", "quiet" and "onset_lost": how long the speech lasted.
     speech_ms: float = 0.0
 
 

@@ -16,6 +16,12 @@ with the same edge time the stop will carry if the silence lasts:
 A stop short enough that both fall in one window reports the pause alone. Speech after either,
 before the stop, is a "resume": the caller went on, and what was started on the silence is dropped.
 
+Two more come before a start, for a caller talking over the agent:
+- "onset", after `ONSET_MS` of speech: the agent's audio is held at once, instead of after the
+  whole `start_ms` (which guards turns, not holds: a hold costs nothing if it is let go quickly).
+- "onset_lost": the run ended before it became a start (a click, a cough, a breath): the hold
+  is let go at once, before the caller hears more than a hiccup.
+
 Time is counted in samples, so window boundaries and thresholds compare exactly.
 """
 
@@ -26,6 +32,9 @@ from pipelines.vad.base import VadEvent
 # Silence after which a streaming STT is asked for its final: one Silero window (32 ms), two
 # webrtcvad ones (40 ms).
 QUIET_MS = 30.0
+# Speech before the agent's audio is held for a possible interruption: two Silero windows (64 ms),
+# three webrtcvad ones (60 ms). One window alone is too often a click.
+ONSET_MS = 60.0
 
 
 class SpeechSegmenter:
@@ -36,6 +45,7 @@ class SpeechSegmenter:
         self._start_samples = start_ms * sample_rate / 1000.0
         self._stop_samples = stop_ms * sample_rate / 1000.0
         self._quiet_samples = QUIET_MS * sample_rate / 1000.0
+        self._onset_samples = ONSET_MS * sample_rate / 1000.0
         self.reset()
 
     def retune(self, start_ms: float, stop_ms: float) -> None:
@@ -51,6 +61,7 @@ class SpeechSegmenter:
         self._speech_start = 0  # first sample of the current (open) segment
         self._paused = False  # this silent run has had its "pause" event
         self._quieted = False  # ... and its "quiet" event
+        self._onset_sent = False  # the current candidate start run has had its "onset"
 
     def _ms(self, samples: int) -> float:
         return samples * 1000.0 / self.sample_rate
@@ -60,15 +71,25 @@ class SpeechSegmenter:
         window_end = window_start + window_len
         if not self.speaking:
             if not is_speech:
+                run_start, onset = self._run_start, self._onset_sent
                 self._run_start = None
+                self._onset_sent = False
+                if onset and run_start is not None:
+                    return VadEvent("onset_lost", self._ms(window_start),
+                                    speech_ms=self._ms(window_start - run_start))
                 return None
             if self._run_start is None:
                 self._run_start = window_start
-            if window_end - self._run_start >= self._start_samples:
+            run = window_end - self._run_start
+            if run >= self._start_samples:
                 self.speaking = True
                 self._speech_start = self._run_start
                 self._run_start = None
+                self._onset_sent = False
                 return VadEvent("start", self._ms(self._speech_start))
+            if not self._onset_sent and run >= self._onset_samples:
+                self._onset_sent = True
+                return VadEvent("onset", self._ms(self._run_start))
             return None
         if is_speech:
             self._run_start = None

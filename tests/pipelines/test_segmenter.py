@@ -51,3 +51,25 @@ def test_short_blips_and_short_gaps_are_ignored() -> None:
 def test_thresholds_between_windows_round_up_to_whole_windows() -> None:
     # start_ms 50 needs 3 windows (60 ms >= 50), stop_ms 30 needs 2 (40 ms >= 30)
     assert run("xxx..", start_ms=50, stop_ms=30) == [("start", 0.0, 0.0), ("stop", 60.0, 60.0)]
+
+
+def onsets(pattern: str, start_ms: float = 200) -> list[tuple[str, float, float]]:
+    seg = SpeechSegmenter(start_ms, 200)
+    out = []
+    for i, c in enumerate(pattern):
+        ev = seg.update(c == "x", i * 320, 320)
+        if ev is not None and ev.kind in ("onset", "onset_lost", "start"):
+            out.append((ev.kind, ev.at_ms, ev.speech_ms))
+    return out
+
+
+def test_an_onset_comes_after_60_ms_of_speech_and_is_lost_if_no_start_follows() -> None:
+    # 60 ms of speech (3 windows of 20 ms) is an onset, from the run's first window; a run that
+    # stops at 120 ms, short of the 200 ms start, is lost where it ended, 120 ms long.
+    assert onsets("..xxxxxx....") == [("onset", 40.0, 0.0), ("onset_lost", 160.0, 120.0)]
+    # Shorter than the onset: nothing at all. A run that becomes a start: onset, then start
+    # with the same edge, and no loss.
+    assert onsets("..xx..........") == []
+    assert onsets("xxxxxxxxxxxx..") == [("onset", 0.0, 0.0), ("start", 0.0, 0.0)]
+    # A start no longer than the onset needs no onset.
+    assert onsets("xxxxxx", start_ms=60) == [("start", 0.0, 0.0)]
