@@ -168,8 +168,7 @@ class TurnTaking:
         elif e.kind == "stop":
             self._on_speech_stop(e, edge, now)
         elif e.kind == "onset":
-            if not self._core.ending:
-                self._core.barge.on_onset(edge)
+            self._core.barge.on_onset(edge)  # a hold is never begun while the call ends
         elif e.kind == "onset_lost":
             self._core.barge.on_onset_lost(e.speech_ms)
 

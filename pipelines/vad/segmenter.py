@@ -71,13 +71,13 @@ class SpeechSegmenter:
         window_end = window_start + window_len
         if not self.speaking:
             if not is_speech:
-                run_start, onset = self._run_start, self._onset_sent
+                run_start = self._run_start if self._onset_sent else None
                 self._run_start = None
                 self._onset_sent = False
-                if onset and run_start is not None:
-                    return VadEvent("onset_lost", self._ms(window_start),
-                                    speech_ms=self._ms(window_start - run_start))
-                return None
+                if run_start is None:
+                    return None
+                return VadEvent("onset_lost", self._ms(window_start),
+                                speech_ms=self._ms(window_start - run_start))
             if self._run_start is None:
                 self._run_start = window_start
             run = window_end - self._run_start

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pipelines.vad.segmenter import SpeechSegmenter
 
 
-def run(pattern: str, start_ms: float = 60, stop_ms: float = 60,
-        pauses: bool = False) -> list[tuple[str, float, float]]:
-    """pattern: one char per 20 ms window, 'x' speech, '.' silence. Starts and stops, and with
-    `pauses` the quiet / pause / resume events between them."""
+def run(pattern: str, start_ms: float = 60, stop_ms: float = 60, pauses: bool = False,
+        kinds: tuple[str, ...] = ("start", "stop")) -> list[tuple[str, float, float]]:
+    """pattern: one char per 20 ms window, 'x' speech, '.' silence. The events of `kinds`
+    (starts and stops), or with `pauses` every event."""
     seg = SpeechSegmenter(start_ms, stop_ms)
     out = []
     for i, c in enumerate(pattern):
         ev = seg.update(c == "x", i * 320, 320)
-        if ev is not None and (pauses or ev.kind in ("start", "stop")):
+        if ev is not None and (pauses or ev.kind in kinds):
             out.append((ev.kind, ev.at_ms, ev.speech_ms))
     return out
 
@@ -54,13 +54,7 @@ def test_thresholds_between_windows_round_up_to_whole_windows() -> None:
 
 
 def onsets(pattern: str, start_ms: float = 200) -> list[tuple[str, float, float]]:
-    seg = SpeechSegmenter(start_ms, 200)
-    out = []
-    for i, c in enumerate(pattern):
-        ev = seg.update(c == "x", i * 320, 320)
-        if ev is not None and ev.kind in ("onset", "onset_lost", "start"):
-            out.append((ev.kind, ev.at_ms, ev.speech_ms))
-    return out
+    return run(pattern, start_ms, 200, kinds=("onset", "onset_lost", "start"))
 
 
 def test_an_onset_comes_after_60_ms_of_speech_and_is_lost_if_no_start_follows() -> None:
