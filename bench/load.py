@@ -13,11 +13,13 @@ Each call: greeting, then `--turns` questions (a 2 s Piper-spoken question); eve
 `--calls` a fresh server takes the calls (started over `--ramp-s`), then reports:
 server-added turn latency from the server's own `turn.metrics` (p50/p95/p99), the driver's v2v
 (caller's last voiced frame → first voiced `playAudio`) and v2v minus the fakes' configured
-latencies, barge-in latency, playout underruns (driver and server), event-loop lag (/metrics),
+latencies, barge-in latency, playout underruns (driver and server), caller frames the engine
+dropped because it fell behind (/metrics), event-loop lag (/metrics),
 server CPU-seconds per call-minute, RSS per call, and the driver's and vendors' own CPU. It stops
 raising N when real time breaks (`--max-p95-ms`, underruns, failed calls), and says for each
 level whether it stayed inside the latency targets (`TARGETS`: v2v p95 ≤ 900 ms, server-added
-p95 ≤ 400 ms, barge-in heard p95 ≤ 300 ms, no underruns, no failed calls).
+p95 ≤ 400 ms, barge-in heard p95 ≤ 300 ms, no underruns, no dropped caller audio, no failed
+calls).
 
 With `--workers N` the server is `phonebooth serve --workers N` tied through Redis
 (`--redis-url`); its CPU and RSS are those of the whole process tree (supervisor + workers).
@@ -510,6 +512,10 @@ def summarize(args: argparse.Namespace, n: int, done: list[Caller], drv: Driver,
         "underrun_ms_driver": round(sum(s.underrun_ms for s in st), 1),
         "calls_with_underruns": sum(1 for s in st if s.underruns),
         "underruns_server": srv_under, "server_sessions_logged": srv_sessions,
+        # Caller audio the engine dropped because it fell behind (its inbox overflowed).
+        "caller_frames_dropped": round(after.get("phonebooth_inbound_frames_dropped_total", 0.0)
+                                       - before.get("phonebooth_inbound_frames_dropped_total",
+                                                    0.0)),
         "event_loop_lag": hist_quantiles(before, after, "phonebooth_event_loop_lag_seconds"),
         "server_cpu_s": None if cpu is None else round(cpu, 2),
         "wall_s": round(wall, 1),
@@ -562,7 +568,7 @@ def print_row(r: dict[str, Any]) -> str:
             f"{fmt(vm['p50'])} | {fmt(vm['p95'])} | {fmt(b['p50'])} / {fmt(bc['p50'])} | "
             f"{fmt(b['p95'])} / {fmt(bc['p95'])} | {r['underruns_driver']} "
             f"({r['calls_with_underruns']}) / {r['underruns_server']} | "
-            f"{lag_ms} | "
+            f"{r['caller_frames_dropped']} | {lag_ms} | "
             f"{fmt(r['cpu_s_per_call_minute'], 2)} | {fmt(r['server_cpu_pct_of_core'])} % | "
             f"{fmt(r['rss_per_call_mb'], 1)} | {fmt(r['driver_cpu_s'] / r['wall_s'] * 100)} % "
             f"+ {fmt(r['vendors_cpu_s'] / r['wall_s'] * 100)} % |")
@@ -571,9 +577,9 @@ def print_row(r: dict[str, Any]) -> str:
 HEADER = (
     "| calls | ok/failed | server-added p50 | p95 | p99 | v2v p50 | v2v p95 | v2v−providers p50 "
     "| p95 | barge-in heard/clear p50 | heard/clear p95 | underruns driver (calls) / server "
-    "| loop lag p99 / max ≤ ms | CPU-s per call-min | server CPU | RSS MB per call "
-    "| driver + vendors CPU |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| caller frames dropped | loop lag p99 / max ≤ ms | CPU-s per call-min | server CPU "
+    "| RSS MB per call | driver + vendors CPU |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -601,6 +607,8 @@ def outside_targets(r: dict[str, Any]) -> list[str]:
            in TARGETS.items() if r[key][q] is not None and r[key][q] > limit]
     if r["underruns_driver"] or r["underruns_server"]:
         out.append(f"underruns {r['underruns_driver']} / {r['underruns_server']}")
+    if r["caller_frames_dropped"]:
+        out.append(f"{r['caller_frames_dropped']} caller frames dropped")
     if r["failed"]:
         out.append(f"{r['failed']} failed calls")
     return out

@@ -57,7 +57,7 @@ def onnx_rows(model: SileroModel, n: int, seconds: float) -> list[tuple]:
     windows = int(seconds * 16000) // WINDOW
     rng = np.random.default_rng(n)
     x = (rng.standard_normal((n, CONTEXT + WINDOW)) * 0.1).astype(np.float32)
-    reqs = [SileroRequest(x[i], SileroModel.initial_state()) for i in range(n)]
+    reqs = [SileroRequest(x[i : i + 1], SileroModel.initial_state()) for i in range(n)]
     rows = []
     for name, run in (
         ("onnx-alone", lambda: [model.run_batch([r]) for r in reqs]),

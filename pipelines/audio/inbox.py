@@ -100,6 +100,12 @@ class AudioInbox:
             await self._ready.wait()
         return self._frames.popleft()
 
+    def take_waiting(self) -> list[CallerFrame]:
+        """Every frame queued now, without waiting (the engine catching up)."""
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
+
     async def wait_closed(self) -> None:
         """Returns once the far end is gone (the inbox was closed)."""
         await self._closed_event.wait()

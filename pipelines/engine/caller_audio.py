@@ -183,30 +183,37 @@ class CallerAudio:
     # -------------------------------------------------------------------------------------
     async def _audio_loop(self) -> None:
         # Ends when the inbox is closed and drained: the far end is gone.
-        while (carrier_frame := await self.inbox.get()) is not None:
-            stt_audio = self._formats.for_stt(carrier_frame)
-            if len(stt_audio):
-                self._queue_stt(stt_audio)
-            for frame in self._formats.for_vad(carrier_frame):
-                await self._hear(frame)
+        while (first := await self.inbox.get()) is not None:
+            # Everything waiting goes to the VAD in one round trip: a call whose windows
+            # queued behind an end-of-turn check catches up at once, not a window per trip.
+            frames: list[np.ndarray] = []
+            for carrier_frame in (first, *self.inbox.take_waiting()):
+                stt_audio = self._formats.for_stt(carrier_frame)
+                if len(stt_audio):
+                    self._queue_stt(stt_audio)
+                frames += self._formats.for_vad(carrier_frame)
+            if frames:
+                await self._hear(frames)
 
-    async def _hear(self, frame: np.ndarray) -> None:
-        """One 16 kHz frame through the ring buffer, the VAD and the barge-in check."""
+    async def _hear(self, frames: list[np.ndarray]) -> None:
+        """16 kHz frames through the VAD, then each in order through the ring buffer, the
+        turn-taking and the barge-in check, as if they had come one at a time."""
         core = self._core
-        self._ring.append(frame)
-        if self._on_caller_audio is not None:
-            self._on_caller_audio(frame)
-        event: VadEvent | None = None
+        events: list[VadEvent | None] = [None] * len(frames)
         try:
-            event = await self.vad.process(frame)
+            events = await self.vad.process_frames(frames)
         except Exception as exc:
             if not self._vad_failed:  # report once; a broken VAD must not kill the call
                 self._vad_failed = True
                 core.emit_error(ErrorStage.VAD, exc)
-        self.stream_ms += len(frame) * 1000.0 / SAMPLE_RATE
-        if event is not None:
-            core.turns.on_vad(event)
-        core.barge.evaluate()
+        for frame, event in zip(frames, events, strict=True):
+            self._ring.append(frame)
+            if self._on_caller_audio is not None:
+                self._on_caller_audio(frame)
+            self.stream_ms += len(frame) * 1000.0 / SAMPLE_RATE
+            if event is not None:
+                core.turns.on_vad(event)
+            core.barge.evaluate()
 
     def _queue_stt(self, item: SttItem) -> None:
         if len(self._stt_q) == STT_BACKLOG_FRAMES:

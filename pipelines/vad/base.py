@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -34,6 +35,11 @@ class VadStream(Protocol):
     probability: float
 
     async def process(self, frame: np.ndarray) -> VadEvent | None: ...
+
+    async def process_frames(self, frames: Sequence[np.ndarray]) -> list[VadEvent | None]:
+        """`process` for each frame in order, the results in a list, in one model round
+        trip: what a call that fell behind uses to catch up."""
+        ...
 
     def reset(self) -> None: ...
 

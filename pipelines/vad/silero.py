@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from pipelines.inference import BatchExecutor, cpu_onnx_session
 from pipelines.settings import VadSettings
@@ -39,14 +41,16 @@ HYSTERESIS = 0.15
 
 @dataclass(slots=True)
 class SileroRequest:
-    samples: np.ndarray  # [CONTEXT + WINDOW] float32 in [-1, 1]
+    """One stream's windows, in order: they run one after another on its state."""
+
+    windows: np.ndarray  # [n, CONTEXT + WINDOW] float32 in [-1, 1], n >= 1
     state: np.ndarray  # [2, 128] float32
 
 
 @dataclass(slots=True)
 class SileroResult:
-    probability: float
-    state: np.ndarray  # [2, 128] float32
+    probabilities: np.ndarray  # [n] float32, one per window
+    state: np.ndarray  # [2, 128] float32, after the last window
 
 
 class SileroModel:
@@ -78,17 +82,26 @@ class SileroModel:
         return np.zeros(STATE_SHAPE, dtype=np.float32)
 
     def run_batch(self, requests: list[SileroRequest]) -> list[SileroResult]:
-        """One ONNX run over every request (called on the inference pool)."""
-        x = np.stack([r.samples for r in requests]).astype(np.float32, copy=False)
-        state = np.stack([r.state for r in requests], axis=1).astype(np.float32, copy=False)
-        if x.shape[1] != CONTEXT + WINDOW:
-            raise ValueError(f"Silero input must be {CONTEXT + WINDOW} samples, got {x.shape[1]}")
-        out, state_n = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
-        # Copy each row out so a stream never pins the whole batch's output array.
-        return [
-            SileroResult(float(out[i, 0]), np.ascontiguousarray(state_n[:, i]))
-            for i in range(len(requests))
-        ]
+        """Every request's windows (called on the inference pool): one ONNX run per step, the
+        k-th run holding the k-th window of each stream that has one. A stream that fell
+        behind catches up in one round trip instead of one per window."""
+        for r in requests:
+            if r.windows.ndim != 2 or r.windows.shape[1] != CONTEXT + WINDOW:
+                raise ValueError(f"Silero windows must be [n, {CONTEXT + WINDOW}] samples, "
+                                 f"got {r.windows.shape}")
+        counts = [len(r.windows) for r in requests]
+        probs = [np.empty(n, dtype=np.float32) for n in counts]
+        states = [r.state for r in requests]
+        for step in range(max(counts)):
+            rows = [i for i, n in enumerate(counts) if n > step]
+            x = np.stack([requests[i].windows[step] for i in rows]).astype(np.float32, copy=False)
+            state = np.stack([states[i] for i in rows], axis=1).astype(np.float32, copy=False)
+            out, state_n = self._session.run(None, {"input": x, "state": state, "sr": self._sr})
+            for j, i in enumerate(rows):
+                probs[i][step] = out[j, 0]
+                # Copy each row out so a stream never pins the whole batch's output array.
+                states[i] = np.ascontiguousarray(state_n[:, j])
+        return [SileroResult(p, s) for p, s in zip(probs, states, strict=True)]
 
     async def aclose(self) -> None:
         await self.executor.aclose()
@@ -97,9 +110,12 @@ class SileroModel:
 class SileroVadStream:
     """Per-call Silero VAD (implements pipelines.vad.base.VadStream).
 
-    20 ms frames in; every 512 accumulated samples one window goes to the shared executor. A
-    frame completes at most one window (320 < 512), so `process` normally yields ≤ 1 event;
-    with larger frames further events are queued and returned by the following calls.
+    20 ms frames in; every 512 accumulated samples make one window for the shared executor.
+    `process_frames` takes every frame a call has waiting and sends all their windows in one
+    request, so a call that fell behind (its VAD windows queued behind an end-of-turn check)
+    catches up in one round trip, not one per window. A 20 ms frame completes at most one
+    window (320 < 512), so each frame normally yields ≤ 1 event; with larger frames further
+    events are queued and returned with the following frames.
     """
 
     def __init__(
@@ -134,32 +150,47 @@ class SileroVadStream:
         self._tail = np.zeros(0, dtype=np.float32)  # received, not yet placed in _buf
 
     async def process(self, frame: np.ndarray) -> VadEvent | None:
+        return (await self.process_frames([frame]))[0]
+
+    async def process_frames(self, frames: Sequence[np.ndarray]) -> list[VadEvent | None]:
         if self._closed:
             raise RuntimeError("VAD stream is closed")
-        pcm = as_int16_frame(frame)
-        # Queue the samples before any await: if the caller is cancelled while a window is in
-        # flight, nothing is lost — the next call re-runs that window with the unchanged state.
-        self._tail = np.concatenate([self._tail, pcm.astype(np.float32) * (1.0 / 32768.0)])
-        while True:
-            take = min(len(self._buf) - self._fill, len(self._tail))
-            if take:
-                self._buf[self._fill : self._fill + take] = self._tail[:take]
-                self._fill += take
-                self._tail = self._tail[take:]
-            if self._fill < len(self._buf):
-                break
-            result = await self._executor.submit(SileroRequest(self._buf.copy(), self._state))
+        pcms = [as_int16_frame(f) for f in frames]
+        # Queue the samples before any await: if the caller is cancelled while its windows are
+        # in flight, nothing is lost — the next call re-runs them with the unchanged state.
+        pending = self._fill - CONTEXT + len(self._tail)  # samples not yet in a window
+        self._tail = np.concatenate(
+            [self._tail, *(p.astype(np.float32) * (1.0 / 32768.0) for p in pcms)])
+        audio = np.concatenate([self._buf[: self._fill], self._tail])
+        n = (len(audio) - CONTEXT) // WINDOW
+        probs = np.zeros(0, dtype=np.float32)
+        if n:
+            windows = sliding_window_view(audio, CONTEXT + WINDOW)[::WINDOW]
+            result = await self._executor.submit(SileroRequest(windows.copy(), self._state))
             self._state = result.state
-            self.probability = result.probability
-            self._buf[:CONTEXT] = self._buf[-CONTEXT:]
-            self._fill = CONTEXT
-            limit = self.neg_threshold if self._segmenter.speaking else self.threshold
-            event = self._segmenter.update(result.probability >= limit, self._clock, WINDOW)
-            self._clock += WINDOW
-            self.speaking = self._segmenter.speaking
-            if event is not None:
-                self._events.append(event)
-        return self._events.popleft() if self._events else None
+            probs = result.probabilities
+            self.probability = float(probs[-1])
+        left = audio[n * WINDOW :]  # the last window's tail (the next context) + a partial one
+        self._buf[: len(left)] = left
+        self._fill = len(left)
+        self._tail = self._tail[:0]
+        # Each window's verdict goes to the frame that completed it, in order, as a frame at
+        # a time would have had it (a frame completing two windows queues the second event).
+        out: list[VadEvent | None] = []
+        fed = 0
+        w = 0
+        for pcm in pcms:
+            fed += len(pcm)
+            while w < n and (w + 1) * WINDOW <= pending + fed:
+                limit = self.neg_threshold if self._segmenter.speaking else self.threshold
+                event = self._segmenter.update(bool(probs[w] >= limit), self._clock, WINDOW)
+                self._clock += WINDOW
+                w += 1
+                if event is not None:
+                    self._events.append(event)
+            out.append(self._events.popleft() if self._events else None)
+        self.speaking = self._segmenter.speaking
+        return out
 
     def reset(self) -> None:
         """Forget speech state and model memory; the stream clock keeps counting frames fed."""

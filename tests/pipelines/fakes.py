@@ -23,7 +23,7 @@ import asyncio
 import copy
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,7 @@ class EnergyVad:
         self.speaking = False
         self.probability = 0.0
         self.closed = False
+        self.calls: list[int] = []  # frames per process_frames call (one model round trip)
 
     async def process(self, frame: np.ndarray) -> VadEvent | None:
         voiced = bool(frame.any())
@@ -113,6 +114,10 @@ class EnergyVad:
         self._clock += len(frame)
         self.speaking = self._seg.speaking
         return event
+
+    async def process_frames(self, frames: Sequence[np.ndarray]) -> list[VadEvent | None]:
+        self.calls.append(len(frames))
+        return [await self.process(f) for f in frames]
 
     def reset(self) -> None:
         self._seg.reset()

@@ -6,6 +6,8 @@ exact: they check the engine's logic, not the machine's speed.
 
 from __future__ import annotations
 
+import numpy as np
+
 from pipelines.settings import ConversationSettings, TurnSettings
 from tests.pipelines.fakes import FakeSTT, Pause, start_call
 from tests.pipelines.virtual_clock import run_virtual
@@ -255,6 +257,29 @@ def test_consecutive_turns_and_context_cap() -> None:
         ]
         # Each request carried the context as it stood (bounded too).
         assert all(len(r["messages"]) <= 5 for r in h.llm.requests)
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_a_call_behind_catches_up_in_one_vad_round_trip() -> None:
+    """Frames that waited in the inbox (the VAD's windows queued behind an end-of-turn check)
+    go to the VAD together, and their events still reach turn-taking in order: nothing of the
+    caller is dropped, and the turn ends as it would have."""
+    async def scenario() -> None:
+        h = await start_call(utterances=["What time do you open tomorrow?"],
+                             llm_scripts=[["We open at nine."]])
+        await h.caller.pause(200)
+        await h.caller.stop()  # the transport stalls; its frames arrive in one burst
+        speech = np.full(320, 3000, dtype=np.int16)
+        for _ in range(60):
+            await h.conv.push_audio(speech)
+        h.caller.start()  # back to one frame every 20 ms (silence)
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "What time do you open tomorrow?"
+        assert max(h.vad.calls) >= 60
+        assert h.of("user.speech_stopped")[0].speech_ms == 1200
+        assert h.conv.dropped_frames == 0
         await h.close()
 
     run_virtual(scenario())

@@ -60,19 +60,46 @@ def test_model_io_is_what_the_stream_feeds(silero: SileroModel) -> None:
 
 def test_batched_rows_equal_single_runs(silero: SileroModel) -> None:
     rng = np.random.default_rng(7)
+    # Streams with 1-3 windows each: a stream's windows run in order on its own state.
     reqs = [
         SileroRequest(
-            (rng.standard_normal(CONTEXT + WINDOW) * 0.2).astype(np.float32),
+            (rng.standard_normal((1 + i % 3, CONTEXT + WINDOW)) * 0.2).astype(np.float32),
             (rng.standard_normal((2, 128)) * 0.3).astype(np.float32),
         )
-        for _ in range(9)
+        for i in range(9)
     ]
     batched = silero.run_batch(reqs)
     for req, got in zip(reqs, batched, strict=True):
-        (alone,) = silero.run_batch([req])
-        assert got.probability == pytest.approx(alone.probability, abs=1e-6)
-        np.testing.assert_allclose(got.state, alone.state, atol=1e-6)
+        state = req.state
+        for k, window in enumerate(req.windows):
+            (alone,) = silero.run_batch([SileroRequest(window[None, :], state)])
+            assert got.probabilities[k] == pytest.approx(alone.probabilities[0], abs=1e-6)
+            state = alone.state
+        np.testing.assert_allclose(got.state, state, atol=1e-6)
 
+
+async def test_frames_together_decide_like_frames_one_at_a_time(silero: SileroModel) -> None:
+    audio = with_silence(synthesize("What time do you open tomorrow?"), lead_ms=500,
+                         trail_ms=900)
+    settings = VadSettings()
+    reference, ref_probs = await run_stream(SileroVadStream(silero, settings), audio)
+    stream = SileroVadStream(silero, settings)
+    requests_before = silero.executor.stats.requests
+    got: list[tuple[str, float, float]] = []
+    all_frames = list(frames(audio))
+    fed = 0
+    for i in range(0, len(all_frames), 7):  # a call 140 ms behind, catching up
+        chunk = all_frames[i:i + 7]
+        out = await stream.process_frames(chunk)
+        assert len(out) == len(chunk)
+        for frame, ev in zip(chunk, out, strict=True):
+            fed += len(frame)
+            if ev is not None:
+                got.append((ev.kind, ev.at_ms, fed / 16))
+    assert got == [(e.kind, e.at_ms, t) for e, t in reference]
+    assert stream.probability == pytest.approx(ref_probs[-1], abs=1e-5)
+    # One round trip per chunk, not one per window.
+    assert silero.executor.stats.requests - requests_before <= -(-len(all_frames) // 7)
 
 @pytest.fixture(scope="module")
 def utterances() -> list[np.ndarray]:
