@@ -45,6 +45,11 @@ TURN_AUDIO_MS = 8000  # what the end-of-turn model looks at
 PREROLL_MS = 300  # audio kept before the first speech onset of a turn
 INPUT_BACKLOG_FRAMES = 100  # 2 s: beyond this the engine is overloaded and drops the oldest
 STT_BACKLOG_FRAMES = 150  # 3 s of audio waiting for a slow STT connection
+# While the VAD hears no speech, caller audio goes to the STT 100 ms at a time: a fifth of the
+# messages (for a cloud STT each is a websocket frame with its own random mask), and nothing
+# to recognise is late. Once the last VAD window sounds like speech every frame goes at once,
+# with what was held, so the words come no later; a flush sends what is held too.
+STT_SILENCE_CHUNK_FRAMES = 5
 STT_MAX_FAILURES = 3
 
 ENGINE_FORMAT = AudioFormat(SAMPLE_RATE, "pcm16")  # what the VAD and end of turn take
@@ -125,6 +130,7 @@ class CallerAudio:
         self._on_caller_audio = on_caller_audio
         # Frames and flush requests share one queue so a flush covers every frame before it.
         self._stt_q: deque[SttItem] = deque(maxlen=STT_BACKLOG_FRAMES)
+        self._stt_held = 0  # frames queued since the feeder was last woken
         self._stt_ready = asyncio.Event()
         self.stt_stream: STTStreamLike | None = None
         self._ring = RingBuffer(SAMPLE_RATE * (TURN_AUDIO_MS + PREROLL_MS) // 1000)
@@ -219,7 +225,25 @@ class CallerAudio:
         if len(self._stt_q) == STT_BACKLOG_FRAMES:
             self.inbox.dropped += 1  # lost on its way to the STT: the call's one counter
         self._stt_q.append(item)
-        self._stt_ready.set()
+        self._stt_held += 1
+        if (isinstance(item, _Flush) or self._stt_held >= STT_SILENCE_CHUNK_FRAMES
+                or self.vad.speaking
+                or self.vad.probability >= self._core.settings.vad.threshold):
+            self._stt_held = 0
+            self._stt_ready.set()
+
+    def _next_stt_item(self) -> SttItem:
+        """A flush, or the queued frames up to the next flush as one chunk."""
+        q = self._stt_q
+        first = q.popleft()
+        if isinstance(first, _Flush) or not q or isinstance(q[0], _Flush):
+            return first
+        chunk = [first]
+        while q and not isinstance(q[0], _Flush):
+            item = q.popleft()
+            assert not isinstance(item, _Flush)
+            chunk.append(item)
+        return np.concatenate(chunk)
 
     async def _stt_feed_loop(self) -> None:
         failures = 0
@@ -227,7 +251,7 @@ class CallerAudio:
             while not self._stt_q:
                 self._stt_ready.clear()
                 await self._stt_ready.wait()
-            item = self._stt_q.popleft()
+            item = self._next_stt_item()
             stream = self.stt_stream
             if stream is None:
                 continue

@@ -22,7 +22,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from pipelines.inference import BatchExecutor, cpu_onnx_session
 from pipelines.settings import VadSettings
@@ -165,8 +164,9 @@ class SileroVadStream:
         n = (len(audio) - CONTEXT) // WINDOW
         probs = np.zeros(0, dtype=np.float32)
         if n:
-            windows = sliding_window_view(audio, CONTEXT + WINDOW)[::WINDOW]
-            result = await self._executor.submit(SileroRequest(windows.copy(), self._state))
+            windows = np.stack([audio[i * WINDOW : i * WINDOW + CONTEXT + WINDOW]
+                                for i in range(n)])
+            result = await self._executor.submit(SileroRequest(windows, self._state))
             self._state = result.state
             probs = result.probabilities
             self.probability = float(probs[-1])

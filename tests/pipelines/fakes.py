@@ -189,7 +189,12 @@ class FakeSTTStream:
     def finalizes_at_pauses(self) -> bool:
         return self._stt.finalizes_at_pauses
 
-    async def push(self, frame: np.ndarray) -> None:
+    async def push(self, chunk: np.ndarray) -> None:
+        # The engine sends 40 ms at a time; words are counted in 20 ms frames.
+        for i in range(0, len(chunk), FRAME):
+            self._push_frame(chunk[i:i + FRAME])
+
+    def _push_frame(self, frame: np.ndarray) -> None:
         self.frames += 1
         if frame.any():
             if self._words is None:
