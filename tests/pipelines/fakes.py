@@ -182,6 +182,7 @@ class FakeSTTStream:
         self._speech_ms = 0
         self._silence_ms = 0
         self.frames = 0
+        self.chunks: list[int] = []  # samples per push
         self.flushes = 0
         self.closed = False
 
@@ -190,7 +191,8 @@ class FakeSTTStream:
         return self._stt.finalizes_at_pauses
 
     async def push(self, chunk: np.ndarray) -> None:
-        # The engine sends 40 ms at a time; words are counted in 20 ms frames.
+        # The engine may send several frames at a time; words are counted in 20 ms frames.
+        self.chunks.append(len(chunk))
         for i in range(0, len(chunk), FRAME):
             self._push_frame(chunk[i:i + FRAME])
 

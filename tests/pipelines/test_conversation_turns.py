@@ -283,3 +283,24 @@ def test_a_call_behind_catches_up_in_one_vad_round_trip() -> None:
         await h.close()
 
     run_virtual(scenario())
+
+
+def test_stt_audio_goes_in_chunks_in_silence_and_frame_by_frame_in_speech() -> None:
+    async def scenario() -> None:
+        h = await start_call(utterances=["What time do you open tomorrow?"],
+                             llm_scripts=[["We open at nine."]])
+        await h.caller.pause(1000)
+        (stream,) = h.stt.streams
+        silent = list(stream.chunks)
+        assert silent and max(silent) == 5 * 320 and sum(silent) >= 40 * 320
+        assert len(silent) <= 12  # 1 s of silence in ≥ 100 ms pieces, not 50 frames
+        before = len(stream.chunks)
+        await h.caller.speak(1000)
+        speaking = stream.chunks[before:]
+        # Once the VAD hears speech every frame goes at once: the words are never held back.
+        assert speaking[-30:] == [320] * 30
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "What time do you open tomorrow?"
+        await h.close()
+
+    run_virtual(scenario())
