@@ -44,6 +44,7 @@ log = logging.getLogger("pipelines.conversation")
 TURN_AUDIO_MS = 8000  # what the end-of-turn model looks at
 PREROLL_MS = 300  # audio kept before the first speech onset of a turn
 INPUT_BACKLOG_FRAMES = 100  # 2 s: beyond this the engine is overloaded and drops the oldest
+CATCH_UP_FRAMES = 4  # 80 ms of caller audio waiting: the VAD gets it all in one round trip
 STT_BACKLOG_FRAMES = 150  # 3 s of audio waiting for a slow STT connection
 # While the VAD hears no speech, caller audio goes to the STT 100 ms at a time: a fifth of the
 # messages (for a cloud STT each is a websocket frame with its own random mask), and nothing
@@ -190,10 +191,14 @@ class CallerAudio:
     async def _audio_loop(self) -> None:
         # Ends when the inbox is closed and drained: the far end is gone.
         while (first := await self.inbox.get()) is not None:
-            # Everything waiting goes to the VAD in one round trip: a call whose windows
-            # queued behind an end-of-turn check catches up at once, not a window per trip.
+            # A call that fell behind (its VAD windows queued behind an end-of-turn check)
+            # sends everything waiting in one round trip, to catch up at once rather than a
+            # window per trip. Otherwise one frame at a time: a stream's windows run one
+            # after another, so a request of several cannot share a batched run with other
+            # calls' windows the way single ones do.
+            waiting = self.inbox.take_waiting() if len(self.inbox) >= CATCH_UP_FRAMES else []
             frames: list[np.ndarray] = []
-            for carrier_frame in (first, *self.inbox.take_waiting()):
+            for carrier_frame in (first, *waiting):
                 stt_audio = self._formats.for_stt(carrier_frame)
                 if len(stt_audio):
                     self._queue_stt(stt_audio)
