@@ -22,8 +22,6 @@ from whole ones. Converting at the edges ourselves keeps the output bit-for-bit 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from pipelines.audio.frames import as_int16
@@ -81,6 +79,27 @@ class Upsampler2:
         return tail
 
 
+class _Soxr:
+    """soxr's stream with the same three calls as `Upsampler2`."""
+
+    def __init__(self, in_rate: int, out_rate: int, quality: str) -> None:
+        import soxr
+
+        self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32",
+                                           quality=quality)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._stream.resample_chunk(x))
+
+    def flush(self) -> np.ndarray:
+        tail = np.asarray(self._stream.resample_chunk(_EMPTY_F, last=True))
+        self._stream.clear()
+        return tail
+
+    def clear(self) -> None:
+        self._stream.clear()
+
+
 class StreamResampler:
     """int16 in → int16 out at `out_rate`; equal rates pass through untouched."""
 
@@ -90,14 +109,11 @@ class StreamResampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.quality = quality
-        self._stream: Upsampler2 | Any = None
+        self._stream: Upsampler2 | _Soxr | None = None
         if out_rate == 2 * in_rate:
             self._stream = Upsampler2()
         elif in_rate != out_rate:
-            import soxr
-
-            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32",
-                                               quality=quality)
+            self._stream = _Soxr(in_rate, out_rate, quality)
 
     @property
     def passthrough(self) -> bool:
@@ -110,20 +126,13 @@ class StreamResampler:
             return x
         if not len(x):
             return _EMPTY
-        y = x.astype(np.float32) * (1.0 / _SCALE)
-        if isinstance(self._stream, Upsampler2):
-            return _to_int16(self._stream.process(y))
-        return _to_int16(self._stream.resample_chunk(y))
+        return _to_int16(self._stream.process(x.astype(np.float32) * (1.0 / _SCALE)))
 
     def flush(self) -> np.ndarray:
         """Drain what the filter still holds (end of a segment or stream), then reset."""
         if self._stream is None:
             return _EMPTY
-        if isinstance(self._stream, Upsampler2):
-            return _to_int16(self._stream.flush())
-        tail = self._stream.resample_chunk(_EMPTY_F, last=True)
-        self._stream.clear()
-        return _to_int16(tail)
+        return _to_int16(self._stream.flush())
 
     def reset(self) -> None:
         """Drop filter state without emitting it (e.g. after a barge-in clear)."""
