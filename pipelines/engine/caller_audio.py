@@ -240,15 +240,13 @@ class CallerAudio:
     def _next_stt_item(self) -> SttItem:
         """A flush, or the queued frames up to the next flush as one chunk."""
         q = self._stt_q
-        first = q.popleft()
-        if isinstance(first, _Flush) or not q or isinstance(q[0], _Flush):
-            return first
-        chunk = [first]
-        while q and not isinstance(q[0], _Flush):
-            item = q.popleft()
-            assert not isinstance(item, _Flush)
-            chunk.append(item)
-        return np.concatenate(chunk)
+        chunk: list[np.ndarray] = []
+        while q and not isinstance(head := q[0], _Flush):
+            chunk.append(head)
+            q.popleft()
+        if not chunk:
+            return q.popleft()
+        return chunk[0] if len(chunk) == 1 else np.concatenate(chunk)
 
     async def _stt_feed_loop(self) -> None:
         failures = 0

@@ -129,7 +129,6 @@ class SileroVadStream:
         self.threshold = settings.threshold
         self.neg_threshold = max(settings.threshold - HYSTERESIS, 0.01)
         self._segmenter = SpeechSegmenter(settings.start_ms, settings.stop_ms, SAMPLE_RATE)
-        self._buf = np.zeros(CONTEXT + WINDOW, dtype=np.float32)
         self._events: deque[VadEvent] = deque()
         self._clock = 0  # stream samples before the window being filled
         self._closed = False
@@ -144,9 +143,9 @@ class SileroVadStream:
 
     def _reset_model_state(self) -> None:
         self._state = SileroModel.initial_state()
-        self._buf[:] = 0.0  # zero context, as for a fresh model
-        self._fill = CONTEXT
-        self._tail = np.zeros(0, dtype=np.float32)  # received, not yet placed in _buf
+        # The next window's context (the last window's tail; zeros for a fresh model), then
+        # the samples received since, not yet in a window.
+        self._audio = np.zeros(CONTEXT, dtype=np.float32)
 
     async def process(self, frame: np.ndarray) -> VadEvent | None:
         return (await self.process_frames([frame]))[0]
@@ -157,10 +156,9 @@ class SileroVadStream:
         pcms = [as_int16_frame(f) for f in frames]
         # Queue the samples before any await: if the caller is cancelled while its windows are
         # in flight, nothing is lost — the next call re-runs them with the unchanged state.
-        pending = self._fill - CONTEXT + len(self._tail)  # samples not yet in a window
-        self._tail = np.concatenate(
-            [self._tail, *(p.astype(np.float32) * (1.0 / 32768.0) for p in pcms)])
-        audio = np.concatenate([self._buf[: self._fill], self._tail])
+        pending = len(self._audio) - CONTEXT  # samples not yet in a window
+        self._audio = audio = np.concatenate(
+            [self._audio, *(p.astype(np.float32) * (1.0 / 32768.0) for p in pcms)])
         n = (len(audio) - CONTEXT) // WINDOW
         probs = np.zeros(0, dtype=np.float32)
         if n:
@@ -170,10 +168,7 @@ class SileroVadStream:
             self._state = result.state
             probs = result.probabilities
             self.probability = float(probs[-1])
-        left = audio[n * WINDOW :]  # the last window's tail (the next context) + a partial one
-        self._buf[: len(left)] = left
-        self._fill = len(left)
-        self._tail = self._tail[:0]
+            self._audio = audio[n * WINDOW :]
         # Each window's verdict goes to the frame that completed it, in order, as a frame at
         # a time would have had it (a frame completing two windows queues the second event).
         out: list[VadEvent | None] = []
@@ -194,7 +189,7 @@ class SileroVadStream:
 
     def reset(self) -> None:
         """Forget speech state and model memory; the stream clock keeps counting frames fed."""
-        self._clock += (self._fill - CONTEXT) + len(self._tail)
+        self._clock += len(self._audio) - CONTEXT
         self._reset_model_state()
         self._segmenter.reset()
         self._events.clear()
