@@ -28,7 +28,7 @@ from pipelines.settings import ConversationSettings, TurnSettings
 from pipelines.speech import SpeechHandle, TurnTiming
 from pipelines.transcripts import TranscriptBuffer
 from pipelines.turn.base import EndOfTurnDecision
-from pipelines.turn.delay import looks_unfinished
+from pipelines.turn.delay import hesitation_floor_ms, looks_unfinished
 from pipelines.turn.presets import AdaptiveTurnDelay, preset_name
 from pipelines.vad.base import VadEvent
 
@@ -87,6 +87,8 @@ class TurnTaking:
         self.eou_task: asyncio.Task[None] | None = None
         self.flushed_at_stop = False  # the STT was asked to finalise at this VAD stop
         self._last_stop_ms = 0.0  # stream time of the last VAD stop
+        # The longest silence the caller went on after in this turn (a mid-thought pause).
+        self._longest_resumed_pause_ms = 0.0
         self._speech_end_at = 0.0  # ... and its loop time
         # semantic_vad "auto": the silence budget adapts to how this caller pauses.
         self.adaptive = (AdaptiveTurnDelay()
@@ -179,18 +181,20 @@ class TurnTaking:
         self.utterance_start_ms = e.at_ms
         self.words.discarding = False
         self.ignore_utterance = False
-        if self.deciding:
-            # The caller carries on: not the end of the turn, and not the answer's words.
-            core.cancel(self.eou_task)
-            if self.adaptive is not None:
-                self.adaptive.resumed_after(e.at_ms - self._last_stop_ms,
-                                            self._settings.turn.max_wait_ms)
-        core.preemption.discard()
-        self._drop_early_check()
-        core.liveness.cancel_idle()
         if self._turn_start_ms is None:
             self._turn_start_ms = e.at_ms
             self._stt_errors_at_turn = core.audio.stt_errors
+            self._longest_resumed_pause_ms = 0.0
+        if self.deciding:
+            # The caller carries on: not the end of the turn, and not the answer's words.
+            core.cancel(self.eou_task)
+            pause_ms = e.at_ms - self._last_stop_ms
+            self._longest_resumed_pause_ms = max(self._longest_resumed_pause_ms, pause_ms)
+            if self.adaptive is not None:
+                self.adaptive.resumed_after(pause_ms, self._settings.turn.max_wait_ms)
+        core.preemption.discard()
+        self._drop_early_check()
+        core.liveness.cancel_idle()
         core.emit(ev.UserSpeechStarted, mono=edge)
         self.set_user_state("speaking", mono=edge)
         if core.ending:
@@ -302,11 +306,16 @@ class TurnTaking:
         if self._endpointing is None:
             return EndOfTurnDecision("vad", None, 0.0)
         core = self._core
+        adaptive = self.adaptive
+        floor = hesitation_floor_ms(self._longest_resumed_pause_ms, self._settings.turn)
+
+        def budget(ms: float) -> float:
+            return max(adaptive.budget(ms) if adaptive is not None else ms, floor)
+
         try:
             return await self._endpointing.decide(
                 lambda: core.audio.turn_audio(self._turn_start_ms), silence_ms,
-                self.words.text, self.adaptive.budget if self.adaptive is not None else None,
-                early)
+                self.words.text, budget if adaptive is not None or floor else None, early)
         finally:
             if early is not None:
                 early.cancel()  # a decision made without it (the VAD's, a timeout)

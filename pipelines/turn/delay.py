@@ -7,6 +7,10 @@ it the wait grows towards `max_wait_ms` as P falls. The words say what the audio
 a turn whose transcript ends on "and", "um", a comma, a digit group of a number still being read
 out, a month whose day is still to come or letters still being spelled waits the longest.
 
+A caller who already went on after a long pause in this turn is pausing mid-thought (reading
+a number off a card, choosing words): however finished the next pause sounds, it is not taken
+as the end of the turn before that caller's own pause length has passed (`hesitation_floor_ms`).
+
 Every budget counts from the true end of speech (so `vad.stop_ms` is part of it).
 """
 
@@ -77,6 +81,22 @@ def looks_unfinished(text: str) -> bool:
         else:
             break
     return tail >= 2 or (tail >= 1 and "spell" in t)
+
+
+# A silence the caller went on after that counts as a mid-thought pause, not a breath between
+# clauses (a synthetic or a real speaker's breath is ~300 ms).
+HESITATION_MS = 400
+# How much longer than their longest such pause a hesitant caller is given.
+HESITATION_MARGIN_MS = 200
+
+
+def hesitation_floor_ms(longest_resumed_pause_ms: float, settings: TurnSettings) -> float:
+    """The least silence that ends a turn in which the caller already went on after a pause of
+    `longest_resumed_pause_ms`: that pause plus a margin (within `max_wait_ms`), or 0 when
+    they have not paused mid-thought."""
+    if longest_resumed_pause_ms < HESITATION_MS:
+        return 0.0
+    return min(float(settings.max_wait_ms), longest_resumed_pause_ms + HESITATION_MARGIN_MS)
 
 
 def silence_budget_ms(probability: float | None, text: str, settings: TurnSettings) -> float:

@@ -33,7 +33,7 @@ from pipelines.turn.delay import silence_budget_ms
 
 log = logging.getLogger(__name__)
 
-Scale = Callable[[float], float]  # adapts a silence budget (semantic_vad "auto")
+Scale = Callable[[float], float]  # adapts a silence budget ("auto", a hesitant caller)
 TEXT_POLL_S = 0.05
 
 

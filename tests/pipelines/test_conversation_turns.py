@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.settings import ConversationSettings, TurnSettings
+from pipelines.turn.delay import HESITATION_MARGIN_MS
 from tests.pipelines.fakes import FakeSTT, Pause, start_call
 from tests.pipelines.virtual_clock import run_virtual
 
@@ -95,6 +96,35 @@ def test_unfinished_sentence_with_a_400ms_pause_does_not_end_the_turn() -> None:
             "I'd like to book a table for four people at eight.",
             "Sure, a table for four at eight."]
         assert len(h.of("user.speech_started")) == 2
+        await h.close()
+
+    run_virtual(scenario())
+
+
+def test_a_caller_who_paused_mid_thought_is_given_that_pause_again() -> None:
+    async def scenario() -> None:
+        # "I was wondering [900 ms] if I could move my appointment [500 ms] to the afternoon."
+        # The middle part sounds finished (P 0.95), but this caller already went on after 900
+        # ms: the 500 ms pause is not the end, and the real end waits 900 + 200 ms.
+        h = await start_call(
+            utterances=["I was wondering", "if I could move my appointment",
+                        "to the afternoon."],
+            eot_script=[[0.1], [0.95], [0.95]],
+            llm_scripts=[["Sure."], ["Sure."], ["Of course, which day?"]],
+        )
+        await h.caller.pause(200)
+        await h.caller.speak(900)
+        await h.caller.pause(900)
+        await h.caller.speak(1500)
+        await h.caller.pause(500)
+        await h.caller.speak(900)
+        spoke_until = h.caller.speech_ended_at
+        turn = await h.wait_for("user.turn_completed")
+        assert turn.text == "I was wondering if I could move my appointment to the afternoon."
+        waited_ms = (turn.mono - spoke_until) * 1000
+        # (The pause as the VAD timed it, to a frame or two.)
+        assert 900 + HESITATION_MARGIN_MS - 40 <= waited_ms <= 900 + HESITATION_MARGIN_MS + 200
+        assert len(h.of("user.turn_completed")) == 1
         await h.close()
 
     run_virtual(scenario())

@@ -10,7 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from pipelines.settings import ConversationSettings, InterruptionSettings, TurnSettings
-from pipelines.turn.delay import looks_unfinished, silence_budget_ms
+from pipelines.turn.delay import (
+    HESITATION_MARGIN_MS,
+    HESITATION_MS,
+    hesitation_floor_ms,
+    looks_unfinished,
+    silence_budget_ms,
+)
 from pipelines.turn.presets import PRESETS, AdaptiveTurnDelay, patch_base
 from providers.base import ToolCall
 from tests.pipelines.fakes import FakeSTT, FakeTTS, start_call
@@ -124,6 +130,14 @@ def test_changing_the_preset_in_a_patch_rederives_its_knobs() -> None:
     assert s.turn.max_wait_ms == PRESETS["high"]["max_turn_delay_ms"]
     # A patch that leaves the preset alone keeps every stored knob.
     assert patch_base(stored, {"greeting": "hi"}) is stored
+
+
+def test_a_hesitant_caller_gets_their_own_pause_as_the_least_wait() -> None:
+    t = TurnSettings(max_wait_ms=1200)
+    assert hesitation_floor_ms(0, t) == 0
+    assert hesitation_floor_ms(HESITATION_MS - 1, t) == 0  # a breath between clauses
+    assert hesitation_floor_ms(600, t) == 600 + HESITATION_MARGIN_MS
+    assert hesitation_floor_ms(1100, t) == 1200  # never beyond the longest wait
 
 
 def test_auto_waits_longer_for_a_caller_who_pauses_and_less_for_a_crisp_one() -> None:
