@@ -425,6 +425,7 @@ class TurnTaking:
     def reset_turn(self) -> None:
         self.words.clear()
         self._turn_start_ms = self.utterance_start_ms if self.user_speaking else None
+        self._longest_resumed_pause_ms = 0.0  # a committed turn's pauses say nothing of the next
 
     def reset_turn_if_empty(self) -> None:
         if self.words.empty and not self.user_speaking:
