@@ -4,8 +4,10 @@ Each call direction owns one `StreamResampler` so filter history carries across 
 resampling chunks independently would click at every boundary.
 
 Quality: soxr "HQ" holds back ~80 ms when going 8↔16 kHz, which would sit directly in the
-caller→VAD path and the TTS→caller path. "LQ" holds back ~12 ms and still keeps the telephone
-band flat (a 1 kHz tone stays well within 1 % level), so it is the default for live audio.
+caller→VAD path and the TTS→caller path. "LQ" keeps the telephone band flat (a 1 kHz tone stays
+well within 1 % level), so it is the default for live audio. soxr still works in blocks: fed
+20 ms chunks at 8 kHz it answers 0, 0, 0, 940, 0, 0, 940, … samples at 16 kHz, so the VAD hears
+a phone caller 20–60 ms late and three frames at a time (24→8 kHz: 0, 0, 300, 300, 0, 300, …).
 
 The stream runs in float32 although callers hand us int16: libsoxr's int16 output path adds
 random TPDF dither, so the same input gives different samples run to run and chunked runs differ
