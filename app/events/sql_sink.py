@@ -13,9 +13,10 @@ import collections
 import hashlib
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Insert, Table, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Session, ToolCallRecord, Turn, UsageRecord
@@ -44,6 +45,24 @@ def ts_to_dt(ts: float) -> datetime:
 
 def end_status(reason: str) -> str:
     return "failed" if is_failure(reason) else "ended"
+
+
+# Core statements on the tables, not ORM units of work: a call writes ~8 records a turn, and the
+# ORM's flush, identity map and per-statement cache keys cost several times the SQL itself
+# (see docs/benchmarks.md, "The call records' SQL"). Both dialects we support insert-or-skip,
+# which makes a replayed record a no-op without a lookup before each insert.
+_TURNS = cast(Table, Turn.__table__)
+_USAGE = cast(Table, UsageRecord.__table__)
+
+
+def _insert_or_skip(db: AsyncSession, table: Table, conflict_on: str) -> Insert:
+    """INSERT … ON CONFLICT (conflict_on) DO NOTHING in the session's dialect."""
+    dialect = db.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[conflict_on])
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=[conflict_on])
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
 
 
 def _short_hash(*parts: str, n: int = 32) -> str:
@@ -89,6 +108,9 @@ class SqlSink:
         )
         # Metrics attached by the open transaction: forgotten once it commits.
         self._after: list[tuple[str, str]] = []
+        # The last `turns.idx` written per session, so a turn is one INSERT, not a MAX query
+        # first. Forgotten whenever a transaction is discarded: it may have advanced them.
+        self._last_idx: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     def committed(self) -> None:
         for key in self._after:
@@ -97,6 +119,7 @@ class SqlSink:
 
     def discarded(self) -> None:
         self._after.clear()
+        self._last_idx.clear()
 
     # -- event handlers ----------------------------------------------------------------------
     async def apply(self, db: AsyncSession, env: Envelope) -> None:
@@ -157,6 +180,8 @@ class SqlSink:
                 created_at=ts_to_dt(ev.ts),
                 **values,
             ))
+            # Now: the Core inserts that follow (turns, usage) do not flush the ORM first.
+            await db.flush()
 
     async def _session_ended(self, db: AsyncSession, env: Envelope) -> None:
         ev = env.event
@@ -173,6 +198,7 @@ class SqlSink:
             await db.flush()
         self._timing.pop(ev.session_id, None)
         self._agent_ids.pop(ev.session_id, None)
+        self._last_idx.pop(ev.session_id, None)
 
     async def _turn_completed(self, db: AsyncSession, env: Envelope) -> None:
         ev = env.event
@@ -188,46 +214,45 @@ class SqlSink:
         interrupted = bool(d.get("interrupted"))
         has_agent = bool(agent_text or heard)
 
-        rows: list[Turn] = []
+        rows: list[dict[str, Any]] = []
         if user_text:
-            rows.append(Turn(
-                id=turn_row_id(sid, turn_id, "user"),
-                session_id=sid,
-                role="user",
-                text=user_text,
-                started_at=ts_to_dt(timing.user_started or timing.user_ended or ev.ts),
-                ended_at=ts_to_dt(timing.user_ended or ev.ts),
-                latency=None if has_agent else latency,
-            ))
+            rows.append({
+                "id": turn_row_id(sid, turn_id, "user"),
+                "role": "user",
+                "text": user_text,
+                "heard_text": None,
+                "interrupted": False,
+                "started_at": ts_to_dt(timing.user_started or timing.user_ended or ev.ts),
+                "ended_at": ts_to_dt(timing.user_ended or ev.ts),
+                "latency": None if has_agent else latency,
+            })
         if has_agent:
-            rows.append(Turn(
-                id=turn_row_id(sid, turn_id, "assistant"),
-                session_id=sid,
-                role="assistant",
-                text=agent_text,
-                heard_text=heard if heard is not None else agent_text,
-                interrupted=interrupted,
-                started_at=ts_to_dt(timing.agent_started or ev.ts),
-                ended_at=ts_to_dt(ev.ts),
-                latency=latency,
-            ))
+            rows.append({
+                "id": turn_row_id(sid, turn_id, "assistant"),
+                "role": "assistant",
+                "text": agent_text,
+                "heard_text": heard if heard is not None else agent_text,
+                "interrupted": interrupted,
+                "started_at": ts_to_dt(timing.agent_started or ev.ts),
+                "ended_at": ts_to_dt(ev.ts),
+                "latency": latency,
+            })
         if not rows:
             return
-        existing = set((await db.execute(
-            select(Turn.id).where(Turn.id.in_([r.id for r in rows]))
-        )).scalars())
-        rows = [r for r in rows if r.id not in existing]
-        if not rows:
-            return
-        top = (await db.execute(
-            select(func.max(Turn.idx)).where(Turn.session_id == sid)
-        )).scalar()
-        next_idx = -1 if top is None else int(top)
+        last = self._last_idx.get(sid)
+        if last is None:
+            top = (await db.execute(
+                select(func.max(_TURNS.c.idx)).where(_TURNS.c.session_id == sid)
+            )).scalar()
+            last = -1 if top is None else int(top)
+        # A replayed turn's rows are already there: skipped, and the indexes they would have
+        # taken stay unused (a gap orders the same as none).
         for r in rows:
-            next_idx += 1
-            r.idx = next_idx
-            db.add(r)
-        await db.flush()
+            last += 1
+            r["idx"] = last
+            r["session_id"] = sid
+        self._remember(self._last_idx, sid, last)
+        await db.execute(_insert_or_skip(db, _TURNS, "id"), rows)
         if latency is not None:
             self._after.append(key)
 
@@ -242,7 +267,7 @@ class SqlSink:
                         and k != "turn_id" and v is not None and v is not False})
         for role in ("assistant", "user"):
             res = await db.execute(
-                update(Turn).where(Turn.id == turn_row_id(sid, turn_id, role))
+                update(_TURNS).where(_TURNS.c.id == turn_row_id(sid, turn_id, role))
                 .values(latency=latency)
             )
             if res.rowcount:  # type: ignore[attr-defined]
@@ -307,22 +332,18 @@ class SqlSink:
                 select(Session.agent_id).where(Session.id == sid)
             )).scalar()
             self._remember(self._agent_ids, sid, agent_id)
-        # Replayed after a crash: the row may already be there.
-        if (await db.execute(
-            select(UsageRecord.id).where(UsageRecord.event_id == env.id)
-        )).first() is not None:
-            return
-        db.add(UsageRecord(
-            event_id=env.id,
-            session_id=sid,
-            agent_id=agent_id,
-            kind=str(d.get("kind") or "")[:8],
-            provider=str(d.get("provider") or ""),
-            model=str(d.get("model") or ""),
-            metric=str(d.get("metric") or ""),
-            quantity=float(d.get("quantity") or 0.0),
-            created_at=ts_to_dt(ev.ts),
-        ))
+        # Replayed after a crash: the row is already there and the insert is skipped.
+        await db.execute(_insert_or_skip(db, _USAGE, "event_id"), {
+            "event_id": env.id,
+            "session_id": sid,
+            "agent_id": agent_id,
+            "kind": str(d.get("kind") or "")[:8],
+            "provider": str(d.get("provider") or ""),
+            "model": str(d.get("model") or ""),
+            "metric": str(d.get("metric") or ""),
+            "quantity": float(d.get("quantity") or 0.0),
+            "created_at": ts_to_dt(ev.ts),
+        })
 
     # -- helpers -----------------------------------------------------------------------------
     def _timing_for(self, sid: str) -> _TurnTiming:

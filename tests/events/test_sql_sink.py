@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -181,3 +183,38 @@ async def test_first_tool_outcome_wins_but_a_failure_corrects_ok(
     assert len(rows) == 2
     assert (rows["a"].status, rows["a"].error) == ("timeout", "slow")
     assert (rows["b"].status, rows["b"].error) == ("error", "hangup failed")
+
+
+async def test_a_restarted_sink_replays_turns_and_usage_once_and_goes_on_numbering(
+    database: Database, events_factory: Callable[..., EventsService]
+) -> None:
+    """After a restart the sink knows no turn index: a replayed turn is skipped (not written
+    twice, no lookup first), and the next new turn is numbered after what is in the table."""
+    sid, agent_id = await make_session(database)
+    first = events_factory()
+    await first.start()
+    envs = [first.publish(e) for e in call_events(sid, agent_id)[:-1]]
+    await first.flush()
+    await first.stop()
+
+    second = events_factory()  # a new process: empty caches, the same database
+    await second.start()
+    for env in envs:
+        second.outbox.put("event", sid, env.to_dict())
+    second.publish(ev.TurnCompleted(session_id=sid, turn_id="t9", user_text="one more",
+                                    agent_text="Sure."))
+    second.publish(ev.SessionUsage(session_id=sid, provider="piper", model="", kind="tts",
+                                   metric="characters", quantity=5.0))
+    await second.flush()
+    async with database.session() as s:
+        turns = await sessions_repo.list_turns(s, sid)
+        usage = list((await s.execute(
+            select(UsageRecord.quantity).where(UsageRecord.session_id == sid)
+        )).scalars())
+    assert [(t.role, t.text) for t in turns] == [
+        ("assistant", "Hello!"), ("user", "what's the weather"),
+        ("assistant", "It is 21 degrees."), ("user", "thanks bye"), ("assistant", "Goodbye!"),
+        ("user", "one more"), ("assistant", "Sure."),
+    ]
+    assert [t.idx for t in turns][:5] == [0, 1, 2, 3, 4] and turns[5].idx < turns[6].idx
+    assert sorted(usage) == [5.0, 42.0, 150.0, 210.0]
