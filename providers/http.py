@@ -388,14 +388,33 @@ async def open_stream(
         await response.aclose()
 
 
-async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
-    """Server-sent events as (event, data) pairs; `event` defaults to "message"."""
+# How long a finished stream's remaining bytes may take to arrive. Reading them is what lets the
+# pooled connection serve the next request: a response closed with its body unread drops the
+# connection, and every turn would then pay a new TCP and TLS handshake to the vendor.
+DRAIN_S = 0.5
+
+
+async def iter_sse(
+    response: httpx.Response,
+    last: Callable[[str, str], bool] | None = None,
+) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events as (event, data) pairs; `event` defaults to "message".
+
+    `last` names the vendor's final event (OpenAI's `data: [DONE]`, Anthropic's
+    `message_stop`): it is yielded, then the rest of the body is read (for up to `DRAIN_S`) and
+    the iteration ends, so the connection goes back to the pool. The caller should not `break`
+    on it: leaving the loop early leaves the body unread."""
+    lines = response.aiter_lines()
     event = ""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in lines:
         if not line:
             if data:
-                yield event or "message", "\n".join(data)
+                name, payload = event or "message", "\n".join(data)
+                yield name, payload
+                if last is not None and last(name, payload):
+                    await _drain(lines)
+                    return
             event, data = "", []
             continue
         if line.startswith(":"):
@@ -409,6 +428,15 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
             data.append(value)
     if data:
         yield event or "message", "\n".join(data)
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass  # not reusable: closing the response drops the connection, as before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,11 @@ _RETRYABLE_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_erro
 _SETTING_KEYS = ("temperature", "top_p", "max_tokens", "stop")
 
 
+def _is_stop(event: str, _data: str) -> bool:
+    """Anthropic's end of a message stream."""
+    return event == "message_stop"
+
+
 class AnthropicLLMConfig(CloudConfig):
     api_key: SecretRef
     model: str = "claude-haiku-4-5"
@@ -182,7 +187,7 @@ class AnthropicLLM(LLMProvider):
         input_tokens = output_tokens = cache_read = cache_write = 0
         stopped = False
         async with open_stream(client, self.name, build, cfg.retry_policy()) as response:
-            async for event, data in iter_sse(response):
+            async for event, data in iter_sse(response, last=_is_stop):
                 if event == "ping":
                     continue
                 try:
@@ -228,8 +233,7 @@ class AnthropicLLM(LLMProvider):
                     output_tokens = int(u.get("output_tokens") or output_tokens)
                     input_tokens = int(u.get("input_tokens") or input_tokens)
                 elif kind == "message_stop":
-                    stopped = True
-                    break
+                    stopped = True  # the last event: iter_sse reads the body out and ends
         if not stopped:
             raise ProviderError(self.name, "stream ended before message_stop", retryable=True,
                                 code="incomplete_stream")

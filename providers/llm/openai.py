@@ -122,6 +122,11 @@ def to_openai_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
+def _is_done(_event: str, data: str) -> bool:
+    """OpenAI's end of a chat stream."""
+    return data.strip() == "[DONE]"
+
+
 def _text(content: Any) -> str:
     if content is None:
         return ""
@@ -267,10 +272,10 @@ class OpenAILLM(LLMProvider):
         usage: dict[str, Any] | None = None
         finished = False
         async with open_stream(client, self.name, build, cfg.retry_policy()) as response:
-            async for _event, data in iter_sse(response):
-                if data.strip() == "[DONE]":
+            async for event, data in iter_sse(response, last=_is_done):
+                if _is_done(event, data):
                     finished = True
-                    break
+                    continue
                 try:
                     chunk = json.loads(data)
                 except ValueError:

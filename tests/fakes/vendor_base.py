@@ -138,6 +138,8 @@ class Recorded:
     completed: bool = False
     status: int = 200
     close_code: int | None = None
+    # HTTP: the client's (host, port), which tells a reused keep-alive connection from a new one.
+    client: tuple[str, int] | None = None
     # A WebSocket upgrade (as opposed to a plain HTTP request).
     websocket: bool = False
     # Free-form per-vendor notes (e.g. Cartesia cancel times by context id).
@@ -320,6 +322,8 @@ class FakeVendor(abc.ABC):
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         query = parse_query(scope.get("query_string", b"").decode())
         rec = self._record(Recorded(endpoint, scope["method"], scope["path"], query, headers))
+        client = scope.get("client")
+        rec.client = (str(client[0]), int(client[1])) if client else None
         rec.body = await read_body(receive)
         return rec
 

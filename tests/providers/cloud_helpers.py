@@ -1,5 +1,6 @@
 """What the cloud adapter tests share: the per-module fake vendor and its per-test reset, building
-an adapter pointed at the fake, the barge-in (cancellation) check and the key-leak check."""
+an adapter pointed at the fake, the barge-in (cancellation) check, the connection-reuse check and
+the key-leak check."""
 
 from __future__ import annotations
 
@@ -50,6 +51,18 @@ def adapter(cls: type[A], base_url: str, ctx: ProviderContext, **opts: Any) -> A
     cfg = {"base_url": base_url, "api_key": KEY_REF, **opts}
     config = cls.Config.model_validate(cfg)  # type: ignore[attr-defined]
     return cls(config, ctx)  # type: ignore[call-arg]
+
+
+async def answers_share_a_connection(fake: FakeVendor, model: Any,
+                                     queue: Callable[[str], None]) -> None:
+    """Two answers in a row from `model` (an LLM adapter) reach the vendor on one connection:
+    the first stream was read to its end, so the pooled connection served the second."""
+    for question in ("Hours?", "And on Sunday?"):
+        queue("Nine to five.")
+        async for _ in model.stream([{"role": "user", "content": question}]):
+            pass
+    first, second = fake.requests[-2:]
+    assert first.client is not None and second.client == first.client
 
 
 async def cancel_promptly(fake: FakeVendor,

@@ -13,6 +13,7 @@ from tests.fakes.harness import all_logs_at_debug, collect, context
 from tests.fakes.vendor_base import FAKE_API_KEY, Failure
 from tests.providers.cloud_helpers import (
     adapter,
+    answers_share_a_connection,
     assert_key_never_logged,
     cancel_promptly,
     vendor_fixtures,
@@ -51,6 +52,11 @@ async def test_text_streams_with_system_prompt_and_usage(fake: FakeAnthropic, cx
     assert body["max_tokens"] == 300 and body["temperature"] == 0.2
     # The API needs a user turn first: a placeholder stands in before the greeting.
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+
+
+async def test_turns_reuse_the_vendor_connection(fake: FakeAnthropic, cx: Any) -> None:
+    """The stream is read to its end after `message_stop`: no new handshake per answer."""
+    await answers_share_a_connection(fake, claude(fake, cx[0]), fake.queue_reply)
 
 
 async def test_tool_use_blocks_assemble_from_json_deltas(fake: FakeAnthropic, cx: Any) -> None:

@@ -21,6 +21,7 @@ from tests.fakes.harness import KEY_REF, all_logs_at_debug, collect, context
 from tests.fakes.vendor_base import FAKE_API_KEY, Failure, tone
 from tests.providers.cloud_helpers import (
     adapter,
+    answers_share_a_connection,
     assert_key_never_logged,
     cancel_promptly,
     vendor_fixtures,
@@ -65,6 +66,11 @@ async def test_text_streams_in_order_with_usage_and_ttfb(fake: FakeOpenAI, cx: A
     assert body["model"] == "gpt-4o-mini" and body["temperature"] == 0.3
     # A compatible server gets `max_tokens`; OpenAI itself gets `max_completion_tokens`.
     assert body["max_tokens"] == 300 and "max_completion_tokens" not in body
+
+
+async def test_turns_reuse_the_vendor_connection(fake: FakeOpenAI, cx: Any) -> None:
+    """The stream is read to its end after `[DONE]`: no new TCP and TLS handshake per answer."""
+    await answers_share_a_connection(fake, llm(fake, cx[0]), fake.queue_chat)
 
 
 async def test_parallel_tool_calls_assemble_per_index(fake: FakeOpenAI, cx: Any) -> None:
