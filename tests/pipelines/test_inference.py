@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +232,31 @@ def test_a_batch_left_running_by_a_closed_loop_does_not_hold_the_cap() -> None:
         assert asyncio.run(later()) == 4
     finally:
         pool.shutdown()
+
+
+def _threads_after_loading(models_dir: Path, telemetry: str | None) -> int:
+    """Threads of a fresh process that imported the engine and loaded Silero through it."""
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    if telemetry is not None:
+        env["ORT_DISABLE_TELEMETRY"] = telemetry
+    code = (
+        "import os, sys\n"
+        "from pipelines.inference import cpu_onnx_session\n"
+        "cpu_onnx_session(sys.argv[1])\n"
+        "assert os.environ['ORT_DISABLE_TELEMETRY'] == sys.argv[2], os.environ\n"
+        "print(len(os.listdir('/proc/self/task')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(models_dir / "silero_vad.onnx"), telemetry or "1"],
+        env=env, capture_output=True, text=True, check=True, timeout=60)
+    return int(out.stdout.strip())
+
+
+def test_onnxruntime_telemetry_is_off_unless_asked_for(models_dir: Path) -> None:
+    """onnxruntime's usage telemetry to Microsoft (its own thread, and DNS lookups of its
+    collector) stays off in a server that did not ask for it; ORT_DISABLE_TELEMETRY=0 allows it."""
+    ours = _threads_after_loading(models_dir, None)  # asserts the variable is set
+    allowed = _threads_after_loading(models_dir, "0")
+    if allowed == _threads_after_loading(models_dir, "1"):
+        pytest.skip("this onnxruntime starts no telemetry thread")
+    assert ours < allowed  # the telemetry thread is not there
