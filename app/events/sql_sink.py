@@ -10,6 +10,7 @@ turns and tool calls, the event id on usage rows, guarded status updates.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 from datetime import UTC, datetime
@@ -57,7 +58,12 @@ _USAGE = cast(Table, UsageRecord.__table__)
 
 def _insert_or_skip(db: AsyncSession, table: Table, conflict_on: str) -> Insert:
     """INSERT … ON CONFLICT (conflict_on) DO NOTHING in the session's dialect."""
-    dialect = db.get_bind().dialect.name
+    return _insert_or_skip_in(db.get_bind().dialect.name, table, conflict_on)
+
+
+@functools.cache
+def _insert_or_skip_in(dialect: str, table: Table, conflict_on: str) -> Insert:
+    # Built once per dialect and table, not once per record: the statement is immutable.
     if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=[conflict_on])
     if dialect == "sqlite":
