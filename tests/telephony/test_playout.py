@@ -17,7 +17,7 @@ import pytest
 
 from app.simulator.playout import FarEndPlayout
 from app.telephony.plivo.codec import StreamCodec
-from app.telephony.plivo.playout import PlivoPlayout
+from app.telephony.plivo.playout import BATCH_FRAMES, PlivoPlayout
 from pipelines.ports import PlayoutSink
 from tests.telephony.audio_checks import heard_ms, last_heard_ms, tone
 from tests.telephony.conftest import AGENT_NUMBER, Edge
@@ -43,6 +43,7 @@ class Loopback:
         self.codec = codec
         self.far = FarEndPlayout(codec.sample_rate)
         self.sent: list[dict] = []
+        self.frames_sent = 0  # 20 ms frames in the playAudio messages
         self.playout = PlivoPlayout(self.send, codec, "stream-1", max_ahead_ms=max_ahead_ms,
                                     local_buffer_ms=local_buffer_ms)
         self._ticker = asyncio.create_task(self._tick())
@@ -56,7 +57,10 @@ class Loopback:
             assert msg["media"]["contentType"] == self.codec.encoding
             assert msg["media"]["sampleRate"] == self.codec.sample_rate
             payload = base64.b64decode(msg["media"]["payload"])
-            assert len(payload) == self.codec.frame_bytes  # 20 ms per message
+            # Whole 20 ms frames, a few per message at most.
+            assert len(payload) % self.codec.frame_bytes == 0
+            assert 0 < len(payload) <= BATCH_FRAMES * self.codec.frame_bytes
+            self.frames_sent += len(payload) // self.codec.frame_bytes
             acks = self.far.enqueue(self.codec.decode(payload), now)
         elif msg["event"] == "checkpoint":
             acks = self.far.checkpoint(msg["name"], now)
@@ -110,8 +114,14 @@ async def test_pacing_acks_and_resampling_loopback():
     assert [p.played_ms(n) for n, *_ in segments] == [1000.0, 400.0, 200.0]
     # checkpoints went out right after each segment's last frame
     events = [m["event"] if m["event"] != "checkpoint" else m["name"] for m in lb.sent]
-    assert events.count("playAudio") == 50 + 20 + 10
-    assert events.index("a") == 50 and events.index("b") == 71 and events[-1] == "c"
+    assert lb.frames_sent == p.stats.frames_sent == 50 + 20 + 10
+    # fewer messages than frames: once the far end held enough, frames went out together
+    assert events.count("playAudio") == p.stats.messages_sent < lb.frames_sent
+    plays = [len(base64.b64decode(m["media"]["payload"])) // MULAW.frame_bytes
+             for m in lb.sent if m["event"] == "playAudio"]
+    a, b = events.index("a"), events.index("b")
+    assert sum(plays[:a]) == 50 and sum(plays[:b - 1]) == 70 and events[-1] == "c"
+    assert events[a + 1:b].count("playAudio") == b - a - 1  # nothing else between checkpoints
     rec = lb.far.recording()
     for _name, freq, secs, _ in segments:
         assert abs(heard_ms(rec, 8000, freq) - secs * 1000) <= 30
@@ -145,6 +155,26 @@ async def test_clear_stops_within_a_frame_and_reports_heard_ms():
     await asyncio.wait_for(p.wait_played("next"), 5)
     assert p.stats.acked_order == ["next"] and p.played_ms("next") == 300.0
     assert await p.clear() == 0.0  # nothing playing: nothing to clear
+    await lb.close()
+
+
+async def test_speech_after_a_clear_does_not_wait_for_the_feeders_nap():
+    # In steady state the feeder sleeps until a whole message fits (up to BATCH_FRAMES frames).
+    # A clear empties Plivo's buffer, so what is written next (a ducked resume) must go out on
+    # the next turns of the event loop, not when that sleep would have ended.
+    lb = Loopback(max_ahead_ms=200)
+    p = lb.playout
+    await p.start_segment("s1")
+    await _write_chunked(p, tone(1000, 2.0, 16000), 16000)
+    await asyncio.sleep(0.5)
+    assert p._napping is not None  # waiting for room, Plivo holding more than LOW_WATER_S
+    await p.clear()
+    await p.start_segment("s1~1")
+    await _write_chunked(p, tone(1000, 0.2, 16000), 16000)
+    for _ in range(10):  # no time passes: only the tasks that are ready run
+        await asyncio.sleep(0)
+    events = [m["event"] for m in lb.sent]
+    assert "playAudio" in events[events.index("clearAudio"):]
     await lb.close()
 
 

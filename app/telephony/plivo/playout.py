@@ -2,9 +2,15 @@
 
 Why pace at all: Plivo buffers whatever we send and plays it in real time. Bursting a whole
 utterance fills that buffer, so a barge-in `clearAudio` has seconds to discard and the caller
-hears the bot talk over them (plivo.md §3.3). We therefore keep at most `max_ahead_ms` queued at
+hears the bot talk over them. We therefore keep at most `max_ahead_ms` queued at
 Plivo, tracked on a local clock: `play_head` is when everything sent so far will have finished
 playing. A frame is sent only when it keeps `play_head - now <= max_ahead_ms`.
+
+Messages: audio is queued and accounted for in 20 ms frames, but up to `BATCH_FRAMES` of them go
+in one `playAudio` once Plivo holds more than `LOW_WATER_S`: the buffer then swings between
+`max_ahead_ms` minus a message and `max_ahead_ms` instead of topping up every 20 ms, for a third of
+the messages (each a JSON document and a WebSocket frame on both ends). The first frames of a
+reply, and any frame while the buffer runs low, go out as soon as they fit.
 
 This is the engine's only pacing clock: `write` pushes back once `local_buffer_ms` waits here
 unsent, so a writer (speech, thinking audio) is never more than `max_ahead_ms` plus that small
@@ -57,9 +63,20 @@ _KEEP_SEGMENTS = 256  # finished segments remembered for played_ms() lookups
 # Background alone is sent this far ahead at most: enough to ride out scheduling jitter, little
 # enough that speech starting in silence is barely delayed behind it.
 BED_AHEAD_MS = 60
+# Speech goes to Plivo up to this many 20 ms frames per `playAudio`: each message costs a JSON
+# document, a WebSocket frame and a socket write on both ends, whatever audio it carries. Only
+# while the far end holds more than LOW_WATER_S (so waiting for a fuller message cannot starve
+# it); below that, and for the first frames of a reply, every frame goes as soon as it fits.
+BATCH_FRAMES = 3
+LOW_WATER_S = 0.1
 
 Send = Callable[[str], Awaitable[None]]
 Clock = Callable[[], float]
+
+
+def _wake(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)
 
 
 @dataclass(eq=False)
@@ -97,6 +114,7 @@ class _Item:
 @dataclass
 class PlayoutStats:
     frames_sent: int = 0
+    messages_sent: int = 0  # playAudio messages carrying those frames
     segments: int = 0
     checkpoints_acked: int = 0
     clears: int = 0
@@ -146,6 +164,7 @@ class PlivoPlayout:
         self._space = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._feeder: asyncio.Task[None] | None = None
+        self._napping: asyncio.Future[None] | None = None  # the feeder waiting for room
         self._closed = False
         self._auto_ids = itertools.count(1)
         self.stats = PlayoutStats()
@@ -295,6 +314,8 @@ class PlivoPlayout:
         if not pending_audio and not live:
             return 0.0
         self._play_head = now  # Plivo empties its buffer on clearAudio
+        if self._napping is not None:
+            _wake(self._napping)
         if self.recorder is not None:
             self.recorder.cut(now)  # what Plivo drops was never heard
         self._speech_end = min(self._speech_end, now)
@@ -423,36 +444,16 @@ class PlivoPlayout:
                     continue
                 now = self._clock()
                 ahead = max(0.0, self._play_head - now)
-                wait = ahead + FRAME_S - self.max_ahead_s
+                ready = self._ready_frames(seg)
+                # Frames go out together: once the far end holds enough to ride out a wait,
+                # wait until all that is ready fits rather than sending each as it fits.
+                want = ready if ahead > LOW_WATER_S else 1
+                wait = ahead + want * FRAME_S - self.max_ahead_s
                 if wait > 1e-4:
-                    await asyncio.sleep(wait)
+                    await self._nap(wait)
                     continue
-                self._queue.popleft()
-                if self._play_head < now:
-                    if seg.frames_sent > 0:
-                        self.stats.underruns += 1
-                    self._play_head = now
-                if seg.first_play_at is None:
-                    seg.first_play_at = self._play_head
-                self._play_head += FRAME_S
-                seg.frames_sent += 1
-                seg.sent_end = self._speech_end = self._play_head
-                self.stats.frames_sent += 1
-                self.stats.max_ahead_ms_seen = max(self.stats.max_ahead_ms_seen,
-                                                   (self._play_head - now) * 1000.0)
-                self._space.set()
-                payload = item.payload
-                heard: np.ndarray | None = None  # the frame as PCM, once it had to be decoded
-                bed = self._bed
-                if bed is not None and not bed.exhausted:
-                    heard = mix(self.codec.decode(payload), bed.read(self.codec.frame_samples))
-                    payload = self.codec.encode(heard)
-                    self.stats.mixed_frames += 1
-                if self.recorder is not None:
-                    self.recorder.agent(heard if heard is not None else self.codec.decode(payload),
-                                        self._play_head - FRAME_S)
-                await self._send(protocol.play_audio(payload, self.codec.encoding,
-                                                     self.codec.sample_rate))
+                fits = int((self.max_ahead_s - ahead) / FRAME_S + 1e-6)
+                await self._send_frames(seg, min(ready, max(1, fits)), now)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -463,6 +464,60 @@ class PlivoPlayout:
             self._closed = True
             for seg in self._segments.values():
                 seg.finish()
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep until the next frames fit, or until a clear() empties the far end's buffer
+        (then speech written after it, e.g. a ducked resume, goes out at once)."""
+        loop = asyncio.get_running_loop()
+        nap = self._napping = loop.create_future()
+        timer = loop.call_later(seconds, _wake, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            self._napping = None
+
+    def _ready_frames(self, seg: _Segment) -> int:
+        """Audio frames of `seg` at the head of the queue, up to one message's worth."""
+        n = 0
+        for item in itertools.islice(self._queue, BATCH_FRAMES):
+            if item.segment is not seg or item.payload is None:
+                break
+            n += 1
+        return n
+
+    async def _send_frames(self, seg: _Segment, n: int, now: float) -> None:
+        """The next `n` frames of `seg` in one `playAudio`."""
+        if self._play_head < now:
+            if seg.frames_sent > 0:
+                self.stats.underruns += 1
+            self._play_head = now
+        if seg.first_play_at is None:
+            seg.first_play_at = self._play_head
+        payloads: list[bytes] = []
+        bed = self._bed
+        for _ in range(n):
+            payload = self._queue.popleft().payload
+            assert payload is not None
+            heard: np.ndarray | None = None  # the frame as PCM, once it had to be decoded
+            if bed is not None and not bed.exhausted:
+                heard = mix(self.codec.decode(payload), bed.read(self.codec.frame_samples))
+                payload = self.codec.encode(heard)
+                self.stats.mixed_frames += 1
+            if self.recorder is not None:
+                self.recorder.agent(heard if heard is not None else self.codec.decode(payload),
+                                    self._play_head)
+            payloads.append(payload)
+            self._play_head += FRAME_S
+        seg.frames_sent += n
+        seg.sent_end = self._speech_end = self._play_head
+        self.stats.frames_sent += n
+        self.stats.messages_sent += 1
+        self.stats.max_ahead_ms_seen = max(self.stats.max_ahead_ms_seen,
+                                           (self._play_head - now) * 1000.0)
+        self._space.set()
+        await self._send(protocol.play_audio(b"".join(payloads), self.codec.encoding,
+                                             self.codec.sample_rate))
 
     async def _feed_background(self) -> None:
         """One frame of background alone once it is due; returns early when speech or a new
