@@ -14,6 +14,7 @@ import numpy as np
 SAMPLE_RATE = 16000
 FRAME_MS = 20
 FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000  # 320
+_INT16 = np.dtype(np.int16)
 
 
 def samples_per_frame(sample_rate: int, frame_ms: int = FRAME_MS) -> int:
@@ -26,6 +27,10 @@ def samples_per_frame(sample_rate: int, frame_ms: int = FRAME_MS) -> int:
 
 def as_int16(samples: np.ndarray) -> np.ndarray:
     """View/convert to a 1-D int16 array; floats are taken as [-1, 1] and clipped."""
+    # Nearly every call already has one (each 20 ms of caller and agent audio passes here
+    # several times): answer that without numpy's conversions.
+    if type(samples) is np.ndarray and samples.ndim == 1 and samples.dtype == _INT16:
+        return samples
     a = np.asarray(samples)
     if a.dtype == np.int16:
         return a.reshape(-1)

@@ -28,7 +28,13 @@ _SCALE = 32768.0
 
 
 def _to_int16(y: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(y * _SCALE), -32768, 32767).astype(np.int16)
+    # In place and with the bare ufuncs: `np.clip`'s argument checks cost more than the
+    # arithmetic on a 20 ms chunk (this runs for every caller frame and every TTS chunk).
+    z = np.multiply(y, _SCALE)
+    np.rint(z, out=z)
+    np.minimum(z, 32767.0, out=z)
+    np.maximum(z, -32768.0, out=z)
+    return z.astype(np.int16)
 
 
 class StreamResampler:
