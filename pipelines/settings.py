@@ -1,7 +1,7 @@
 """Per-agent turn-taking settings consumed by the engine.
 
-Defaults follow ARCHITECTURE.md (Turn-taking). They are plain pydantic models so the service can
-embed them in an agent's config and validate them when the agent is saved.
+Defaults are the ones docs/turn-taking.md explains. They are plain pydantic models so the service
+can embed them in an agent's config and validate them when the agent is saved.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models for the whole data model (ARCHITECTURE.md, Data model).
+"""SQLAlchemy 2 models for the whole data model.
 
 Portable across SQLite and Postgres: string UUID keys, generic JSON, timezone-aware timestamps.
 The schema only changes through an Alembic revision; tests check models and migrations agree.

@@ -1,6 +1,6 @@
 """A Plivo simulator: plays Plivo's side of a call against a Phonebooth server.
 
-It behaves as Plivo does on the wire (shared/reference/plivo.md):
+It behaves as Plivo does on the wire:
 - signs (V3, it knows the auth token) and POSTs the answer request, parses the XML;
 - opens the `<Stream>` WebSocket with a V3-signed upgrade and sends `start`;
 - streams caller audio (a WAV, or silence) as 20 ms `media` frames in real time;

@@ -91,7 +91,7 @@ class AnswerResult:
 
 
 def parse_answer(status_code: int, body: str) -> AnswerResult:
-    """Interpret an answer-URL response the way Plivo would (plivo.md §1)."""
+    """Interpret an answer-URL response the way Plivo would."""
     if status_code != 200:
         return AnswerResult(status_code, body, "http_error")
     try:

@@ -4,7 +4,7 @@ Decoding is a 256-entry table; encoding is a 65,536-entry table indexed by the i
 reinterpreted as uint16, built once at import (~128 KB). A table lookup per sample is the
 fastest thing numpy can do here, which matters when one process carries hundreds of calls.
 
-μ-law follows the classic 16-bit form documented in shared/reference/plivo.md §7 (BIAS 0x84,
+μ-law follows the classic 16-bit form as Plivo documents it (BIAS 0x84,
 clip 32635). It differs from Python's old `audioop.lin2ulaw` (Sun 14-bit variant) by one code
 step on a few hundred negative inputs; both are valid G.711 and decode identically.
 """

@@ -29,7 +29,7 @@ async def test_create_read_patch_keeps_old_version(client, admin_headers):
     created = await _create(client, admin_headers)
     assert created["version"] == 1
     assert created["config"]["prompt"] == "You are a helpful receptionist."
-    # Defaults from ARCHITECTURE.md are filled in and frozen into the version.
+    # The documented defaults are filled in and frozen into the version.
     assert created["config"]["turn"]["max_wait_ms"] == 1200
     agent_id = created["id"]
 

@@ -1,4 +1,4 @@
-"""G.711 tables against the formulas in shared/reference/plivo.md §7 (and audioop where present)."""
+"""G.711 tables against the formulas Plivo documents for G.711 (and audioop where present)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pipelines.audio import g711
 
 
 def reference_ulaw_decode(byte: int) -> int:
-    # Written out from plivo.md §7, one code at a time.
+    # Written out from those formulas, one code at a time.
     u = ~byte & 0xFF
     t = ((u & 0x0F) << 3) + 0x84
     t <<= (u & 0x70) >> 4
@@ -103,7 +103,7 @@ def test_cross_check_against_audioop_if_available():
     a = np.frombuffer(audioop.lin2ulaw(allv.tobytes(), 2), np.uint8).astype(int)
     b = np.frombuffer(g711.ulaw_encode(allv), np.uint8).astype(int)
     diff = a != b
-    # Documented in plivo.md §7: the 14-bit Sun variant differs by one step on 381 negatives.
+    # The 14-bit Sun variant differs by one step on 381 negatives.
     assert diff.sum() == 381
     assert np.all(allv[diff] < 0)
     assert np.all(np.abs(a[diff] - b[diff]) == 1)  # adjacent codes: one step apart

@@ -1,7 +1,7 @@
 """A fake Plivo REST API (`/v1/Account/{auth_id}/...`) on 127.0.0.1, real HTTP.
 
 Strict about the wire habits of the official SDK: Basic auth, JSON bodies on POST, a trailing
-slash on every path. Answers like Plivo (plivo.md §5): make call 201 + request_uuid, hangup 204
+slash on every path. Answers like Plivo's REST API: make call 201 + request_uuid, hangup 204
 (404 when the call is unknown or gone), cancel a placed call still ringing (`DELETE
 Request/{uuid}/`) 204, transfer 202, DTMF 202.
 

@@ -1,4 +1,4 @@
-"""V3/V2 signatures: the worked examples in plivo.md §6 and agreement with the official SDK."""
+"""V3/V2 signatures: Plivo's documented worked examples and agreement with the official SDK."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The stream's audio codec: `audio/x-mulaw` 8 kHz or `audio/x-l16` 8/16 kHz (plivo.md §2, §7).
+"""The stream's audio codec: `audio/x-mulaw` 8 kHz or `audio/x-l16` 8/16 kHz.
 
 Read from the `start` event's `mediaFormat`, never assumed from the XML we served. L16 on the
-Plivo wire is little-endian (every Plivo-authored implementation; plivo.md §7).
+Plivo wire is little-endian (every Plivo-authored implementation).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Plivo audio-stream WebSocket protocol as typed messages (plivo.md §3).
+"""The Plivo audio-stream WebSocket protocol as typed messages.
 
 Inbound: `parse_message` turns one text frame into a typed message or raises `ProtocolError`
 naming what is wrong; the stream handler logs that and carries on. Every documented event is
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_MESSAGE_BYTES = 64 * 1024  # Plivo's documented WebSocket message limit (plivo.md §3.3)
+MAX_MESSAGE_BYTES = 64 * 1024  # Plivo's documented WebSocket message limit
 DTMF_DIGITS = re.compile(r"^[0-9A-D*#]+$")
 
 

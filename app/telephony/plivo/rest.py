@@ -1,4 +1,4 @@
-"""Plivo REST API client for live-call control (plivo.md §5).
+"""Plivo REST API client for live-call control.
 
 Matches the official SDK's wire habits: Basic auth (auth_id:auth_token), JSON bodies, a
 trailing slash on every path. Retries on 5xx and 429 with exponential backoff, honouring

@@ -47,7 +47,7 @@ UNAVAILABLE_APOLOGY = "Sorry, we cannot take your call right now. Please try aga
 # A database slower than this to answer Plivo is treated as away (Plivo's own answer timeout is
 # a few seconds): the call is answered from the cache and its records go through the outbox.
 DB_TIMEOUT_S = 2.0
-# Normalised stream status events: Plivo documents two naming schemes (plivo.md §4, §9.5).
+# Normalised stream status events: Plivo documents two naming schemes.
 STREAM_EVENTS = {
     "startstream": "started", "started": "started",
     "stopstream": "stopped", "stopped": "stopped",

@@ -1,4 +1,4 @@
-"""Plivo webhook signatures (shared/reference/plivo.md §6).
+"""Plivo webhook signatures (V3, with V2 for older callbacks).
 
 V3 signs the URL Plivo called plus the request parameters and a nonce:
     base64(HMAC-SHA256(auth_token, base_string(method, url, params) + "." + nonce))
@@ -94,7 +94,8 @@ def _any_match(expected: Iterable[str], header: str) -> bool:
 
 
 def websocket_signed_url(stream_url: str) -> str:
-    """The URL a stream upgrade is signed over: ws(s):// replaced by http:// (plivo.md §6)."""
+    """The URL a stream upgrade is signed over: Plivo signs it with ws(s):// replaced by
+    http://."""
     parts = urlsplit(stream_url)
     if parts.scheme in ("ws", "wss", "https"):
         parts = parts._replace(scheme="http")

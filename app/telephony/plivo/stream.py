@@ -2,7 +2,7 @@
 
 1. Authenticate: the `?token=` must be ours for this session and its CallUUID, and (when
    signatures are on) the upgrade must carry a valid V3 signature over the stream URL in its
-   `http://` form (plivo.md §6). Failures close with 1008 and a log line saying why.
+   `http://` form. Failures close with 1008 and a log line saying why.
 2. Wait for `start` and take the codec and streamId from it, not from the XML we served.
 3. Decode `media` into 20 ms frames at the stream's own rate for the runner; route `dtmf`,
    `playedStream`/`played`, `clearedAudio`, `stop`, `playFailed`, `error` and unknown events.

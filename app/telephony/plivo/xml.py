@@ -1,4 +1,4 @@
-"""Plivo XML documents we return from the answer and transfer URLs (plivo.md §1, §2).
+"""Plivo XML documents we return from the answer and transfer URLs.
 
 Built with ElementTree so text and attributes are escaped (a `&` in the stream URL becomes
 `&amp;`, as the official SDK renders it). Attribute names and boolean renderings follow the SDK.
