@@ -65,7 +65,7 @@ class SimCallResult:
     checkpoints_acked: list[str] = field(default_factory=list)
     checkpoints_discarded: list[str] = field(default_factory=list)
     clears: list[tuple[float, float]] = field(default_factory=list)  # (t, ms dropped)
-    play_frames: int = 0
+    play_frames: int = 0  # 20 ms frames of agent audio (a playAudio may carry several)
     play_errors: list[str] = field(default_factory=list)
     dtmf_received: list[str] = field(default_factory=list)
     media_sent: int = 0
@@ -522,7 +522,7 @@ class SimCall:
             self._agent_started_at = now
             self.result.agent_audio_starts.append(now - self.t0)
             self.note(f"agent audio starts (queued {self.far.queued_ms:.0f} ms)")
-        self.result.play_frames += 1
+        self.result.play_frames += -(-len(samples) // self.codec.frame_samples)
         await self._ack(self.far.enqueue(samples, now))
 
     # --- callbacks ----------------------------------------------------------------------------
